@@ -1,0 +1,1 @@
+"""gamectl: the operator's command line for gamegw."""

@@ -1,0 +1,110 @@
+"""The ``gamectl`` command: serve the gateway and operate it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from server.config import Settings, load_settings
+from server.errors import ConfigError
+
+from .output import fail, parse_duration, print_json
+
+app = typer.Typer(
+    help="Run and operate gamegw, a real-time gateway for multiplayer games.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML settings file (see configs/). GAMEGW_* variables override it.",
+                 envvar="GAMEGW_CONFIG", show_envvar=False),
+]
+
+
+def settings_from(config: Path | None, **overrides: Any) -> Settings:
+    """Load settings as the server would, or exit 1 with the setting that is wrong."""
+    environ = {k: v for k, v in os.environ.items() if k != "GAMEGW_CONFIG"}
+    try:
+        return load_settings(environ, config, overrides)
+    except ConfigError as exc:
+        fail(1, str(exc), "check the config file, GAMEGW_* variables and flags (gamectl serve --help)")
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8000].")] = None,
+    redis: Annotated[str | None, typer.Option("--redis", help="Redis URL: cluster mode with shared state.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Processes to run on this port (needs --redis when > 1).")] = 1,
+) -> None:
+    """Run the gateway.
+
+    With no configuration at all it runs the development profile: 127.0.0.1:8000, in-memory
+    state, CORS for localhost origins and a generated HMAC key kept in your state directory
+    (the same one `gamectl token` uses).
+    """
+    from server.app import run
+    from server.logs import configure
+
+    settings = settings_from(config, host=host, port=port, redis_url=redis)
+    if settings.redis_url:
+        fail(1, "cluster mode (--redis) is not available in this build yet",
+             "run without --redis for a single in-memory instance")
+    if workers > 1:
+        fail(1, "--workers > 1 needs cluster mode (--redis)", "run one worker, or add --redis URL")
+    configure(settings.log_level, settings.log_format)
+    if settings.dev:
+        import logging
+
+        from server.logs import log
+
+        log(logging.getLogger("gamegw.app"), "dev_profile", logging.WARNING,
+            note="using a development JWT key; do not expose this instance",
+            key_file=str(Path(settings.state_dir) / "dev-jwt-secret"))
+    run(settings)
+
+
+@app.command()
+def token(
+    user: Annotated[str, typer.Argument(help="The user id (the JWT `sub`).")],
+    config: ConfigOpt = None,
+    ttl: Annotated[str, typer.Option(help="Lifetime: 90s, 15m, 1h, 7d.")] = "1h",
+    role: Annotated[str | None, typer.Option(help="A `role` claim, e.g. admin for the admin API.")] = None,
+    claim: Annotated[list[str] | None, typer.Option(help="An extra claim as key=value (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print {token, sub, exp} as JSON.")] = False,
+) -> None:
+    """Print a signed JWT for USER, made with the configured key."""
+    from server.auth import mint
+
+    ttl_s = parse_duration(ttl, "--ttl")
+    if ttl_s <= 0:
+        raise typer.BadParameter("must be positive", param_hint="--ttl")
+    extra: dict[str, Any] = {}
+    for item in claim or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r} is not key=value", param_hint="--claim")
+        extra[key] = value
+    settings = settings_from(config)
+    try:
+        jwt_text = mint(settings, user, ttl_s=ttl_s, role=role, claims=extra)
+    except ConfigError as exc:
+        fail(1, str(exc), "set GAMEGW_JWT_SECRET, or GAMEGW_JWT_PRIVATE_KEY_FILE for RS/ES keys")
+    if as_json:
+        import jwt as pyjwt
+
+        payload = pyjwt.decode(jwt_text, options={"verify_signature": False})
+        print_json({"token": jwt_text, "sub": user, "exp": payload["exp"]})
+    else:
+        typer.echo(jwt_text)
+
+
+def main() -> None:
+    app()

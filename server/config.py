@@ -1,0 +1,244 @@
+"""Settings: a TOML file, overridden by ``GAMEGW_*`` variables, overridden by flags.
+
+Every key of the TOML file is a field name of :class:`Settings` (``port = 8000``); the variable
+for a field is ``GAMEGW_`` + its name in capitals (``GAMEGW_PORT``). :func:`load_settings` is
+the only place where values are parsed and checked: a bad value stops startup with a
+:class:`ConfigError` whose message names the setting.
+
+With no configuration at all (no file, no ``GAMEGW_*`` variable) the *development profile*
+applies: 127.0.0.1:8000, in-memory state, CORS for localhost origins and an HMAC key generated
+on first use and kept in the user's state directory, so that ``gamectl token`` and ``gamectl
+serve`` agree without any set-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from .errors import ConfigError
+
+ENV_PREFIX = "GAMEGW_"
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA"})
+MIN_HMAC_KEY_BYTES = 32
+GAMES = ("relay", "arena")
+
+
+@dataclass(frozen=True)
+class Settings:
+    profile: str = "prod"  # "dev" or "prod"; dev relaxes CORS and generates a key
+    host: str = "127.0.0.1"
+    port: int = 8000
+    instance_id: str = ""
+
+    jwt_secret: str = field(default="", repr=False)
+    jwt_public_key_file: str = ""
+    jwt_private_key_file: str = ""  # only for `gamectl token` with RS/ES keys
+    jwt_algorithms: tuple[str, ...] = ()
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    jwt_leeway_s: float = 0.0
+    jwt_max_token_bytes: int = 8192
+
+    redis_url: str = ""
+    redis_prefix: str = "gamegw"
+
+    grace_s: float = 30.0
+    ping_interval_s: float = 10.0
+    ping_timeout_s: float = 5.0
+    cors_allowed_origins: tuple[str, ...] = ()
+    max_connections_per_user: int = 1
+    on_connection_limit: str = "replace"  # or "refuse"
+
+    game: str = "relay"
+    max_action_bytes: int = 4096
+    max_room_members: int = 100
+    move_log_size: int = 1000
+    arena_width: int = 16
+    arena_height: int = 16
+    max_message_bytes: int = 65536
+    websocket_compression: bool = False
+
+    log_level: str = "info"
+    log_format: str = "text"  # "text" (key=value) or "json"
+    state_dir: str = ""
+
+    @property
+    def dev(self) -> bool:
+        return self.profile == "dev"
+
+    @property
+    def algorithms(self) -> tuple[str, ...]:
+        if self.jwt_algorithms:
+            return self.jwt_algorithms
+        return ("RS256",) if self.jwt_public_key_file and not self.jwt_secret else ("HS256",)
+
+
+FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def default_state_dir(environ: Mapping[str, str]) -> Path:
+    base = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "gamegw"
+
+
+def _parse(name: str, raw: Any) -> Any:
+    """One value, from TOML (already typed) or from the environment / a flag (a string)."""
+    kind = FIELDS[name].type
+    try:
+        if kind == "int":
+            if isinstance(raw, bool):
+                raise ValueError
+            return int(raw)
+        if kind == "float":
+            if isinstance(raw, bool):
+                raise ValueError
+            return float(raw)
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind == "tuple[str, ...]":
+            items = raw if isinstance(raw, list) else str(raw).split(",")
+            return tuple(str(i).strip() for i in items if str(i).strip())
+        if isinstance(raw, (dict, list)):
+            raise ValueError
+        return str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: {raw!r} is not a valid {kind.replace('tuple[str, ...]', 'list')}") from None
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge file, environment and flags (later wins) into checked :class:`Settings`.
+
+    ``overrides`` holds flag values; ``None`` values are ignored so that unset flags don't mask
+    the file or the environment.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        for key, raw in data.items():
+            if key not in FIELDS:
+                raise ConfigError(f"config file {path}: unknown setting {key!r}")
+            values[key] = _parse(key, raw)
+    env_keys = [k for k in environ if k.startswith(ENV_PREFIX)]
+    for key in env_keys:
+        name = key[len(ENV_PREFIX) :].lower()
+        if name in FIELDS:
+            values[name] = _parse(name, environ[key])
+    for name, raw in (overrides or {}).items():
+        if raw is not None:
+            values[name] = _parse(name, raw)
+    if "profile" not in values:
+        values["profile"] = "dev" if path is None and not env_keys else "prod"
+    state_dir = values.get("state_dir") or str(default_state_dir(environ))
+    values["state_dir"] = state_dir
+    if values["profile"] == "dev":
+        if not values.get("jwt_secret") and not values.get("jwt_public_key_file"):
+            values["jwt_secret"] = dev_secret(Path(state_dir))
+        values.setdefault("cors_allowed_origins", ("http://localhost:*", "http://127.0.0.1:*"))
+    if not values.get("instance_id"):
+        values["instance_id"] = f"{socket.gethostname()}-{os.getpid()}"
+    settings = Settings(**values)
+    validate(settings)
+    return settings
+
+
+def dev_secret(state_dir: Path) -> str:
+    """The development HMAC key: made on first use, kept (mode 0600) for serve and token."""
+    key_file = state_dir / "dev-jwt-secret"
+    try:
+        existing = key_file.read_text().strip()
+    except FileNotFoundError:
+        existing = ""
+    if len(existing) >= MIN_HMAC_KEY_BYTES:
+        return existing
+    state_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secret + "\n")
+    return secret
+
+
+def validate(s: Settings) -> None:
+    """Fail fast, one message per problem, naming the setting and the fix."""
+    if s.profile not in ("dev", "prod"):
+        raise ConfigError(f"profile: {s.profile!r} must be 'dev' or 'prod'")
+    if not 0 < s.port < 65536 and s.port != 0:
+        raise ConfigError(f"port: {s.port} is out of range (1-65535, or 0 for any free port)")
+    unknown = [a for a in s.algorithms if a not in HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS]
+    if unknown or not s.algorithms:
+        raise ConfigError(
+            f"jwt_algorithms: unknown algorithm {', '.join(unknown) or '(none)'}; "
+            f"use {', '.join(sorted(HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS))}"
+        )
+    hmac = [a for a in s.algorithms if a in HMAC_ALGORITHMS]
+    if hmac and len(hmac) != len(s.algorithms):
+        raise ConfigError("jwt_algorithms: HMAC (HS*) and public-key algorithms must not be mixed")
+    if hmac:
+        if not s.jwt_secret:
+            raise ConfigError("jwt_secret: no key configured; set GAMEGW_JWT_SECRET (32 bytes or more)")
+        if len(s.jwt_secret.encode()) < MIN_HMAC_KEY_BYTES:
+            raise ConfigError(
+                f"jwt_secret: the HMAC key is {len(s.jwt_secret.encode())} bytes; "
+                f"at least {MIN_HMAC_KEY_BYTES} are required"
+            )
+    else:
+        if not s.jwt_public_key_file:
+            raise ConfigError(f"jwt_public_key_file: required for {', '.join(s.algorithms)}")
+        if not Path(s.jwt_public_key_file).is_file():
+            raise ConfigError(f"jwt_public_key_file: {s.jwt_public_key_file} does not exist")
+    if s.jwt_leeway_s < 0:
+        raise ConfigError("jwt_leeway_s: must not be negative")
+    if s.redis_url:
+        url = urlparse(s.redis_url)
+        if url.scheme not in ("redis", "rediss", "unix") or (url.scheme != "unix" and not url.hostname):
+            raise ConfigError(f"redis_url: {s.redis_url!r} is not a redis://host:port/db URL")
+        try:
+            url.port  # noqa: B018  (raises on a bad port)
+        except ValueError:
+            raise ConfigError(f"redis_url: {s.redis_url!r} has a bad port") from None
+    for name in ("grace_s", "ping_interval_s", "ping_timeout_s"):
+        if getattr(s, name) < 0 or (name != "grace_s" and getattr(s, name) == 0):
+            raise ConfigError(f"{name}: {getattr(s, name)} must be positive")
+    if "*" in s.cors_allowed_origins and not s.dev:
+        raise ConfigError("cors_allowed_origins: '*' is only allowed in the development profile")
+    if s.max_connections_per_user < 1:
+        raise ConfigError("max_connections_per_user: must be at least 1")
+    if s.on_connection_limit not in ("replace", "refuse"):
+        raise ConfigError(f"on_connection_limit: {s.on_connection_limit!r} must be 'replace' or 'refuse'")
+    if s.game not in GAMES:
+        raise ConfigError(f"game: {s.game!r} is not a known game ({', '.join(GAMES)})")
+    for name in ("max_action_bytes", "max_room_members", "move_log_size", "arena_width", "arena_height",
+                 "max_message_bytes", "jwt_max_token_bytes"):
+        if getattr(s, name) < 1:
+            raise ConfigError(f"{name}: must be at least 1")
+    if s.log_format not in ("text", "json"):
+        raise ConfigError(f"log_format: {s.log_format!r} must be 'text' or 'json'")
+    if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"log_level: {s.log_level!r} must be debug, info, warning or error")

@@ -1,0 +1,53 @@
+"""The gateway's exceptions, one root.
+
+::
+
+    GamegwError
+    ├── ConfigError          a bad setting; startup stops with its one-line message
+    ├── AuthError            a handshake refused; carries a codes.Refusal
+    ├── ActionError          an event refused; carries a codes.AckCode, becomes an error ack
+    │   └── StoreUnavailable the state store did not answer in time (ack code ``unavailable``)
+    └── AdminError           an admin request that cannot be carried out (HTTP status + code)
+"""
+
+from __future__ import annotations
+
+from .codes import AckCode, Refusal
+
+
+class GamegwError(Exception):
+    """Root of every error the gateway raises on purpose."""
+
+
+class ConfigError(GamegwError):
+    """A setting is missing or wrong. The message names the setting and what would fix it."""
+
+
+class AuthError(GamegwError):
+    def __init__(self, refusal: Refusal, detail: str | None = None) -> None:
+        super().__init__(detail or refusal.reason)
+        self.refusal = refusal
+        self.detail = detail or refusal.reason
+
+
+class ActionError(GamegwError):
+    def __init__(self, code: AckCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def ack(self) -> dict[str, object]:
+        return {"ok": False, "error": {"code": str(self.code), "message": self.message}}
+
+
+class StoreUnavailable(ActionError):
+    def __init__(self, message: str = "state store unreachable, retry") -> None:
+        super().__init__(AckCode.UNAVAILABLE, message)
+
+
+class AdminError(GamegwError):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message

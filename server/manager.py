@@ -1,0 +1,67 @@
+"""The client manager: python-socketio's extension point for how packets reach sockets.
+
+:class:`GameManager` keeps the library's bookkeeping and changes two things:
+
+* a broadcast is encoded once and written to each recipient's queue in a plain loop, instead
+  of one asyncio task per recipient (the library's default, which dominates CPU at scale);
+* a hook runs once a connection is fully established (after the CONNECT packet is queued), so
+  that the gateway's ``session`` event is always the first event a client sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from engineio import packet as eio_packet
+from socketio import packet
+from socketio.async_manager import AsyncManager
+
+ConnectedHook = Callable[[str, str], Awaitable[None]]
+
+
+class GameManager(AsyncManager):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_connected: ConnectedHook | None = None
+
+    async def connect(self, sid: str, namespace: str) -> Any:
+        result = await super().connect(sid, namespace)
+        if self.on_connected is not None:
+            await self.on_connected(sid, namespace)
+        return result
+
+    def encode(self, namespace: str, event: str, data: Any) -> list[Any]:
+        """The Engine.IO packets of one event, to be written to any number of sockets."""
+        args = [event] if data is None else [event, data]
+        pkt = self.server.packet_class(packet.EVENT, namespace=namespace, data=args)
+        encoded = pkt.encode()
+        if not isinstance(encoded, list):
+            encoded = [encoded]
+        return [eio_packet.Packet(eio_packet.MESSAGE, p) for p in encoded]
+
+    async def send_encoded(self, namespace: str, room: str, pkts: list[Any], skip_sid: str | None = None) -> int:
+        """Write already-encoded packets to every local member of ``room``; return how many."""
+        members = self.rooms.get(namespace, {}).get(room)
+        if not members:
+            return 0
+        send = self.server._send_eio_packet
+        count = 0
+        for sid, eio_sid in list(members.items()):
+            if sid == skip_sid:
+                continue
+            for p in pkts:
+                await send(eio_sid, p)
+            count += 1
+        return count
+
+    async def emit(self, event: str, data: Any, namespace: str, room: Any = None, skip_sid: Any = None,
+                   callback: Any = None, to: Any = None, **kwargs: Any) -> None:
+        room = to or room
+        if callback is not None or room is None or not isinstance(room, str) or isinstance(skip_sid, list):
+            await super().emit(event, data, namespace, room=room, skip_sid=skip_sid, callback=callback, **kwargs)
+            return
+        if isinstance(data, tuple):
+            await super().emit(event, data, namespace, room=room, skip_sid=skip_sid, **kwargs)
+            return
+        await self.send_encoded(namespace, room, self.encode(namespace, event, data), skip_sid)

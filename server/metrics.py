@@ -1,0 +1,30 @@
+"""Prometheus metrics, in a registry of the app's own (no global state, one per gateway)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+from prometheus_client.process_collector import ProcessCollector
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        ProcessCollector(registry=r)
+        self.connections = Gauge("gamegw_connections", "Live Socket.IO connections on /game", registry=r)
+        self.connects = Counter("gamegw_connects", "Accepted connections", registry=r)
+        self.refusals = Counter("gamegw_refusals", "Refused handshakes by code", ["code"], registry=r)
+        self.disconnects = Counter("gamegw_disconnects", "Ended connections by reason", ["reason"], registry=r)
+        self.events = Counter("gamegw_events", "Client events received, by name", ["event"], registry=r)
+        self.acks = Counter("gamegw_acks", "Acks sent, by event and result (ok or error code)",
+                            ["event", "result"], registry=r)
+        self.handler_seconds = Histogram("gamegw_handler_seconds", "Event handler latency", ["event"],
+                                         buckets=LATENCY_BUCKETS, registry=r)
+        self.moves = Counter("gamegw_moves", "Moves accepted", registry=r)
+        self.deliveries = Counter("gamegw_deliveries", "move events sent to players", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

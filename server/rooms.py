@@ -1,0 +1,142 @@
+"""Rooms: membership, per-room sequence numbers, the bounded move log and the game state.
+
+A room's ``seq`` starts at 0 and grows by one per accepted move, with no gaps; the store
+assigns it while it applies the move, so that the order of ``seq`` is the order in which the
+rules saw the moves. The log keeps the last ``move_log_size`` moves for ``sync`` and replay.
+A room lives while it has members and is forgotten when the last one leaves.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from itertools import islice
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .codes import AckCode
+from .errors import ActionError
+from .rules import Rules, State
+
+
+@dataclass(frozen=True, slots=True)
+class MoveEvent:
+    room: str
+    seq: int
+    user: str
+    action: dict[str, Any]
+    ts: int  # milliseconds since the epoch, when the move was accepted
+
+    def wire(self) -> dict[str, Any]:
+        return {"room": self.room, "seq": self.seq, "user": self.user, "action": self.action, "ts": self.ts}
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    seq: int
+    members: list[str]
+    first: bool  # the user was not in the room before (through another connection)
+
+
+class RoomStore(Protocol):
+    async def join(self, room: str, user_id: str, sid: str) -> Joined: ...
+
+    async def leave(self, room: str, user_id: str, sid: str) -> bool:
+        """Remove one connection; True when the user has no connection left in the room."""
+        ...
+
+    async def members(self, room: str) -> list[str]: ...
+
+    async def move(self, room: str, user_id: str, action: dict[str, Any], ts: int) -> MoveEvent: ...
+
+    async def events_after(self, room: str, after_seq: int) -> tuple[list[MoveEvent], bool]:
+        """Moves with ``seq > after_seq``; False when the log no longer reaches back that far."""
+        ...
+
+    async def state(self, room: str) -> tuple[int, State]: ...
+
+    async def ping(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass
+class _Room:
+    state: State
+    log: deque[MoveEvent]
+    seq: int = 0
+    members: dict[str, set[str]] = field(default_factory=dict)  # user_id -> sids
+
+
+class MemoryRoomStore:
+    """One process's rooms. Methods never await, so each runs atomically on the event loop."""
+
+    def __init__(self, rules: Rules, *, log_size: int = 1000, max_members: int = 100) -> None:
+        self._rules = rules
+        self._log_size = log_size
+        self._max_members = max_members
+        self._rooms: dict[str, _Room] = {}
+
+    async def join(self, room: str, user_id: str, sid: str) -> Joined:
+        r = self._rooms.get(room)
+        if r is None:
+            r = _Room(state=self._rules.initial_state(), log=deque(maxlen=self._log_size))
+        first = user_id not in r.members
+        if first:
+            if len(r.members) >= self._max_members:
+                raise ActionError(AckCode.ROOM_FULL, f"room {room!r} has {self._max_members} members")
+            self._rules.on_join(r.state, user_id)
+            r.members[user_id] = set()
+        r.members[user_id].add(sid)
+        self._rooms[room] = r
+        return Joined(seq=r.seq, members=list(r.members), first=first)
+
+    async def leave(self, room: str, user_id: str, sid: str) -> bool:
+        r = self._rooms.get(room)
+        if r is None or user_id not in r.members:
+            return False
+        sids = r.members[user_id]
+        sids.discard(sid)
+        if sids:
+            return False
+        del r.members[user_id]
+        self._rules.on_leave(r.state, user_id)
+        if not r.members:
+            del self._rooms[room]
+        return True
+
+    async def members(self, room: str) -> list[str]:
+        r = self._rooms.get(room)
+        return list(r.members) if r else []
+
+    async def move(self, room: str, user_id: str, action: dict[str, Any], ts: int) -> MoveEvent:
+        r = self._rooms.get(room)
+        if r is None or user_id not in r.members:
+            raise ActionError(AckCode.NOT_IN_ROOM, f"not in room {room!r}")
+        applied = self._rules.apply(r.state, user_id, action)
+        r.seq += 1
+        event = MoveEvent(room, r.seq, user_id, applied, ts)
+        r.log.append(event)
+        return event
+
+    async def events_after(self, room: str, after_seq: int) -> tuple[list[MoveEvent], bool]:
+        r = self._rooms.get(room)
+        if r is None or after_seq >= r.seq:
+            return [], True
+        if not r.log:
+            return [], False
+        first = r.log[0].seq
+        start = max(0, after_seq + 1 - first)
+        events = list(islice(r.log, start, None))
+        return events, first <= after_seq + 1
+
+    async def state(self, room: str) -> tuple[int, State]:
+        r = self._rooms.get(room)
+        if r is None:
+            return 0, self._rules.initial_state()
+        return r.seq, r.state
+
+    async def ping(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        self._rooms.clear()

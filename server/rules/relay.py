@@ -1,0 +1,26 @@
+"""``relay``: every JSON object is a legal action. The gateway's size limit still applies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import State
+
+
+class Relay:
+    name = "relay"
+
+    def initial_state(self) -> State:
+        return {"players": [], "moves": 0}
+
+    def on_join(self, state: State, user_id: str) -> None:
+        if user_id not in state["players"]:
+            state["players"].append(user_id)
+
+    def on_leave(self, state: State, user_id: str) -> None:
+        if user_id in state["players"]:
+            state["players"].remove(user_id)
+
+    def apply(self, state: State, user_id: str, action: dict[str, Any]) -> dict[str, Any]:
+        state["moves"] += 1
+        return action
