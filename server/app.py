@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import socketio
 from aiohttp import web
 
+from . import jsoncodec, websocket
 from .auth import Verifier
 from .codes import SHUTDOWN
 from .config import Settings
@@ -79,11 +80,13 @@ def create_app(
         logger=False,
         engineio_logger=False,
         async_handlers=False,
+        json=jsoncodec,
     )
     # Handle each connection's packets inline, in the order they arrived: a client's moves can
     # never be reordered, a client's own disconnect is never taken for a transport close, and
     # no task is created per message (the library's default costs CPU on the hot path).
     sio.eio.async_handlers = False
+    websocket.install(sio.eio, compress=settings.websocket_compression)
     gateway = Gateway(settings, verifier=Verifier(settings), registry=registry, rooms=rooms, metrics=metrics,
                       clock=clock)
     sio.register_namespace(gateway)

@@ -119,7 +119,9 @@ def mint(
     elif settings.jwt_private_key_file:
         key = _read_key(settings.jwt_private_key_file)
     else:
-        raise ConfigError(f"jwt_private_key_file: needed to sign {algorithm} tokens (the server only holds the public key)")
+        raise ConfigError(
+            f"jwt_private_key_file: needed to sign {algorithm} tokens (the server only holds the public key)"
+        )
     issued = _now() if now is None else now
     payload: dict[str, Any] = {"jti": uuid.uuid4().hex, **dict(claims or {})}
     payload.update({"sub": user_id, "iat": int(issued), "exp": int(issued + ttl_s)})

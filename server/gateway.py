@@ -258,13 +258,18 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
     async def _move(self, conn: Conn, data: Any) -> Ack:
         msg = parse(MoveMsg, data)
         self._member(conn, msg.room)
-        size = len(orjson.dumps(msg.action))
-        if size > self.settings.max_action_bytes:
+        try:
+            action_bytes = orjson.dumps(msg.action)
+        except TypeError:
+            raise ActionError(AckCode.BAD_REQUEST, "action must be plain JSON") from None
+        if len(action_bytes) > self.settings.max_action_bytes:
             raise ActionError(AckCode.PAYLOAD_TOO_LARGE,
-                              f"action is {size} bytes; the limit is {self.settings.max_action_bytes}")
-        event = await self.rooms.move(msg.room, conn.claims.user_id, msg.action, int(self.clock() * 1000))
+                              f"action is {len(action_bytes)} bytes; the limit is {self.settings.max_action_bytes}")
+        action_json = action_bytes.decode()
+        event = await self.rooms.move(msg.room, conn.claims.user_id, msg.action, action_json,
+                                      int(self.clock() * 1000))
         manager = self.manager
-        delivered = await manager.send_encoded(NAMESPACE, msg.room, manager.encode(NAMESPACE, "move", event.wire()))
+        delivered = await manager.send_encoded(NAMESPACE, msg.room, manager.encode_json(NAMESPACE, "move", event.json))
         self.metrics.moves.inc()
         self.metrics.deliveries.inc(delivered)
         return {"ok": True, "seq": event.seq}

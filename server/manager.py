@@ -40,6 +40,11 @@ class GameManager(AsyncManager):  # type: ignore[misc]
             encoded = [encoded]
         return [eio_packet.Packet(eio_packet.MESSAGE, p) for p in encoded]
 
+    def encode_json(self, namespace: str, event: str, data_json: str) -> list[Any]:
+        """Like :meth:`encode`, for a payload that is already JSON text (no re-encoding)."""
+        head = str(packet.EVENT) + (namespace + "," if namespace != "/" else "")
+        return [eio_packet.Packet(eio_packet.MESSAGE, head + '["' + event + '",' + data_json + "]")]
+
     async def send_encoded(self, namespace: str, room: str, pkts: list[Any], skip_sid: str | None = None) -> int:
         """Write already-encoded packets to every local member of ``room``; return how many."""
         members = self.rooms.get(namespace, {}).get(room)

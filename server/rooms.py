@@ -9,9 +9,11 @@ A room lives while it has members and is forgotten when the last one leaves.
 from __future__ import annotations
 
 from collections import deque
-from itertools import islice
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, Protocol
+
+import orjson
 
 from .codes import AckCode
 from .errors import ActionError
@@ -20,14 +22,32 @@ from .rules import Rules, State
 
 @dataclass(frozen=True, slots=True)
 class MoveEvent:
-    room: str
+    """An accepted move: its ``seq`` and the ``move`` payload as JSON text.
+
+    The payload ``{"room", "seq", "user", "action", "ts"}`` is encoded once, when the move is
+    accepted, and that text is what the log keeps, what crosses instances and what every
+    recipient's packet is made of.
+    """
+
     seq: int
-    user: str
-    action: dict[str, Any]
-    ts: int  # milliseconds since the epoch, when the move was accepted
+    json: str
 
     def wire(self) -> dict[str, Any]:
-        return {"room": self.room, "seq": self.seq, "user": self.user, "action": self.action, "ts": self.ts}
+        payload: dict[str, Any] = orjson.loads(self.json)
+        return payload
+
+
+def move_json(room: str, seq: int, user_id: str, action_json: str, ts: int) -> str:
+    """The ``move`` payload as JSON text (``ts`` in milliseconds since the epoch)."""
+    return move_prefix(room) + str(seq) + move_suffix(user_id, action_json, ts)
+
+
+def move_prefix(room: str) -> str:
+    return '{"room":' + orjson.dumps(room).decode() + ',"seq":'
+
+
+def move_suffix(user_id: str, action_json: str, ts: int) -> str:
+    return ',"user":' + orjson.dumps(user_id).decode() + ',"action":' + action_json + ',"ts":' + str(ts) + "}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +66,12 @@ class RoomStore(Protocol):
 
     async def members(self, room: str) -> list[str]: ...
 
-    async def move(self, room: str, user_id: str, action: dict[str, Any], ts: int) -> MoveEvent: ...
+    async def move(self, room: str, user_id: str, action: dict[str, Any], action_json: str, ts: int) -> MoveEvent:
+        """Check the action with the rules, give it the room's next seq and log it.
+
+        ``action_json`` is ``action`` already encoded (the gateway measured its size with it).
+        """
+        ...
 
     async def events_after(self, room: str, after_seq: int) -> tuple[list[MoveEvent], bool]:
         """Moves with ``seq > after_seq``; False when the log no longer reaches back that far."""
@@ -108,13 +133,15 @@ class MemoryRoomStore:
         r = self._rooms.get(room)
         return list(r.members) if r else []
 
-    async def move(self, room: str, user_id: str, action: dict[str, Any], ts: int) -> MoveEvent:
+    async def move(self, room: str, user_id: str, action: dict[str, Any], action_json: str, ts: int) -> MoveEvent:
         r = self._rooms.get(room)
         if r is None or user_id not in r.members:
             raise ActionError(AckCode.NOT_IN_ROOM, f"not in room {room!r}")
         applied = self._rules.apply(r.state, user_id, action)
+        if applied is not action:
+            action_json = orjson.dumps(applied).decode()
         r.seq += 1
-        event = MoveEvent(room, r.seq, user_id, applied, ts)
+        event = MoveEvent(r.seq, move_json(room, r.seq, user_id, action_json, ts))
         r.log.append(event)
         return event
 
