@@ -54,9 +54,6 @@ def serve(
     from server.logs import configure
 
     settings = settings_from(config, host=host, port=port, redis_url=redis)
-    if settings.redis_url:
-        fail(1, "cluster mode (--redis) is not available in this build yet",
-             "run without --redis for a single in-memory instance")
     if workers > 1:
         fail(1, "--workers > 1 needs cluster mode (--redis)", "run one worker, or add --redis URL")
     configure(settings.log_level, settings.log_format)

@@ -15,18 +15,24 @@ from dataclasses import dataclass
 
 import socketio
 from aiohttp import web
+from redis.asyncio import Redis
 
 from . import jsoncodec, websocket
 from .auth import Verifier
+from .bus import Bus, LocalBus, RedisBus
+from .cluster import Cluster, LocalCluster, RedisCluster
 from .codes import SHUTDOWN
 from .config import Settings
 from .gateway import NAMESPACE, Gateway
-from .http import routes
+from .http import admin_routes, routes
+from .keys import Keys
 from .logs import log
 from .manager import GameManager
 from .metrics import Metrics
 from .registry import MemoryRegistry, Registry
+from .registry_redis import RedisRegistry
 from .rooms import MemoryRoomStore, RoomStore
+from .rooms_redis import RedisRoomStore
 from .rules import make_rules
 
 logger = logging.getLogger("gamegw.app")
@@ -40,6 +46,8 @@ class Parts:
     registry: Registry
     rooms: RoomStore
     metrics: Metrics
+    cluster: Cluster
+    redis: Redis | None = None
 
 
 PARTS = web.AppKey("gamegw_parts", Parts)
@@ -64,10 +72,8 @@ def create_app(
     rooms: RoomStore | None = None,
     clock: Callable[[], float] = time.time,
 ) -> web.Application:
+    """The gateway as an aiohttp app: in-memory, or cluster mode when ``redis_url`` is set."""
     metrics = Metrics()
-    registry = registry or MemoryRegistry()
-    rooms = rooms or MemoryRoomStore(make_rules(settings), log_size=settings.move_log_size,
-                                     max_members=settings.max_room_members)
     manager = GameManager()
     sio = socketio.AsyncServer(
         async_mode="aiohttp",
@@ -86,9 +92,36 @@ def create_app(
     # never be reordered, a client's own disconnect is never taken for a transport close, and
     # no task is created per message (the library's default costs CPU on the hot path).
     sio.eio.async_handlers = False
-    websocket.install(sio.eio, compress=settings.websocket_compression)
-    gateway = Gateway(settings, verifier=Verifier(settings), registry=registry, rooms=rooms, metrics=metrics,
-                      clock=clock)
+    transports = websocket.install(sio.eio, compress=settings.websocket_compression)
+    rules = make_rules(settings)
+    redis: Redis | None = None
+    bus: Bus
+    if settings.redis_url:
+        redis = Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=settings.redis_timeout_s,
+                               socket_connect_timeout=settings.redis_timeout_s, retry_on_timeout=False)
+        keys = Keys(settings.redis_prefix)
+        redis_registry = RedisRegistry(redis, keys, settings.instance_id)
+        redis_rooms = RedisRoomStore(redis, keys, rules, instance_id=settings.instance_id,
+                                     log_size=settings.move_log_size, max_members=settings.max_room_members)
+        registry, rooms = redis_registry, redis_rooms
+        redis_bus = RedisBus(redis, keys, settings.instance_id, manager, metrics)
+        bus = redis_bus
+    else:
+        registry = registry or MemoryRegistry()
+        rooms = rooms or MemoryRoomStore(rules, log_size=settings.move_log_size, max_members=settings.max_room_members)
+        bus = LocalBus(manager, metrics)
+    verifier = Verifier(settings)
+    gateway = Gateway(settings, verifier=verifier, registry=registry, rooms=rooms, metrics=metrics,
+                      transports=transports, clock=clock)
+    cluster: Cluster
+    if redis is not None:
+        cluster = RedisCluster(redis, keys, gateway, redis_registry, redis_rooms, redis_bus,
+                               heartbeat_interval_s=settings.heartbeat_interval_s,
+                               heartbeat_ttl_s=settings.heartbeat_ttl_s, clock=clock)
+    else:
+        cluster = LocalCluster(gateway, clock=clock)
+    gateway.bus = bus
+    gateway.cluster = cluster
     sio.register_namespace(gateway)
 
     async def connected(sid: str, namespace: str) -> None:
@@ -98,13 +131,16 @@ def create_app(
     manager.on_connected = connected
 
     app = web.Application()
-    app[PARTS] = Parts(settings, sio, gateway, registry, rooms, metrics)
+    app[PARTS] = Parts(settings, sio, gateway, registry, rooms, metrics, cluster, redis)
     sio.attach(app)
     app.add_routes(routes(metrics=metrics, rooms=rooms, instance_id=settings.instance_id))
+    app.add_routes(admin_routes(verifier=verifier, registry=registry, cluster=cluster))
 
     async def on_startup(app: web.Application) -> None:
+        await bus.start()
+        await cluster.start()
         log(logger, "start", instance=settings.instance_id, profile=settings.profile, game=settings.game,
-            state="memory" if not settings.redis_url else "redis")
+            state="redis" if redis is not None else "memory")
 
     async def on_shutdown(app: web.Application) -> None:
         log(logger, "drain", instance=settings.instance_id, connections=len(gateway.conns))
@@ -113,8 +149,12 @@ def create_app(
 
     async def on_cleanup(app: web.Application) -> None:
         await sio.shutdown()
+        await cluster.aclose()
+        await bus.aclose()
         await rooms.aclose()
         await registry.aclose()
+        if redis is not None:
+            await redis.aclose()
         log(logger, "stop", instance=settings.instance_id)
 
     app.on_startup.append(on_startup)
@@ -125,13 +165,13 @@ def create_app(
 
 def run(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM. uvloop when installed: it measurably speeds up the I/O path."""
+    loop: asyncio.AbstractEventLoop
     try:
         import uvloop
 
-        loop_factory = uvloop.new_event_loop
+        loop = uvloop.new_event_loop()
     except ImportError:  # pragma: no cover
-        loop_factory = asyncio.new_event_loop
-    loop = loop_factory()
+        loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     app = create_app(settings)
 

@@ -74,7 +74,7 @@ class Verifier:
                 issuer=self._issuer,
                 audience=self._audience,
                 leeway=self._leeway,
-                options=self._options,
+                options=self._options,  # type: ignore[arg-type]
             )
         except (jwt.ExpiredSignatureError, jwt.ImmatureSignatureError) as exc:
             raise AuthError(codes.TOKEN_EXPIRED, str(exc)) from None

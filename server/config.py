@@ -51,6 +51,9 @@ class Settings:
 
     redis_url: str = ""
     redis_prefix: str = "gamegw"
+    redis_timeout_s: float = 2.0  # every Redis call gives up after this long
+    heartbeat_interval_s: float = 1.0
+    heartbeat_ttl_s: float = 5.0  # a silent instance is dead after this long; its entries go then
 
     grace_s: float = 30.0
     ping_interval_s: float = 10.0
@@ -223,7 +226,9 @@ def validate(s: Settings) -> None:
             url.port  # noqa: B018  (raises on a bad port)
         except ValueError:
             raise ConfigError(f"redis_url: {s.redis_url!r} has a bad port") from None
-    for name in ("grace_s", "ping_interval_s", "ping_timeout_s"):
+    if s.heartbeat_ttl_s <= s.heartbeat_interval_s:
+        raise ConfigError("heartbeat_ttl_s: must be longer than heartbeat_interval_s")
+    for name in ("grace_s", "ping_interval_s", "ping_timeout_s", "redis_timeout_s", "heartbeat_interval_s"):
         if getattr(s, name) < 0 or (name != "grace_s" and getattr(s, name) == 0):
             raise ConfigError(f"{name}: {getattr(s, name)} must be positive")
     if "*" in s.cors_allowed_origins and not s.dev:

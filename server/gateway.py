@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import parse_qs
 
 import orjson
@@ -30,6 +30,11 @@ from .metrics import Metrics
 from .payloads import JoinMsg, LeaveMsg, MoveMsg, RefreshMsg, StateMsg, SyncMsg, parse
 from .registry import Connection, Registry
 from .rooms import RoomStore
+from .websocket import Transports
+
+if TYPE_CHECKING:
+    from .bus import Bus
+    from .cluster import Cluster
 
 NAMESPACE = "/game"
 TOUCH_EVERY_S = 1.0
@@ -49,6 +54,7 @@ class Conn:
     rooms: set[str] = field(default_factory=set)
     touched: float = 0.0
     closing: Disconnect | None = None  # set when the server closes the connection on purpose
+    dropped: bool = False  # set when the server cut the transport to simulate a network fault
 
 
 def token_from(auth: Any, environ: Mapping[str, Any]) -> str:
@@ -78,6 +84,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         registry: Registry,
         rooms: RoomStore,
         metrics: Metrics,
+        transports: Transports,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(NAMESPACE)
@@ -86,8 +93,12 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         self.registry = registry
         self.rooms = rooms
         self.metrics = metrics
+        self.transports = transports
         self.clock = clock
         self.conns: dict[str, Conn] = {}
+        # wired by create_app once they exist (they need the gateway too)
+        self.bus: Bus
+        self.cluster: Cluster
         self._handlers: dict[str, Callable[[Conn, Any], Awaitable[Ack]]] = {
             "join": self._join,
             "leave": self._leave,
@@ -110,6 +121,11 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
             claims = self.verifier.verify(token_from(auth, environ))
         except AuthError as exc:
             self._refuse(sid, address, exc.refusal, exc.detail)
+        if await self.cluster.is_blocked(claims.user_id):
+            # simulate-drop --block: behave like an unreachable network, not like a refusal
+            log(logger, "blocked", user=claims.user_id, sid=sid, address=address)
+            await self._cut(sid)
+            raise socketio.exceptions.ConnectionRefusedError("unavailable", codes.UNAVAILABLE.data("blocked"))
         await self._enforce_user_limit(sid, claims.user_id, address)
         now = self.clock()
         conn = Conn(sid=sid, claims=claims, address=address, session_id=uuid.uuid4().hex, touched=now)
@@ -137,7 +153,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
             self._refuse(sid, address, codes.CONNECTION_LIMIT,
                          f"user has {len(sids)} of {self.settings.max_connections_per_user} connections")
         for old in sids[:excess]:
-            await self.close(old, codes.SESSION_REPLACED)
+            await self.cluster.close_sid(old, codes.SESSION_REPLACED)
 
     async def on_connected(self, sid: str) -> None:
         """Runs once the CONNECT packet is queued: the ``session`` event comes first."""
@@ -161,6 +177,8 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         closing = conn.closing
         if closing is codes.KICKED:
             left = LeftReason.KICKED
+        elif conn.dropped:
+            left = LeftReason.TIMEOUT
         elif reason == self.server.reason.CLIENT_DISCONNECT or closing is not None:
             left = LeftReason.LEFT
         else:  # a drop; without a session to wait for, grace ends at once
@@ -169,19 +187,57 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
             await self._leave_room(conn, room, left)
         await self.registry.remove(sid)
         self.metrics.connections.dec()
-        cause = closing.reason if closing else reason.replace(" ", "_")
+        cause = closing.reason if closing else "simulated_drop" if conn.dropped else reason.replace(" ", "_")
         self.metrics.disconnects.labels(cause).inc()
         log(logger, "disconnect", user=conn.claims.user_id, sid=sid, address=conn.address, reason=cause)
 
-    async def close(self, sid: str, why: Disconnect) -> bool:
+    async def close(self, sid: str, why: Disconnect, message: str = "") -> bool:
         """Close one local connection on purpose: ``disconnect_reason`` first, then the close."""
         conn = self.conns.get(sid)
-        if conn is None:
+        if conn is None or conn.closing is not None:
             return False
         conn.closing = why
-        await self.emit("disconnect_reason", why.payload(), to=sid)
+        payload = why.payload()
+        if message:
+            payload["message"] = message
+        await self.emit("disconnect_reason", payload, to=sid)
         await self.server.disconnect(sid, namespace=NAMESPACE)
         return True
+
+    def local_sids(self, user_id: str) -> list[str]:
+        return [sid for sid, conn in self.conns.items() if conn.claims.user_id == user_id]
+
+    async def kick_local(self, user_id: str, message: str = "") -> int:
+        closed = 0
+        for sid in self.local_sids(user_id):
+            closed += await self.close(sid, codes.KICKED, message)
+        if closed:
+            log(logger, "kick", user=user_id, connections=closed, message=message)
+        return closed
+
+    async def drop_local(self, user_id: str) -> int:
+        """Cut the user's connections as a network fault would: no packet, the TCP just ends."""
+        dropped = 0
+        for sid in self.local_sids(user_id):
+            conn = self.conns[sid]
+            if conn.dropped or conn.closing is not None:
+                continue
+            conn.dropped = True
+            await self._cut(sid)
+            dropped += 1
+        if dropped:
+            log(logger, "simulate_drop", user=user_id, connections=dropped)
+        return dropped
+
+    async def _cut(self, sid: str) -> None:
+        eio_sid = self.server.manager.eio_sid_from_sid(sid, NAMESPACE)
+        if eio_sid is None or self.transports.abort(eio_sid):
+            return
+        # long-polling has no lasting TCP connection: forget the session without a CLOSE
+        # packet, so the client's next poll fails as if the server had gone away
+        socket = self.server.eio.sockets.get(eio_sid)
+        if socket is not None:
+            await socket.close(wait=False, abort=True)
 
     async def send_to_user(self, user_id: str, event: str, data: Any) -> int:
         """Send an event to every connection the user has on this instance."""
@@ -238,7 +294,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
             await self.server.enter_room(conn.sid, room, namespace=NAMESPACE)
             await self.registry.add_room(conn.sid, room)
         if joined.first:
-            await self.emit("player_joined", {"room": room, "user": user_id}, room=room, skip_sid=conn.sid)
+            await self.bus.emit_room(room, "player_joined", {"room": room, "user": user_id}, skip_sid=conn.sid)
         return {"ok": True, "room": room, "seq": joined.seq, "members": joined.members}
 
     async def _leave(self, conn: Conn, data: Any) -> Ack:
@@ -252,8 +308,8 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         await self.server.leave_room(conn.sid, room, namespace=NAMESPACE)
         await self.registry.remove_room(conn.sid, room)
         if await self.rooms.leave(room, conn.claims.user_id, conn.sid):
-            await self.emit("player_left", {"room": room, "user": conn.claims.user_id, "reason": str(reason)},
-                            room=room)
+            await self.bus.emit_room(room, "player_left",
+                                     {"room": room, "user": conn.claims.user_id, "reason": str(reason)})
 
     async def _move(self, conn: Conn, data: Any) -> Ack:
         msg = parse(MoveMsg, data)
@@ -268,10 +324,8 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         action_json = action_bytes.decode()
         event = await self.rooms.move(msg.room, conn.claims.user_id, msg.action, action_json,
                                       int(self.clock() * 1000))
-        manager = self.manager
-        delivered = await manager.send_encoded(NAMESPACE, msg.room, manager.encode_json(NAMESPACE, "move", event.json))
+        await self.bus.publish_move(msg.room, event)
         self.metrics.moves.inc()
-        self.metrics.deliveries.inc(delivered)
         return {"ok": True, "seq": event.seq}
 
     async def _sync(self, conn: Conn, data: Any) -> Ack:

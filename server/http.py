@@ -1,12 +1,35 @@
-"""Plain HTTP beside the Socket.IO endpoint: health, readiness, metrics."""
+"""Plain HTTP beside the Socket.IO endpoint: health, readiness, metrics and the admin API.
+
+The admin API answers for the whole cluster from any instance. It requires a bearer JWT whose
+``role`` claim is ``admin``; errors are ``{"error": {"code", "message"}}`` with a fitting status.
+
+=======  =======================  ==================================================
+GET      /admin/connections       ?user= &room= &instance= ; the registry, cluster-wide
+GET      /admin/instances         the instances and whether their heartbeat is alive
+POST     /admin/kick              {"user", "reason"}: close with 4503 everywhere
+POST     /admin/drop              {"user", "block_s"}: cut the transport, refuse reconnects
+=======  =======================  ==================================================
+"""
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from .auth import Claims, Verifier
+from .cluster import Cluster
+from .errors import AdminError, AuthError
+from .logs import log
 from .metrics import Metrics
+from .registry import Registry
 from .rooms import RoomStore
+
+logger = logging.getLogger("gamegw.admin")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def routes(*, metrics: Metrics, rooms: RoomStore, instance_id: str) -> list[web.RouteDef]:
@@ -25,3 +48,75 @@ def routes(*, metrics: Metrics, rooms: RoomStore, instance_id: str) -> list[web.
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     return [web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/metrics", metrics_view)]
+
+
+def admin_routes(*, verifier: Verifier, registry: Registry, cluster: Cluster) -> list[web.RouteDef]:
+    def admin(handler: Callable[[web.Request, Claims], Awaitable[Any]]) -> Handler:
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            try:
+                claims = _admin_claims(request, verifier)
+                return web.json_response(await handler(request, claims))
+            except AdminError as exc:
+                return web.json_response({"error": {"code": exc.code, "message": exc.message}}, status=exc.status)
+
+        return wrapped
+
+    async def connections(request: web.Request, claims: Claims) -> Any:
+        q = request.query
+        conns = await registry.list(user_id=q.get("user") or None, room=q.get("room") or None,
+                                    instance_id=q.get("instance") or None)
+        return {"connections": [c.to_dict() for c in sorted(conns, key=lambda c: c.connected_at)]}
+
+    async def instances(request: web.Request, claims: Claims) -> Any:
+        return {"instances": await cluster.instances()}
+
+    async def kick(request: web.Request, claims: Claims) -> Any:
+        body = await _body(request)
+        user = _user(body)
+        reason = str(body.get("reason") or "")
+        outcome = await cluster.kick(user, reason)
+        log(logger, "admin_kick", by=claims.user_id, user=user, count=outcome.count, confirmed=outcome.confirmed)
+        return outcome.to_dict()
+
+    async def drop(request: web.Request, claims: Claims) -> Any:
+        body = await _body(request)
+        user = _user(body)
+        block_s = body.get("block_s", 0)
+        if not isinstance(block_s, (int, float)) or isinstance(block_s, bool) or not 0 <= block_s <= 3600:
+            raise AdminError(400, "bad_request", "block_s must be a number of seconds from 0 to 3600")
+        outcome = await cluster.drop(user, float(block_s))
+        log(logger, "admin_drop", by=claims.user_id, user=user, count=outcome.count, block_s=block_s)
+        return outcome.to_dict()
+
+    return [web.get("/admin/connections", admin(connections)), web.get("/admin/instances", admin(instances)),
+            web.post("/admin/kick", admin(kick)), web.post("/admin/drop", admin(drop))]
+
+
+def _admin_claims(request: web.Request, verifier: Verifier) -> Claims:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AdminError(401, "token_missing", "an admin bearer token is required")
+    try:
+        claims = verifier.verify(token.strip())
+    except AuthError as exc:
+        raise AdminError(401, exc.refusal.name, exc.detail) from None
+    if not claims.is_admin:
+        raise AdminError(403, "forbidden", "the token's role is not admin")
+    return claims
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise AdminError(400, "bad_request", "the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise AdminError(400, "bad_request", "the body must be a JSON object")
+    return body
+
+
+def _user(body: dict[str, Any]) -> str:
+    user = body.get("user")
+    if not isinstance(user, str) or not user:
+        raise AdminError(400, "bad_request", "user must be a non-empty string")
+    return user

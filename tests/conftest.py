@@ -8,12 +8,22 @@ python-socketio ``AsyncClient`` instances (see :class:`Player`).
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+import redis as redis_sync
 import socketio
 from aiohttp import web
 
@@ -27,6 +37,73 @@ TEST_SECRET = "test-secret-0123456789-0123456789-abcdef"
 def make_settings(**overrides: Any) -> Settings:
     environ = {"GAMEGW_JWT_SECRET": TEST_SECRET, "GAMEGW_INSTANCE_ID": "test-1"}
     return load_settings(environ, None, {"port": 0, **overrides})
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5, interval: float = 0.05) -> None:
+    """Poll ``check`` until it is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A real redis-server on a free port, which a test may stop and start again."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
+        self.binary = binary
+        self.port = free_port()
+        self.workdir = workdir
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis_sync.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis_sync.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+            finally:
+                client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix of the test's own: tests share one redis-server without seeing each other."""
+    return "t" + uuid.uuid4().hex[:10]
 
 
 @dataclass
@@ -65,6 +142,90 @@ async def gateway_factory() -> AsyncIterator[Callable[..., Awaitable[Gateway]]]:
     yield factory
     for gw in reversed(started):
         await gw.aclose()
+
+
+@pytest.fixture
+async def cluster_factory(redis_server: RedisServer, redis_prefix: str
+                          ) -> AsyncIterator[Callable[..., Awaitable[list[Gateway]]]]:
+    """``await cluster_factory(n, **settings)``: n in-process gateways sharing one Redis."""
+    started: list[Gateway] = []
+
+    async def factory(n: int, **overrides: Any) -> list[Gateway]:
+        made = []
+        for _ in range(n):
+            iid = f"inst-{len(started) + 1}"
+            settings = load_settings({"GAMEGW_JWT_SECRET": TEST_SECRET}, None, {
+                "port": 0, "instance_id": iid, "redis_url": redis_server.url, "redis_prefix": redis_prefix,
+                "heartbeat_interval_s": 0.2, "heartbeat_ttl_s": 1.0, **overrides})
+            gw = await start_gateway(settings)
+            started.append(gw)
+            made.append(gw)
+        return made
+
+    yield factory
+    for gw in reversed(started):
+        await gw.aclose()
+
+
+class GatewayProcess:
+    """``gamectl serve`` in a process of its own, for crashes (SIGKILL) and restarts."""
+
+    def __init__(self, env: dict[str, str], port: int, instance_id: str) -> None:
+        self.port = port
+        self.instance_id = instance_id
+        self.url = f"http://127.0.0.1:{port}"
+        gamectl = str(Path(sys.executable).with_name("gamectl"))
+        self.proc = subprocess.Popen([gamectl, "serve", "--port", str(port)], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    async def ready(self, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as http:
+            while True:
+                if self.proc.poll() is not None:
+                    err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                    raise RuntimeError(f"gateway exited: {err}")
+                try:
+                    async with http.get(self.url + "/readyz") as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError("gateway never became ready")
+                await asyncio.sleep(0.1)
+
+    def kill(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        if self.proc.stderr:
+            self.proc.stderr.close()
+
+
+@pytest.fixture
+async def process_factory(redis_server: RedisServer, redis_prefix: str
+                          ) -> AsyncIterator[Callable[..., Awaitable[GatewayProcess]]]:
+    started: list[GatewayProcess] = []
+
+    async def factory(instance_id: str, **env_overrides: str) -> GatewayProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GAMEGW_")}
+        env.update({"GAMEGW_JWT_SECRET": TEST_SECRET, "GAMEGW_INSTANCE_ID": instance_id,
+                    "GAMEGW_REDIS_URL": redis_server.url, "GAMEGW_REDIS_PREFIX": redis_prefix,
+                    "GAMEGW_HEARTBEAT_INTERVAL_S": "0.2", "GAMEGW_HEARTBEAT_TTL_S": "1.0",
+                    "GAMEGW_LOG_LEVEL": "warning", **env_overrides})
+        proc = GatewayProcess(env, free_port(), instance_id)
+        started.append(proc)
+        await proc.ready()
+        return proc
+
+    yield factory
+    for proc in started:
+        proc.close()
 
 
 @pytest.fixture

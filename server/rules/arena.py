@@ -18,6 +18,7 @@ STEPS = {"up": (0, -1), "down": (0, 1), "left": (-1, 0), "right": (1, 0)}
 
 class Arena:
     name = "arena"
+    stateless_moves = False
 
     def __init__(self, width: int = 16, height: int = 16) -> None:
         self.width = width

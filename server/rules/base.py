@@ -15,6 +15,9 @@ State = dict[str, Any]
 
 class Rules(Protocol):
     name: str
+    # True when apply() neither reads nor changes the state: the cluster store then skips the
+    # read-modify-write of the state on every move (one Redis round trip instead of two).
+    stateless_moves: bool
 
     def initial_state(self) -> State:
         """The state of a room nobody has joined yet."""

@@ -1,4 +1,7 @@
-"""``relay``: every JSON object is a legal action. The gateway's size limit still applies."""
+"""``relay``: every JSON object is a legal action. The gateway's size limit still applies.
+
+The state is who plays; the number of moves is the room's ``seq``.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,10 @@ from .base import State
 
 class Relay:
     name = "relay"
+    stateless_moves = True
 
     def initial_state(self) -> State:
-        return {"players": [], "moves": 0}
+        return {"players": []}
 
     def on_join(self, state: State, user_id: str) -> None:
         if user_id not in state["players"]:
@@ -22,5 +26,4 @@ class Relay:
             state["players"].remove(user_id)
 
     def apply(self, state: State, user_id: str, action: dict[str, Any]) -> dict[str, Any]:
-        state["moves"] += 1
         return action

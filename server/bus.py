@@ -1,0 +1,179 @@
+"""How room events and instance-to-instance messages travel.
+
+:class:`LocalBus` (one instance) writes straight to the local sockets. :class:`RedisBus`
+(cluster mode) has one subscription per instance, on its own channel ``{p}:ch:{iid}``; room
+events are published, by Lua scripts, to exactly the instances that hold members of the room
+(this one included, so every instance sees a room's events in the same order). Messages on a
+channel start with one letter:
+
+* ``M{room}\\n{move json}``: a move, delivered to the local members of the room;
+* ``E{room}\\n{skip sid}\\n{packet}``: another room event, already encoded as a Socket.IO packet;
+* ``C{json}``: a control request (kick, drop, close) to carry out here and answer;
+* ``R{json}``: the answer to one of our requests.
+
+The listener never awaits a fan-out: writing to a local socket only queues the packet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import orjson
+from engineio import packet as eio_packet
+from redis.asyncio import Redis
+
+from .keys import Keys
+from .logs import log
+from .manager import GameManager
+from .metrics import Metrics
+from .rooms import MoveEvent
+
+NAMESPACE = "/game"
+logger = logging.getLogger("gamegw.bus")
+ControlHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+# KEYS: insts   ARGV: channel_prefix message
+EMIT = """
+for _, i in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  redis.call('PUBLISH', ARGV[1] .. i, ARGV[2])
+end
+return 1
+"""
+
+
+class Bus(Protocol):
+    async def publish_move(self, room: str, event: MoveEvent) -> None:
+        """Deliver an accepted move to every member of the room, on every instance."""
+        ...
+
+    async def emit_room(self, room: str, event: str, data: Any, skip_sid: str | None = None) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class LocalBus:
+    def __init__(self, manager: GameManager, metrics: Metrics) -> None:
+        self._manager = manager
+        self._metrics = metrics
+
+    async def publish_move(self, room: str, event: MoveEvent) -> None:
+        m = self._manager
+        self._metrics.deliveries.inc(await m.send_encoded(NAMESPACE, room, m.encode_json(NAMESPACE, "move", event.json)))
+
+    async def emit_room(self, room: str, event: str, data: Any, skip_sid: str | None = None) -> None:
+        m = self._manager
+        await m.send_encoded(NAMESPACE, room, m.encode(NAMESPACE, event, data), skip_sid)
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+class RedisBus:
+    def __init__(self, redis: Redis, keys: Keys, instance_id: str, manager: GameManager, metrics: Metrics) -> None:
+        self._r: Any = redis  # redis-py's types do not follow decode_responses=True
+        self._k = keys
+        self._instance_id = instance_id
+        self._manager = manager
+        self._metrics = metrics
+        self._emit = redis.register_script(EMIT)
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self.on_control: ControlHandler | None = None
+        self.subscribed = asyncio.Event()
+
+    async def publish_move(self, room: str, event: MoveEvent) -> None:
+        return None  # the move's Lua script has already published it to the room's instances
+
+    async def emit_room(self, room: str, event: str, data: Any, skip_sid: str | None = None) -> None:
+        text = self._manager.encode(NAMESPACE, event, data)[0].data
+        message = f"E{room}\n{skip_sid or ''}\n{text}"
+        await self._emit(keys=[self._k.room(room, "insts")], args=[self._k.channel_prefix, message])
+
+    async def request(self, instance_id: str, body: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        """Ask another instance to act; its answer, or None if it did not answer in time."""
+        request_id = uuid.uuid4().hex
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            message = {"id": request_id, "from": self._instance_id, **body}
+            await self._r.publish(self._k.channel(instance_id), "C" + orjson.dumps(message).decode())
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return None
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="gamegw-bus-listener")
+        await asyncio.wait_for(self.subscribed.wait(), 10)
+
+    async def _listen(self) -> None:
+        backoff = 0.1
+        while True:
+            pubsub = self._r.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._k.channel(self._instance_id))
+                self.subscribed.set()
+                backoff = 0.1
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        await self._handle(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis went away: resubscribe with capped backoff
+                self.subscribed.clear()
+                log(logger, "listener_lost", logging.WARNING, error=str(exc), retry_in_s=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    async def _handle(self, data: str) -> None:
+        kind = data[:1]
+        m = self._manager
+        if kind == "M":
+            room, _, event_json = data[1:].partition("\n")
+            self._metrics.deliveries.inc(
+                await m.send_encoded(NAMESPACE, room, m.encode_json(NAMESPACE, "move", event_json)))
+        elif kind == "E":
+            room, skip_sid, text = data[1:].split("\n", 2)
+            await m.send_encoded(NAMESPACE, room, [eio_packet.Packet(eio_packet.MESSAGE, text)], skip_sid or None)
+        elif kind == "C":
+            task = asyncio.create_task(self._answer(orjson.loads(data[1:])))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        elif kind == "R":
+            reply = orjson.loads(data[1:])
+            future = self._pending.get(reply.get("id", ""))
+            if future is not None and not future.done():
+                future.set_result(reply)
+
+    async def _answer(self, request: dict[str, Any]) -> None:
+        try:
+            result = await self.on_control(request) if self.on_control else {"error": "no handler"}
+        except Exception as exc:
+            logger.exception("control request failed")
+            result = {"error": str(exc)}
+        reply = {"id": request["id"], "instance": self._instance_id, **result}
+        await self._r.publish(self._k.channel(request["from"]), "R" + orjson.dumps(reply).decode())
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for task in list(self._background):
+            task.cancel()

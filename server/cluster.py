@@ -1,0 +1,266 @@
+"""The cluster: instances announce themselves, clean up after dead ones, and act on users
+wherever they are connected.
+
+Operations on a user (kick, drop) find the user's connections in the registry, group them by
+instance, carry out the local part here and ask each other instance over its channel, then
+confirm: the caller learns how many connections were acted on, and whether every instance that
+held one answered. :class:`LocalCluster` is the same surface for a single in-memory instance.
+
+Heartbeats: every ``heartbeat_interval_s`` an instance refreshes ``{p}:inst:{iid}:alive`` with
+a TTL of ``heartbeat_ttl_s``. A survivor that finds an instance's heartbeat gone takes the
+instance's reap lock and turns its connections into drops: the rooms hear of it, the registry
+forgets them. So a crashed instance leaves no entry behind after at most
+``heartbeat_ttl_s + heartbeat_interval_s`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+from redis.asyncio import Redis
+
+from . import codes
+from .codes import Disconnect, LeftReason
+from .keys import Keys
+from .logs import log
+
+if TYPE_CHECKING:
+    from .bus import RedisBus
+    from .gateway import Gateway
+    from .registry import Connection
+    from .registry_redis import RedisRegistry
+    from .rooms_redis import RedisRoomStore
+
+logger = logging.getLogger("gamegw.cluster")
+REQUEST_TIMEOUT_S = 2.0
+
+
+@dataclass
+class Outcome:
+    """What a cluster-wide operation did: connections acted on, per instance."""
+
+    user: str
+    count: int = 0
+    instances: dict[str, int] = field(default_factory=dict)
+    unconfirmed: list[str] = field(default_factory=list)  # instances that did not answer
+
+    @property
+    def confirmed(self) -> bool:
+        return not self.unconfirmed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"user": self.user, "count": self.count, "instances": self.instances,
+                "unconfirmed": self.unconfirmed, "confirmed": self.confirmed}
+
+
+class Cluster(Protocol):
+    async def kick(self, user_id: str, reason: str) -> Outcome: ...
+
+    async def drop(self, user_id: str, block_s: float) -> Outcome: ...
+
+    async def close_sid(self, sid: str, why: Disconnect) -> bool: ...
+
+    async def is_blocked(self, user_id: str) -> bool: ...
+
+    async def instances(self) -> list[dict[str, Any]]: ...
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class LocalCluster:
+    def __init__(self, gateway: Gateway, *, clock: Callable[[], float] = time.time) -> None:
+        self._gateway = gateway
+        self._clock = clock
+        self._blocked_until: dict[str, float] = {}
+        self._started = clock()
+
+    async def kick(self, user_id: str, reason: str) -> Outcome:
+        count = await self._gateway.kick_local(user_id, reason)
+        iid = self._gateway.settings.instance_id
+        return Outcome(user_id, count, {iid: count} if count else {})
+
+    async def drop(self, user_id: str, block_s: float) -> Outcome:
+        if block_s > 0:
+            self._blocked_until[user_id] = self._clock() + block_s
+        count = await self._gateway.drop_local(user_id)
+        iid = self._gateway.settings.instance_id
+        return Outcome(user_id, count, {iid: count} if count else {})
+
+    async def close_sid(self, sid: str, why: Disconnect) -> bool:
+        return await self._gateway.close(sid, why)
+
+    async def is_blocked(self, user_id: str) -> bool:
+        until = self._blocked_until.get(user_id)
+        if until is None:
+            return False
+        if until <= self._clock():
+            del self._blocked_until[user_id]
+            return False
+        return True
+
+    async def instances(self) -> list[dict[str, Any]]:
+        return [{"instance": self._gateway.settings.instance_id, "started": self._started,
+                 "connections": len(self._gateway.conns), "alive": True}]
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+class RedisCluster:
+    def __init__(self, redis: Redis, keys: Keys, gateway: Gateway, registry: RedisRegistry, rooms: RedisRoomStore,
+                 bus: RedisBus, *, heartbeat_interval_s: float = 1.0, heartbeat_ttl_s: float = 5.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._r: Any = redis  # redis-py's types do not follow decode_responses=True
+        self._k = keys
+        self._gateway = gateway
+        self._registry = registry
+        self._rooms = rooms
+        self._bus = bus
+        self._interval = heartbeat_interval_s
+        self._ttl = heartbeat_ttl_s
+        self._clock = clock
+        self._iid = gateway.settings.instance_id
+        self._started = clock()
+        self._tasks: list[asyncio.Task[None]] = []
+        bus.on_control = self._on_control
+
+    # -- operations on users ----------------------------------------------------------------
+
+    async def kick(self, user_id: str, reason: str) -> Outcome:
+        return await self._fan_out(user_id, {"op": "kick", "user": user_id, "reason": reason})
+
+    async def drop(self, user_id: str, block_s: float) -> Outcome:
+        if block_s > 0:
+            await self._r.set(self._k.block(user_id), "1", px=max(1, int(block_s * 1000)))
+        return await self._fan_out(user_id, {"op": "drop", "user": user_id})
+
+    async def close_sid(self, sid: str, why: Disconnect) -> bool:
+        if sid in self._gateway.conns:
+            return await self._gateway.close(sid, why)
+        conn = await self._registry.get(sid)
+        if conn is None:
+            return False
+        reply = await self._bus.request(conn.instance_id, {"op": "close", "sid": sid, "reason": why.reason},
+                                        REQUEST_TIMEOUT_S)
+        return bool(reply and reply.get("count"))
+
+    async def is_blocked(self, user_id: str) -> bool:
+        return bool(await self._r.exists(self._k.block(user_id)))
+
+    async def _fan_out(self, user_id: str, body: dict[str, Any]) -> Outcome:
+        outcome = Outcome(user_id)
+        holders = sorted({c.instance_id for c in await self._registry.list(user_id=user_id)} | {self._iid})
+
+        async def ask(iid: str) -> tuple[str, int | None]:
+            if iid == self._iid:
+                return iid, int((await self._on_control(body))["count"])
+            reply = await self._bus.request(iid, body, REQUEST_TIMEOUT_S)
+            return iid, (int(reply["count"]) if reply and "count" in reply else None)
+
+        for iid, count in await asyncio.gather(*(ask(i) for i in holders)):
+            if count is None:
+                outcome.unconfirmed.append(iid)
+            elif count:
+                outcome.instances[iid] = count
+                outcome.count += count
+        return outcome
+
+    async def _on_control(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        if op == "kick":
+            return {"count": await self._gateway.kick_local(str(request["user"]), str(request.get("reason", "")))}
+        if op == "drop":
+            return {"count": await self._gateway.drop_local(str(request["user"]))}
+        if op == "close":
+            why = codes.DISCONNECTS.get(str(request.get("reason")), codes.SESSION_REPLACED)
+            return {"count": int(await self._gateway.close(str(request["sid"]), why))}
+        return {"error": f"unknown op {op!r}"}
+
+    # -- membership of the cluster ----------------------------------------------------------
+
+    async def instances(self) -> list[dict[str, Any]]:
+        ids = sorted(await self._r.smembers(self._k.instances))
+        if not ids:
+            return []
+        raws = await self._r.mget([self._k.alive(i) for i in ids])
+        out = []
+        for iid, raw in zip(ids, raws, strict=True):
+            info = orjson.loads(raw) if raw else {"instance": iid}
+            out.append({**info, "alive": raw is not None})
+        return out
+
+    async def start(self) -> None:
+        await self.reap(self._iid)  # what an earlier process with our name left behind
+        await self._beat()
+        self._tasks = [asyncio.create_task(self._heartbeat_loop(), name="gamegw-heartbeat"),
+                       asyncio.create_task(self._reaper_loop(), name="gamegw-reaper")]
+
+    async def _beat(self) -> None:
+        info = {"instance": self._iid, "started": self._started, "beat": self._clock(),
+                "connections": len(self._gateway.conns)}
+        async with self._r.pipeline(transaction=False) as pipe:
+            pipe.set(self._k.alive(self._iid), orjson.dumps(info), px=int(self._ttl * 1000))
+            pipe.sadd(self._k.instances, self._iid)
+            await pipe.execute()
+        await self._registry.flush_seen()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self._beat()
+            except Exception as exc:
+                log(logger, "heartbeat_failed", logging.WARNING, error=str(exc))
+
+    async def _reaper_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                for iid in await self._r.smembers(self._k.instances):
+                    if iid != self._iid and not await self._r.exists(self._k.alive(iid)):
+                        if await self._r.set(self._k.reap(iid), self._iid, nx=True, ex=30):
+                            await self.reap(iid)
+            except Exception as exc:
+                log(logger, "reaper_failed", logging.WARNING, error=str(exc))
+
+    async def reap(self, iid: str) -> int:
+        """Clean up after a dead instance: its connections end, its rooms are told, no entry stays."""
+        conns: list[Connection] = await self._registry.list(instance_id=iid)
+        for conn in conns:
+            for room in sorted(conn.rooms):
+                if await self._rooms.leave_for(room, conn.user_id, iid, instance_last=True):
+                    await self._bus.emit_room(room, "player_left",
+                                              {"room": room, "user": conn.user_id, "reason": str(LeftReason.TIMEOUT)})
+            await self._registry.forget(conn)
+        for room in await self._r.smembers(self._k.inst_rooms(iid)):
+            await self._r.srem(self._k.room(room, "insts"), iid)
+        await self._r.delete(self._k.inst_sids(iid), self._k.inst_rooms(iid))
+        if iid != self._iid:
+            await self._r.srem(self._k.instances, iid)
+        if conns or iid != self._iid:
+            log(logger, "reaped", instance=iid, connections=len(conns), by=self._iid)
+        return len(conns)
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(Exception):
+            async with self._r.pipeline(transaction=False) as pipe:
+                pipe.delete(self._k.alive(self._iid))
+                pipe.srem(self._k.instances, self._iid)
+                await pipe.execute()

@@ -1,0 +1,66 @@
+"""Every Redis key and channel the gateway uses, under one prefix (default ``gamegw``).
+
+::
+
+    {p}:instances                 set    ids of instances that have announced themselves
+    {p}:inst:{iid}:alive          string heartbeat, expires after heartbeat_ttl_s
+    {p}:inst:{iid}:sids           set    the instance's connections (for cleaning up after it)
+    {p}:inst:{iid}:rooms          set    rooms where the instance has members
+    {p}:reap:{iid}                string lock: one survivor cleans a dead instance
+    {p}:conn:{sid}                string one connection's details (JSON)
+    {p}:seen                      hash   sid -> last seen (epoch seconds), written in batches
+    {p}:user:{uid}                zset   the user's sids, scored by connection time
+    {p}:block:{uid}               string reconnects refused until it expires (simulate-drop)
+    {p}:room:{{r}}:seq            string the room's last sequence number
+    {p}:room:{{r}}:log            stream the last moves, entry id "{seq}-1", field e = move JSON
+    {p}:room:{{r}}:users          hash   member user -> number of their connections in the room
+    {p}:room:{{r}}:insts          set    instances with members in the room (who gets its events)
+    {p}:room:{{r}}:state          string the game state (JSON) and its version {p}:room:{{r}}:ver
+    {p}:ch:{iid}                  channel everything addressed to one instance
+
+Room keys carry the room in a hash tag, so one room's keys stay in one slot.
+"""
+
+from __future__ import annotations
+
+
+class Keys:
+    def __init__(self, prefix: str = "gamegw") -> None:
+        self.p = prefix
+        self.instances = f"{prefix}:instances"
+        self.seen = f"{prefix}:seen"
+
+    def alive(self, instance_id: str) -> str:
+        return f"{self.p}:inst:{instance_id}:alive"
+
+    def inst_sids(self, instance_id: str) -> str:
+        return f"{self.p}:inst:{instance_id}:sids"
+
+    def inst_rooms(self, instance_id: str) -> str:
+        return f"{self.p}:inst:{instance_id}:rooms"
+
+    def reap(self, instance_id: str) -> str:
+        return f"{self.p}:reap:{instance_id}"
+
+    def conn(self, sid: str) -> str:
+        return f"{self.p}:conn:{sid}"
+
+    def user(self, user_id: str) -> str:
+        return f"{self.p}:user:{user_id}"
+
+    def block(self, user_id: str) -> str:
+        return f"{self.p}:block:{user_id}"
+
+    def room(self, room: str, part: str) -> str:
+        return f"{self.p}:room:{{{room}}}:{part}"
+
+    def room_keys(self, room: str) -> list[str]:
+        """seq, log, users, insts, state, ver: the order the Lua scripts expect."""
+        return [self.room(room, part) for part in ("seq", "log", "users", "insts", "state", "ver")]
+
+    def channel(self, instance_id: str) -> str:
+        return f"{self.p}:ch:{instance_id}"
+
+    @property
+    def channel_prefix(self) -> str:
+        return f"{self.p}:ch:"

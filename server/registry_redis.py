@@ -1,0 +1,134 @@
+"""The connection registry in Redis, shared by every instance of a cluster (see ``keys.py``).
+
+Each instance writes only its own connections and keeps them cached locally, so updates never
+read before they write. ``last_seen`` is written in batches (:meth:`flush_seen`, called by the
+heartbeat) rather than once per event.
+"""
+
+from __future__ import annotations
+
+import builtins
+import time
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from .keys import Keys
+from .registry import Connection
+
+
+class RedisRegistry:
+    def __init__(self, redis: Redis, keys: Keys, instance_id: str) -> None:
+        self._r: Any = redis  # redis-py's types do not follow decode_responses=True
+        self._k = keys
+        self._instance_id = instance_id
+        self._own: dict[str, Connection] = {}
+        self._dirty_seen: dict[str, float] = {}
+
+    async def add(self, conn: Connection) -> None:
+        self._own[conn.sid] = conn
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.set(self._k.conn(conn.sid), _dump(conn))
+            pipe.zadd(self._k.user(conn.user_id), {conn.sid: conn.connected_at})
+            pipe.sadd(self._k.inst_sids(conn.instance_id), conn.sid)
+            pipe.hset(self._k.seen, conn.sid, conn.last_seen)
+            await pipe.execute()
+
+    async def remove(self, sid: str) -> Connection | None:
+        conn = self._own.pop(sid, None) or await self.get(sid)
+        self._dirty_seen.pop(sid, None)
+        if conn is None:
+            return None
+        await self.forget(conn)
+        return conn
+
+    async def forget(self, conn: Connection) -> None:
+        """Delete every trace of a connection (also one of another, dead instance)."""
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.delete(self._k.conn(conn.sid))
+            pipe.zrem(self._k.user(conn.user_id), conn.sid)
+            pipe.srem(self._k.inst_sids(conn.instance_id), conn.sid)
+            pipe.hdel(self._k.seen, conn.sid)
+            await pipe.execute()
+
+    async def get(self, sid: str) -> Connection | None:
+        raw, seen = await self._r.pipeline(transaction=False).get(self._k.conn(sid)).hget(self._k.seen, sid).execute()
+        return _load(raw, seen)
+
+    async def user_sids(self, user_id: str) -> list[str]:
+        sids: list[str] = await self._r.zrange(self._k.user(user_id), 0, -1)
+        return sids
+
+    async def list(
+        self, *, user_id: str | None = None, room: str | None = None, instance_id: str | None = None
+    ) -> list[Connection]:
+        if user_id is not None:
+            sids = await self.user_sids(user_id)
+        elif instance_id is not None:
+            sids = sorted(await self._r.smembers(self._k.inst_sids(instance_id)))
+        else:
+            sids = []
+            for iid in sorted(await self._r.smembers(self._k.instances)):
+                sids.extend(sorted(await self._r.smembers(self._k.inst_sids(iid))))
+        if not sids:
+            return []
+        pipe = self._r.pipeline(transaction=False)
+        pipe.mget([self._k.conn(s) for s in sids])
+        pipe.hmget(self._k.seen, sids)
+        raws, seens = await pipe.execute()
+        conns = [c for c in (_load(raw, seen) for raw, seen in zip(raws, seens, strict=True)) if c is not None]
+        return [
+            c for c in conns
+            if (room is None or room in c.rooms) and (instance_id is None or c.instance_id == instance_id)
+        ]
+
+    async def add_room(self, sid: str, room: str) -> None:
+        conn = self._own.get(sid)
+        if conn is not None and room not in conn.rooms:
+            conn.rooms.add(room)
+            await self._r.set(self._k.conn(sid), _dump(conn))
+
+    async def remove_room(self, sid: str, room: str) -> None:
+        conn = self._own.get(sid)
+        if conn is not None and room in conn.rooms:
+            conn.rooms.discard(room)
+            await self._r.set(self._k.conn(sid), _dump(conn))
+
+    async def touch(self, sid: str, now: float) -> None:
+        conn = self._own.get(sid)
+        if conn is not None:
+            conn.last_seen = now
+            self._dirty_seen[sid] = now
+
+    async def flush_seen(self) -> None:
+        if self._dirty_seen:
+            batch, self._dirty_seen = self._dirty_seen, {}
+            await self._r.hset(self._k.seen, mapping=batch)
+
+    async def reassert(self) -> None:
+        """Write every own connection again (after Redis lost its data)."""
+        for conn in list(self._own.values()):
+            conn.last_seen = max(conn.last_seen, time.time() - 1)
+            await self.add(conn)
+
+    def own(self) -> builtins.list[Connection]:
+        return list(self._own.values())
+
+    async def aclose(self) -> None:
+        self._own.clear()
+        self._dirty_seen.clear()
+
+
+def _dump(conn: Connection) -> bytes:
+    data = conn.to_dict()
+    data.pop("last_seen", None)
+    return orjson.dumps(data)
+
+
+def _load(raw: Any, seen: Any) -> Connection | None:
+    if raw is None:
+        return None
+    data = orjson.loads(raw)
+    data["last_seen"] = float(seen) if seen is not None else data.get("connected_at", 0.0)
+    return Connection.from_dict(data)

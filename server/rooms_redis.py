@@ -1,0 +1,220 @@
+"""Rooms in Redis: one room's state is the same on every instance of the cluster.
+
+Each operation on a room is one Lua script, so it is atomic across the cluster and costs one
+round trip. A move's script assigns the room's next ``seq``, appends the move to the room's
+stream (bounded by ``MAXLEN``) and publishes it to every instance that has members in the
+room, this one included: every instance then delivers a room's moves in the order Redis ran
+them, which is ``seq`` order, with no gaps and no repeats.
+
+Games whose moves change the state (``stateless_moves = False``) read the state, let the rules
+apply the move in Python and write it back with a compare-and-set on the state's version,
+retrying on conflict.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from .codes import AckCode
+from .errors import ActionError
+from .keys import Keys
+from .rooms import Joined, MoveEvent, move_prefix, move_suffix
+from .rules import Rules, State
+
+CAS_RETRIES = 20
+
+# KEYS: seq log users insts state ver inst_rooms   ARGV: user iid max_members local_first room
+JOIN = """
+local n = redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+if n == 1 and redis.call('HLEN', KEYS[3]) > tonumber(ARGV[3]) then
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  return {-1}
+end
+if ARGV[4] == '1' then
+  redis.call('SADD', KEYS[4], ARGV[2])
+  redis.call('SADD', KEYS[7], ARGV[5])
+end
+local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
+local first = 0
+if n == 1 then first = 1 end
+return {seq, first, unpack(redis.call('HKEYS', KEYS[3]))}
+"""
+
+# KEYS: seq log users insts state ver inst_rooms   ARGV: user iid local_last room
+LEAVE = """
+local n = redis.call('HINCRBY', KEYS[3], ARGV[1], -1)
+local last = 0
+if n <= 0 then
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  if n == 0 then last = 1 end
+end
+if ARGV[3] == '1' then
+  redis.call('SREM', KEYS[4], ARGV[2])
+  redis.call('SREM', KEYS[7], ARGV[4])
+end
+if redis.call('HLEN', KEYS[3]) == 0 then
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+  return {last, 1}
+end
+return {last, 0}
+"""
+
+# KEYS: seq log users insts state ver
+# ARGV: prefix suffix log_size user channel_prefix room expected_ver new_state
+MOVE = """
+if redis.call('HEXISTS', KEYS[3], ARGV[4]) == 0 then return -1 end
+if ARGV[7] ~= '' then
+  if (redis.call('GET', KEYS[6]) or '0') ~= ARGV[7] then return -2 end
+  redis.call('SET', KEYS[5], ARGV[8])
+  redis.call('INCR', KEYS[6])
+end
+local seq = redis.call('INCR', KEYS[1])
+local ev = ARGV[1] .. seq .. ARGV[2]
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], seq .. '-1', 'e', ev)
+local msg = 'M' .. ARGV[6] .. '\\n' .. ev
+for _, i in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+  redis.call('PUBLISH', ARGV[5] .. i, msg)
+end
+return seq
+"""
+
+# KEYS: state ver   ARGV: expected_ver new_state
+SET_STATE = """
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('INCR', KEYS[2])
+return 1
+"""
+
+
+class RedisRoomStore:
+    def __init__(self, redis: Redis, keys: Keys, rules: Rules, *, instance_id: str, log_size: int = 1000,
+                 max_members: int = 100) -> None:
+        self._r: Any = redis  # redis-py's types do not follow decode_responses=True
+        self._k = keys
+        self._rules = rules
+        self._instance_id = instance_id
+        self._log_size = str(log_size)
+        self._max_members = str(max_members)
+        self._local: dict[str, set[str]] = {}  # room -> this instance's sids in it
+        self._join = redis.register_script(JOIN)
+        self._leave = redis.register_script(LEAVE)
+        self._move = redis.register_script(MOVE)
+        self._set_state = redis.register_script(SET_STATE)
+
+    def local_rooms(self) -> dict[str, set[str]]:
+        return self._local
+
+    async def join(self, room: str, user_id: str, sid: str) -> Joined:
+        local = self._local.setdefault(room, set())
+        local_first = not local
+        local.add(sid)
+        keys = [*self._k.room_keys(room), self._k.inst_rooms(self._instance_id)]
+        try:
+            out = await self._join(keys=keys, args=[user_id, self._instance_id, self._max_members,
+                                                    "1" if local_first else "0", room])
+        except BaseException:
+            self._forget_local(room, sid)
+            raise
+        if int(out[0]) < 0:
+            await self._undo_join(room, user_id, sid)
+            raise ActionError(AckCode.ROOM_FULL, f"room {room!r} has {self._max_members} members")
+        first = bool(int(out[1]))
+        if first:
+            try:
+                await self._update_state(room, lambda s: self._rules.on_join(s, user_id))
+            except ActionError:
+                await self.leave(room, user_id, sid)
+                raise
+        return Joined(seq=int(out[0]), members=[str(m) for m in out[2:]], first=first)
+
+    async def _undo_join(self, room: str, user_id: str, sid: str) -> None:
+        self._forget_local(room, sid)
+        if room not in self._local:
+            await self._r.srem(self._k.room(room, "insts"), self._instance_id)
+
+    def _forget_local(self, room: str, sid: str) -> bool:
+        """Drop a local sid; True when it was this instance's last one in the room."""
+        local = self._local.get(room)
+        if local is None:
+            return False
+        local.discard(sid)
+        if not local:
+            del self._local[room]
+            return True
+        return False
+
+    async def leave(self, room: str, user_id: str, sid: str) -> bool:
+        local_last = self._forget_local(room, sid)
+        return await self.leave_for(room, user_id, self._instance_id, local_last)
+
+    async def leave_for(self, room: str, user_id: str, instance_id: str, instance_last: bool) -> bool:
+        """Remove one connection of ``instance_id`` (this one, or a dead one being cleaned)."""
+        keys = [*self._k.room_keys(room), self._k.inst_rooms(instance_id)]
+        last, deleted = await self._leave(keys=keys, args=[user_id, instance_id, "1" if instance_last else "0", room])
+        if int(last) and not int(deleted):
+            await self._update_state(room, lambda s: self._rules.on_leave(s, user_id))
+        return bool(int(last))
+
+    async def members(self, room: str) -> list[str]:
+        return [str(m) for m in await self._r.hkeys(self._k.room(room, "users"))]
+
+    async def move(self, room: str, user_id: str, action: dict[str, Any], action_json: str, ts: int) -> MoveEvent:
+        keys = self._k.room_keys(room)
+        prefix = move_prefix(room)
+        fixed = [self._log_size, user_id, self._k.channel_prefix, room]
+        if self._rules.stateless_moves:
+            self._rules.apply({}, user_id, action)
+            seq = await self._move(keys=keys, args=[prefix, move_suffix(user_id, action_json, ts), *fixed, "", ""])
+        else:
+            for _ in range(CAS_RETRIES):
+                state, ver = await self._read_state(room)
+                applied = self._rules.apply(state, user_id, action)
+                aj = action_json if applied is action else orjson.dumps(applied).decode()
+                seq = await self._move(keys=keys, args=[prefix, move_suffix(user_id, aj, ts), *fixed, ver,
+                                                        orjson.dumps(state).decode()])
+                if int(seq) != -2:
+                    action_json = aj
+                    break
+            else:
+                raise ActionError(AckCode.UNAVAILABLE, "the room is too busy, retry")
+        seq = int(seq)
+        if seq == -1:
+            raise ActionError(AckCode.NOT_IN_ROOM, f"not in room {room!r}")
+        return MoveEvent(seq, prefix + str(seq) + move_suffix(user_id, action_json, ts))
+
+    async def events_after(self, room: str, after_seq: int) -> tuple[list[MoveEvent], bool]:
+        seq = int(await self._r.get(self._k.room(room, "seq")) or 0)
+        if after_seq >= seq:
+            return [], True
+        entries = await self._r.xrange(self._k.room(room, "log"), min=f"{after_seq + 1}-1", max="+")
+        events = [MoveEvent(int(str(eid).split("-")[0]), str(fields["e"])) for eid, fields in entries]
+        return events, bool(events) and events[0].seq == after_seq + 1
+
+    async def state(self, room: str) -> tuple[int, State]:
+        seq, raw = await self._r.mget([self._k.room(room, "seq"), self._k.room(room, "state")])
+        state = orjson.loads(raw) if raw is not None else self._rules.initial_state()
+        return int(seq or 0), state
+
+    async def _read_state(self, room: str) -> tuple[State, str]:
+        raw, ver = await self._r.mget([self._k.room(room, "state"), self._k.room(room, "ver")])
+        state = orjson.loads(raw) if raw is not None else self._rules.initial_state()
+        return state, str(ver or "0")
+
+    async def _update_state(self, room: str, change: Any) -> None:
+        keys = [self._k.room(room, "state"), self._k.room(room, "ver")]
+        for _ in range(CAS_RETRIES):
+            state, ver = await self._read_state(room)
+            change(state)
+            if int(await self._set_state(keys=keys, args=[ver, orjson.dumps(state).decode()])):
+                return
+        raise ActionError(AckCode.UNAVAILABLE, "the room is too busy, retry")
+
+    async def ping(self) -> None:
+        await self._r.ping()
+
+    async def aclose(self) -> None:
+        self._local.clear()
