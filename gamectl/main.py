@@ -39,8 +39,8 @@ def settings_from(config: Path | None, **overrides: Any) -> Settings:
 @app.command()
 def serve(
     config: ConfigOpt = None,
-    host: Annotated[str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8000].")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default: 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default: 8000).")] = None,
     redis: Annotated[str | None, typer.Option("--redis", help="Redis URL: cluster mode with shared state.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Processes to run on this port (needs --redis when > 1).")] = 1,
 ) -> None:
@@ -101,6 +101,17 @@ def token(
         print_json({"token": jwt_text, "sub": user, "exp": payload["exp"]})
     else:
         typer.echo(jwt_text)
+
+
+def _register() -> None:
+    from . import ops
+
+    app.add_typer(ops.connections_app, name="connections")
+    app.command("kick")(ops.kick)
+    app.command("simulate-drop")(ops.simulate_drop)
+
+
+_register()
 
 
 def main() -> None:

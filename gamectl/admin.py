@@ -1,0 +1,59 @@
+"""The admin API client the ops commands share: one request, errors turned into ``fail``."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from server.auth import mint
+from server.config import Settings
+from server.errors import ConfigError
+
+from .output import fail
+
+
+class AdminClient:
+    def __init__(self, settings: Settings, url: str | None, token: str | None, timeout_s: float = 10) -> None:
+        self.url = (url or f"http://{_connect_host(settings.host)}:{settings.port}").rstrip("/")
+        if token is None:
+            try:
+                token = mint(settings, "gamectl", ttl_s=120, role="admin")
+            except ConfigError as exc:
+                fail(1, str(exc), "pass --token with an admin JWT, or configure the signing key")
+        self._token = token
+        self._timeout = timeout_s
+
+    def get(self, path: str, **query: str | None) -> Any:
+        params = urllib.parse.urlencode({k: v for k, v in query.items() if v})
+        return self._request("GET", path + (f"?{params}" if params else ""))
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        return self._request("POST", path, body)
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers={
+            "Authorization": f"Bearer {self._token}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                error = json.loads(exc.read())["error"]
+                message = f"{error['code']}: {error['message']}"
+            except (ValueError, KeyError, TypeError):
+                message = f"HTTP {exc.code}"
+            hint = ("the admin API needs a JWT with role=admin signed with the gateway's key (--token, --config)"
+                    if exc.code in (401, 403) else None)
+            fail(1, f"the gateway refused: {message}", hint)
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            fail(1, f"cannot reach the gateway at {self.url}: {reason}",
+                 "is `gamectl serve` running there? pass --url http://host:port")
+
+
+def _connect_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host

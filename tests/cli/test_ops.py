@@ -1,0 +1,93 @@
+"""The ops commands (`connections ls`, `kick`, `simulate-drop`) against a real two-instance cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+from tests.conftest import TEST_SECRET, eventually
+
+
+def _disconnected(player):
+    async def check():
+        return not player.client.connected
+
+    return check
+
+GAMECTL = str(Path(sys.executable).with_name("gamectl"))
+
+
+async def gamectl(*args: str, **env: str) -> tuple[int, str, str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GAMEGW_")}
+    environ.update({"GAMEGW_JWT_SECRET": TEST_SECRET, "COLUMNS": "200", **env})
+    proc = await asyncio.create_subprocess_exec(GAMECTL, *args, env=environ, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_connections_ls_lists_the_cluster(cluster_factory, players, redis_server, redis_prefix):
+    a_gw, b_gw = await cluster_factory(2)
+    await players(a_gw.url, a_gw.token("alice"))
+    bob = await players(b_gw.url, b_gw.token("bob"))
+    await bob.call("join", {"room": "lobby"})
+
+    code, out, _ = await gamectl("connections", "ls", "--json", "--url", a_gw.url)
+    assert code == 0
+    rows = {(c["user_id"], c["instance_id"], tuple(c["rooms"])) for c in json.loads(out)["connections"]}
+    assert rows == {("alice", "inst-1", ()), ("bob", "inst-2", ("lobby",))}
+
+    code, out, _ = await gamectl("connections", "ls", "--json", "--redis", redis_server.url, "--prefix", redis_prefix)
+    assert code == 0
+    assert {c["user_id"] for c in json.loads(out)["connections"]} == {"alice", "bob"}
+
+    code, out, _ = await gamectl("connections", "ls", "--room", "lobby", "--url", b_gw.url)
+    assert code == 0
+    assert "bob" in out and "inst-2" in out and "alice" not in out and "1 connection" in out
+
+
+async def test_kick_a_user_on_another_instance(cluster_factory, players):
+    a_gw, b_gw = await cluster_factory(2)
+    bob = await players(b_gw.url, b_gw.token("bob"))
+    code, out, err = await gamectl("kick", "bob", "--reason", "spam", "--json", "--url", a_gw.url)
+    assert code == 0, err
+    assert json.loads(out) == {"user": "bob", "count": 1, "instances": {"inst-2": 1}, "unconfirmed": [],
+                               "confirmed": True}
+    [reason] = await bob.wait_for("disconnect_reason")
+    assert reason["code"] == 4503 and reason["message"] == "spam"
+
+    code, out, err = await gamectl("kick", "nobody", "--url", a_gw.url)
+    assert code == 1
+    assert err.startswith("error: nobody was kicked") and "Traceback" not in err
+
+
+async def test_simulate_drop_reports_the_return(cluster_factory, players):
+    a_gw, b_gw = await cluster_factory(2)
+    bob = await players(b_gw.url, b_gw.token("bob"))
+    task = asyncio.create_task(gamectl("simulate-drop", "bob", "--block", "0.5", "--wait", "8", "--json",
+                                       "--url", a_gw.url))
+    await eventually(_disconnected(bob))
+    await asyncio.sleep(0.6)
+    await players(a_gw.url, a_gw.token("bob"))  # the player's client comes back, on the other instance
+    code, out, err = await task
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["count"] == 1 and report["instances"] == {"inst-2": 1}
+    assert report["came_back"] is True and report["instance"] == "inst-1"
+    assert report["after_s"] >= 0.5
+
+
+async def test_errors_are_one_line_with_a_hint(cluster_factory):
+    [gw] = await cluster_factory(1)
+    code, _, err = await gamectl("simulate-drop", "ghost", "--url", gw.url)
+    assert code == 1 and "no live connection" in err
+    code, _, err = await gamectl("connections", "ls", "--url", "http://127.0.0.1:9")
+    assert code == 1 and "cannot reach the gateway" in err and "hint:" in err
+    code, _, err = await gamectl("connections", "ls", "--url", gw.url, "--token", "forged")
+    assert code == 1 and "refused" in err
+    code, _, _ = await gamectl("kick")
+    assert code == 2
