@@ -2,12 +2,13 @@
 
 Each instance writes only its own connections and keeps them cached locally, so updates never
 read before they write. ``last_seen`` is written in batches (:meth:`flush_seen`, called by the
-heartbeat) rather than once per event.
+heartbeat) rather than once per event, so in Redis it lags by at most one heartbeat interval.
 """
 
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import time
 from typing import Any
 
@@ -32,6 +33,7 @@ class RedisRegistry:
             pipe.set(self._k.conn(conn.sid), _dump(conn))
             pipe.zadd(self._k.user(conn.user_id), {conn.sid: conn.connected_at})
             pipe.sadd(self._k.inst_sids(conn.instance_id), conn.sid)
+            pipe.sadd(self._k.instances, conn.instance_id)
             pipe.hset(self._k.seen, conn.sid, conn.last_seen)
             await pipe.execute()
 
@@ -53,6 +55,9 @@ class RedisRegistry:
             await pipe.execute()
 
     async def get(self, sid: str) -> Connection | None:
+        own = self._own.get(sid)
+        if own is not None:  # ours: the cache is exact, Redis's last_seen lags by one flush
+            return dataclasses.replace(own, rooms=set(own.rooms))
         raw, seen = await self._r.pipeline(transaction=False).get(self._k.conn(sid)).hget(self._k.seen, sid).execute()
         return _load(raw, seen)
 

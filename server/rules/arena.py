@@ -44,7 +44,7 @@ class Arena:
 
     def apply(self, state: State, user_id: str, action: dict[str, Any]) -> dict[str, Any]:
         direction = action.get("dir")
-        if direction not in STEPS or set(action) != {"dir"}:
+        if not isinstance(direction, str) or direction not in STEPS or set(action) != {"dir"}:
             raise ActionError(AckCode.INVALID_ACTION, "an arena action is {\"dir\": \"up|down|left|right\"}")
         players: dict[str, list[int]] = state["players"]
         x, y = players[user_id]
