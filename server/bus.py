@@ -65,7 +65,8 @@ class LocalBus:
 
     async def publish_move(self, room: str, event: MoveEvent) -> None:
         m = self._manager
-        self._metrics.deliveries.inc(await m.send_encoded(NAMESPACE, room, m.encode_json(NAMESPACE, "move", event.json)))
+        delivered = await m.send_encoded(NAMESPACE, room, m.encode_json(NAMESPACE, "move", event.json))
+        self._metrics.deliveries.inc(delivered)
 
     async def emit_room(self, room: str, event: str, data: Any, skip_sid: str | None = None) -> None:
         m = self._manager
