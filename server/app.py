@@ -33,6 +33,8 @@ from .registry import MemoryRegistry, Registry
 from .registry_redis import RedisRegistry
 from .rooms import MemoryRoomStore, RoomStore
 from .rooms_redis import RedisRoomStore
+from .sessions import MemorySessionStore, SessionStore
+from .sessions_redis import RedisSessionStore
 from .rules import make_rules
 
 logger = logging.getLogger("gamegw.app")
@@ -104,15 +106,17 @@ def create_app(
         redis_rooms = RedisRoomStore(redis, keys, rules, instance_id=settings.instance_id,
                                      log_size=settings.move_log_size, max_members=settings.max_room_members)
         registry, rooms = redis_registry, redis_rooms
+        sessions: SessionStore = RedisSessionStore(redis, keys)
         redis_bus = RedisBus(redis, keys, settings.instance_id, manager, metrics)
         bus = redis_bus
     else:
         registry = registry or MemoryRegistry()
         rooms = rooms or MemoryRoomStore(rules, log_size=settings.move_log_size, max_members=settings.max_room_members)
         bus = LocalBus(manager, metrics)
+        sessions = MemorySessionStore()
     verifier = Verifier(settings)
-    gateway = Gateway(settings, verifier=verifier, registry=registry, rooms=rooms, metrics=metrics,
-                      transports=transports, clock=clock)
+    gateway = Gateway(settings, verifier=verifier, registry=registry, rooms=rooms, sessions=sessions,
+                      metrics=metrics, transports=transports, clock=clock)
     cluster: Cluster
     if redis is not None:
         cluster = RedisCluster(redis, keys, gateway, redis_registry, redis_rooms, redis_bus,
@@ -139,6 +143,7 @@ def create_app(
     async def on_startup(app: web.Application) -> None:
         await bus.start()
         await cluster.start()
+        await gateway.start()
         log(logger, "start", instance=settings.instance_id, profile=settings.profile, game=settings.game,
             state="redis" if redis is not None else "memory")
 
@@ -149,10 +154,12 @@ def create_app(
 
     async def on_cleanup(app: web.Application) -> None:
         await sio.shutdown()
+        await gateway.aclose()
         await cluster.aclose()
         await bus.aclose()
         await rooms.aclose()
         await registry.aclose()
+        await sessions.aclose()
         if redis is not None:
             await redis.aclose()
         log(logger, "stop", instance=settings.instance_id)

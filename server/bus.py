@@ -6,7 +6,7 @@ events are published, by Lua scripts, to exactly the instances that hold members
 (this one included, so every instance sees a room's events in the same order). Messages on a
 channel start with one letter:
 
-* ``M{room}\\n{move json}``: a move, delivered to the local members of the room;
+* ``M{room}\\n{seq}\\n{move json}``: a move, delivered to the local members of the room;
 * ``E{room}\\n{skip sid}\\n{packet}``: another room event, already encoded as a Socket.IO packet;
 * ``C{json}``: a control request (kick, drop, close) to carry out here and answer;
 * ``R{json}``: the answer to one of our requests.
@@ -65,7 +65,8 @@ class LocalBus:
 
     async def publish_move(self, room: str, event: MoveEvent) -> None:
         m = self._manager
-        delivered = await m.send_encoded(NAMESPACE, room, m.encode_json(NAMESPACE, "move", event.json))
+        delivered = await m.send_encoded(NAMESPACE, room, m.encode_json(NAMESPACE, "move", event.json),
+                                         seq=event.seq)
         self._metrics.deliveries.inc(delivered)
 
     async def emit_room(self, room: str, event: str, data: Any, skip_sid: str | None = None) -> None:
@@ -146,9 +147,9 @@ class RedisBus:
         kind = data[:1]
         m = self._manager
         if kind == "M":
-            room, _, event_json = data[1:].partition("\n")
+            room, seq, event_json = data[1:].split("\n", 2)
             self._metrics.deliveries.inc(
-                await m.send_encoded(NAMESPACE, room, m.encode_json(NAMESPACE, "move", event_json)))
+                await m.send_encoded(NAMESPACE, room, m.encode_json(NAMESPACE, "move", event_json), seq=int(seq)))
         elif kind == "E":
             room, skip_sid, text = data[1:].split("\n", 2)
             await m.send_encoded(NAMESPACE, room, [eio_packet.Packet(eio_packet.MESSAGE, text)], skip_sid or None)

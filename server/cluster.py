@@ -8,9 +8,10 @@ held one answered. :class:`LocalCluster` is the same surface for a single in-mem
 
 Heartbeats: every ``heartbeat_interval_s`` an instance refreshes ``{p}:inst:{iid}:alive`` with
 a TTL of ``heartbeat_ttl_s``. A survivor that finds an instance's heartbeat gone takes the
-instance's reap lock and turns its connections into drops: the rooms hear of it, the registry
-forgets them. So a crashed instance leaves no entry behind after at most
-``heartbeat_ttl_s + heartbeat_interval_s`` seconds.
+instance's reap lock and turns its connections into drops, within at most
+``heartbeat_ttl_s + heartbeat_interval_s`` seconds: the rooms hear ``player_disconnected``, the
+sessions wait in grace for their users to come back on any instance, and when grace ends
+(``grace_s`` later) the last entries go. No connected entry of a dead instance remains.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import orjson
 from redis.asyncio import Redis
 
 from . import codes
-from .codes import Disconnect, LeftReason
+from .codes import Disconnect
 from .keys import Keys
 from .logs import log
 
@@ -230,28 +231,35 @@ class RedisCluster:
             try:
                 for iid in await self._r.smembers(self._k.instances):
                     if iid != self._iid and not await self._r.exists(self._k.alive(iid)):
-                        if await self._r.set(self._k.reap(iid), self._iid, nx=True, ex=30):
+                        if await self._r.set(self._k.reap(iid), self._iid, nx=True, ex=max(2, int(self._ttl))):
                             await self.reap(iid)
             except Exception as exc:
                 log(logger, "reaper_failed", logging.WARNING, error=str(exc))
 
     async def reap(self, iid: str) -> int:
-        """Clean up after a dead instance: its connections end, its rooms are told, no entry stays."""
+        """A dead instance's connections become drops: their sessions wait in grace, the rooms
+        hear ``player_disconnected``, and the instance's routing entries go. Its registry entries
+        stay, in state "grace", until grace ends or the users come back."""
         conns: list[Connection] = await self._registry.list(instance_id=iid)
+        dropped = 0
         for conn in conns:
-            for room in sorted(conn.rooms):
-                if await self._rooms.leave_for(room, conn.user_id, iid, instance_last=True):
-                    await self._bus.emit_room(room, "player_left",
-                                              {"room": room, "user": conn.user_id, "reason": str(LeftReason.TIMEOUT)})
-            await self._registry.forget(conn)
+            if conn.state != "connected":
+                continue
+            session = await self._gateway.sessions.get(conn.session_id)
+            if session is None or session.sid != conn.sid or session.state != "connected":
+                await self._registry.forget(conn)
+                continue
+            await self._gateway.drop(session, "instance_lost")
+            dropped += 1
         for room in await self._r.smembers(self._k.inst_rooms(iid)):
             await self._r.srem(self._k.room(room, "insts"), iid)
-        await self._r.delete(self._k.inst_sids(iid), self._k.inst_rooms(iid))
-        if iid != self._iid:
+        await self._r.delete(self._k.inst_rooms(iid))
+        if iid != self._iid and not await self._r.scard(self._k.inst_sids(iid)):
             await self._r.srem(self._k.instances, iid)
-        if conns or iid != self._iid:
-            log(logger, "reaped", instance=iid, connections=len(conns), by=self._iid)
-        return len(conns)
+            await self._r.delete(self._k.reap(iid))
+        if dropped:
+            log(logger, "reaped", instance=iid, connections=dropped, by=self._iid)
+        return dropped
 
     async def aclose(self) -> None:
         for task in self._tasks:

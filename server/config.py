@@ -56,6 +56,7 @@ class Settings:
     heartbeat_ttl_s: float = 5.0  # a silent instance is dead after this long; its entries go then
 
     grace_s: float = 30.0
+    grace_sweep_interval_s: float = 0.25  # how often an instance ends sessions whose grace ran out
     ping_interval_s: float = 10.0
     ping_timeout_s: float = 5.0
     cors_allowed_origins: tuple[str, ...] = ()
@@ -228,7 +229,8 @@ def validate(s: Settings) -> None:
             raise ConfigError(f"redis_url: {s.redis_url!r} has a bad port") from None
     if s.heartbeat_ttl_s <= s.heartbeat_interval_s:
         raise ConfigError("heartbeat_ttl_s: must be longer than heartbeat_interval_s")
-    for name in ("grace_s", "ping_interval_s", "ping_timeout_s", "redis_timeout_s", "heartbeat_interval_s"):
+    for name in ("grace_s", "ping_interval_s", "ping_timeout_s", "redis_timeout_s", "heartbeat_interval_s",
+                 "grace_sweep_interval_s"):
         if getattr(s, name) < 0 or (name != "grace_s" and getattr(s, name) == 0):
             raise ConfigError(f"{name}: {getattr(s, name)} must be positive")
     if "*" in s.cors_allowed_origins and not s.dev:

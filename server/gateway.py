@@ -8,6 +8,8 @@ state.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -30,6 +32,7 @@ from .metrics import Metrics
 from .payloads import JoinMsg, LeaveMsg, MoveMsg, RefreshMsg, StateMsg, SyncMsg, parse
 from .registry import Connection, Registry
 from .rooms import RoomStore
+from .sessions import Session, SessionStore
 from .websocket import Transports
 
 if TYPE_CHECKING:
@@ -50,11 +53,17 @@ class Conn:
     sid: str
     claims: Claims
     address: str
-    session_id: str
-    rooms: set[str] = field(default_factory=set)
+    session: Session
+    resumed: bool = False  # the connection took back a session (after a drop, or from a stale connection)
+    from_grace: bool = False  # ... and that session had dropped (the rooms saw player_disconnected)
+    last_seq: dict[str, int] = field(default_factory=dict)  # auth.last_seq: what the client has seen
     touched: float = 0.0
     closing: Disconnect | None = None  # set when the server closes the connection on purpose
     dropped: bool = False  # set when the server cut the transport to simulate a network fault
+
+    @property
+    def rooms(self) -> dict[str, int]:
+        return self.session.rooms
 
 
 def token_from(auth: Any, environ: Mapping[str, Any]) -> str:
@@ -67,6 +76,15 @@ def token_from(auth: Any, environ: Mapping[str, Any]) -> str:
         return value.strip()
     values = parse_qs(str(environ.get("QUERY_STRING", ""))).get("token")
     return values[0] if values else ""
+
+
+def _last_seq(auth: Any) -> dict[str, int]:
+    """``auth.last_seq = {"<room>": <seq>}``: what a resuming client has already seen."""
+    raw = auth.get("last_seq") if isinstance(auth, dict) else None
+    if not isinstance(raw, dict):
+        return {}
+    return {str(room): seq for room, seq in raw.items()
+            if isinstance(room, str) and isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0}
 
 
 def address_of(environ: Mapping[str, Any]) -> str:
@@ -83,6 +101,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         verifier: Verifier,
         registry: Registry,
         rooms: RoomStore,
+        sessions: SessionStore,
         metrics: Metrics,
         transports: Transports,
         clock: Callable[[], float] = time.time,
@@ -92,7 +111,9 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         self.verifier = verifier
         self.registry = registry
         self.rooms = rooms
+        self.sessions = sessions
         self.metrics = metrics
+        self._grace_task: asyncio.Task[None] | None = None
         self.transports = transports
         self.clock = clock
         self.conns: dict[str, Conn] = {}
@@ -121,75 +142,183 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
             claims = self.verifier.verify(token_from(auth, environ))
         except AuthError as exc:
             self._refuse(sid, address, exc.refusal, exc.detail)
-        if await self.cluster.is_blocked(claims.user_id):
+        user_id = claims.user_id
+        if await self.cluster.is_blocked(user_id):
             # simulate-drop --block: behave like an unreachable network, not like a refusal
-            log(logger, "blocked", user=claims.user_id, sid=sid, address=address)
+            log(logger, "blocked", user=user_id, sid=sid, address=address)
             await self._cut(sid)
             raise socketio.exceptions.ConnectionRefusedError("unavailable", codes.UNAVAILABLE.data("blocked"))
-        await self._enforce_user_limit(sid, claims.user_id, address)
         now = self.clock()
-        conn = Conn(sid=sid, claims=claims, address=address, session_id=uuid.uuid4().hex, touched=now)
+        iid = self.settings.instance_id
+        session, previous_sid, replaced = await self._find_session(sid, user_id, address, now)
+        if session is None:
+            session = Session(session_id=uuid.uuid4().hex, user_id=user_id, sid=sid, instance_id=iid, created_at=now)
+        from_grace = session.state == "grace" or (previous_sid is not None and not replaced)
+        session.sid, session.instance_id, session.state = sid, iid, "connected"
+        session.dropped_at = session.grace_until = None
+        await self.sessions.put(session)
+        conn = Conn(sid=sid, claims=claims, address=address, session=session, resumed=previous_sid is not None,
+                    from_grace=from_grace, last_seq=_last_seq(auth), touched=now)
+        if from_grace and previous_sid is not None:
+            await self.registry.remove(previous_sid)
         self.conns[sid] = conn
         await self.registry.add(Connection(
-            sid=sid, user_id=claims.user_id, instance_id=self.settings.instance_id, address=address,
-            connected_at=now, last_seen=now, session_id=conn.session_id,
-            transport=str(environ.get("HTTP_UPGRADE", "") or "polling").lower(),
-        ))
+            sid=sid, user_id=user_id, instance_id=iid, address=address, connected_at=now, last_seen=now,
+            session_id=session.session_id, transport=str(environ.get("HTTP_UPGRADE", "") or "polling").lower(),
+            resumed=conn.resumed, rooms=set(session.rooms)))
+        for old_sid in replaced:
+            await self.cluster.close_sid(old_sid, codes.SESSION_REPLACED)
         self.metrics.connects.inc()
         self.metrics.connections.inc()
-        log(logger, "connect", user=claims.user_id, sid=sid, address=address, session=conn.session_id)
+        log(logger, "connect", user=user_id, sid=sid, address=address, session=session.session_id,
+            resumed=conn.resumed)
+
+    async def _find_session(self, sid: str, user_id: str, address: str, now: float
+                            ) -> tuple[Session | None, str | None, list[str]]:
+        """The session this connection continues, if any: (session, its previous sid, sids to replace).
+
+        A session in grace is claimed (the newest drop first). Otherwise, at the per-user limit,
+        the ``replace`` policy takes over the oldest live session (its connection is closed with
+        4504 and the rooms see nothing), and ``refuse`` refuses.
+        """
+        sessions = await self.sessions.of_user(user_id)
+        for candidate in sorted((s for s in sessions if s.state == "grace"),
+                                key=lambda s: s.dropped_at or 0, reverse=True):
+            claimed = await self.sessions.claim(candidate.session_id, sid, self.settings.instance_id)
+            if claimed is not None:
+                self.metrics.resumes.labels("resumed").inc()
+                self.metrics.resume_seconds.observe(max(0.0, now - (candidate.dropped_at or now)))
+                return claimed, candidate.sid, []
+            self.metrics.resumes.labels("too_late").inc()
+        live = [s for s in sessions if s.state == "connected"]
+        excess = len(live) - self.settings.max_connections_per_user + 1
+        if excess <= 0:
+            return None, None, []
+        if self.settings.on_connection_limit == "refuse":
+            self._refuse(sid, address, codes.CONNECTION_LIMIT,
+                         f"user has {len(live)} of {self.settings.max_connections_per_user} connections")
+        victims = live[:excess]
+        return victims[0], victims[0].sid, [v.sid for v in victims]
 
     def _refuse(self, sid: str, address: str, refusal: codes.Refusal, detail: str) -> NoReturn:
         self.metrics.refusals.labels(refusal.name).inc()
         log(logger, "refuse", sid=sid, address=address, code=refusal.code, reason=refusal.name, detail=detail)
         raise socketio.exceptions.ConnectionRefusedError(refusal.name, refusal.data())
 
-    async def _enforce_user_limit(self, sid: str, user_id: str, address: str) -> None:
-        sids = await self.registry.user_sids(user_id)
-        excess = len(sids) - self.settings.max_connections_per_user + 1
-        if excess <= 0:
-            return
-        if self.settings.on_connection_limit == "refuse":
-            self._refuse(sid, address, codes.CONNECTION_LIMIT,
-                         f"user has {len(sids)} of {self.settings.max_connections_per_user} connections")
-        for old in sids[:excess]:
-            await self.cluster.close_sid(old, codes.SESSION_REPLACED)
-
     async def on_connected(self, sid: str) -> None:
-        """Runs once the CONNECT packet is queued: the ``session`` event comes first."""
+        """Runs once the CONNECT packet is queued: ``session`` first, then the replay, then live."""
         conn = self.conns.get(sid)
         if conn is None:
             return
+        user_id = conn.claims.user_id
+        if conn.resumed:
+            self.manager.pause(sid)
+            for room in conn.rooms:
+                await self.rooms.attach(room, sid)
+                await self.server.enter_room(sid, room, namespace=NAMESPACE)
         await self.emit("session", {
             "sid": sid,
-            "user": conn.claims.user_id,
-            "session_id": conn.session_id,
-            "resumed": False,
+            "user": user_id,
+            "session_id": conn.session.session_id,
+            "resumed": conn.resumed,
             "rooms": sorted(conn.rooms),
             "grace_s": self.settings.grace_s,
             "heartbeat": {"interval_s": self.settings.ping_interval_s, "timeout_s": self.settings.ping_timeout_s},
         }, to=sid)
+        if not conn.resumed:
+            return
+        replayed: dict[str, int] = {}
+        for room, after in conn.last_seq.items():
+            if room not in conn.rooms:
+                continue
+            events, _complete = await self.rooms.events_after(room, after)
+            pkts = [p for e in events for p in self.manager.encode_json(NAMESPACE, "move", e.json)]
+            eio_sid = self.manager.eio_sid_from_sid(sid, NAMESPACE)
+            for p in pkts:
+                await self.server._send_eio_packet(eio_sid, p)
+            replayed[room] = events[-1].seq if events else after
+            self.metrics.replayed.inc(len(events))
+        await self.manager.unpause(NAMESPACE, sid, replayed)
+        if conn.from_grace:
+            for room in sorted(conn.rooms):
+                await self.bus.emit_room(room, "player_reconnected", {"room": room, "user": user_id}, skip_sid=sid)
 
     async def on_disconnect(self, sid: str, reason: str = "") -> None:
         conn = self.conns.pop(sid, None)
         if conn is None:
             return
-        closing = conn.closing
-        if closing is codes.KICKED:
-            left = LeftReason.KICKED
-        elif conn.dropped:
-            left = LeftReason.TIMEOUT
-        elif reason == self.server.reason.CLIENT_DISCONNECT or closing is not None:
-            left = LeftReason.LEFT
-        else:  # a drop; without a session to wait for, grace ends at once
-            left = LeftReason.TIMEOUT
-        for room in sorted(conn.rooms):
-            await self._leave_room(conn, room, left)
-        await self.registry.remove(sid)
+        self.manager.paused.pop(sid, None)
         self.metrics.connections.dec()
+        closing = conn.closing
         cause = closing.reason if closing else "simulated_drop" if conn.dropped else reason.replace(" ", "_")
         self.metrics.disconnects.labels(cause).inc()
         log(logger, "disconnect", user=conn.claims.user_id, sid=sid, address=conn.address, reason=cause)
+        for room in conn.rooms:
+            await self.rooms.detach(room, sid)
+        current = await self.sessions.get(conn.session.session_id)
+        if current is None or current.sid != sid:  # taken over by a newer connection: nothing ends
+            await self.registry.remove(sid)
+            return
+        if closing is codes.KICKED:
+            await self._end(conn.session, LeftReason.KICKED)
+        elif closing in (codes.REVOKED, codes.SESSION_REPLACED) or (
+                closing is None and not conn.dropped and reason == self.server.reason.CLIENT_DISCONNECT):
+            await self._end(conn.session, LeftReason.LEFT)
+        else:  # a transport close, a ping timeout, a cut, a shutdown, an expired token: a drop
+            await self.drop(conn.session, cause)
+
+    async def drop(self, session: Session, cause: str) -> None:
+        """Keep the session for ``grace_s``: rooms keep the seat and hear ``player_disconnected``."""
+        self.metrics.drops.labels(cause).inc()
+        if self.settings.grace_s <= 0:
+            await self._end(session, LeftReason.TIMEOUT)
+            return
+        now = self.clock()
+        for room in session.rooms:
+            session.rooms[room] = await self.rooms.seq(room)
+        session.state, session.dropped_at, session.cause = "grace", now, cause
+        await self.sessions.drop(session, now + self.settings.grace_s)
+        await self.registry.mark(session.sid, "grace")
+        for room in sorted(session.rooms):
+            await self.bus.emit_room(room, "player_disconnected",
+                                     {"room": room, "user": session.user_id, "grace_s": self.settings.grace_s})
+        log(logger, "drop", user=session.user_id, sid=session.sid, session=session.session_id, cause=cause,
+            grace_s=self.settings.grace_s)
+
+    async def _end(self, session: Session, reason: LeftReason) -> None:
+        """A final end: the rooms get ``player_left`` (once), the session and its entry go."""
+        for room in sorted(session.rooms):
+            await self._unseat(session, room, reason)
+        await self.sessions.delete(session)
+        await self.registry.remove(session.sid)
+
+    async def expire_grace(self) -> int:
+        """End the sessions whose grace ran out, each exactly once across the cluster."""
+        expired = await self.sessions.expire_due(self.clock())
+        for session in expired:
+            for room in sorted(session.rooms):
+                await self._unseat(session, room, LeftReason.TIMEOUT)
+            await self.registry.remove(session.sid)
+            self.metrics.grace_expiries.inc()
+            log(logger, "grace_expired", user=session.user_id, session=session.session_id)
+        return len(expired)
+
+    async def _grace_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.grace_sweep_interval_s)
+            try:
+                await self.expire_grace()
+            except Exception as exc:  # the store is away: try again at the next tick
+                log(logger, "grace_sweep_failed", logging.WARNING, error=str(exc))
+
+    async def start(self) -> None:
+        self._grace_task = asyncio.create_task(self._grace_loop(), name="gamegw-grace")
+
+    async def aclose(self) -> None:
+        if self._grace_task is not None:
+            self._grace_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._grace_task
 
     async def close(self, sid: str, why: Disconnect, message: str = "") -> bool:
         """Close one local connection on purpose: ``disconnect_reason`` first, then the close."""
@@ -288,11 +417,18 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
     async def _join(self, conn: Conn, data: Any) -> Ack:
         room = parse(JoinMsg, data).room
         user_id = conn.claims.user_id
-        joined = await self.rooms.join(room, user_id, conn.sid)
-        if room not in conn.rooms:
-            conn.rooms.add(room)
-            await self.server.enter_room(conn.sid, room, namespace=NAMESPACE)
-            await self.registry.add_room(conn.sid, room)
+        if room in conn.rooms:  # joining twice is harmless
+            return {"ok": True, "room": room, "seq": await self.rooms.seq(room), "members": await self.rooms.members(room)}
+        await self.rooms.attach(room, conn.sid)
+        try:
+            joined = await self.rooms.join(room, user_id, conn.session.session_id)
+        except BaseException:
+            await self.rooms.detach(room, conn.sid)
+            raise
+        conn.rooms[room] = joined.seq
+        await self.server.enter_room(conn.sid, room, namespace=NAMESPACE)
+        await self.registry.add_room(conn.sid, room)
+        await self.sessions.put(conn.session)
         if joined.first:
             await self.bus.emit_room(room, "player_joined", {"room": room, "user": user_id}, skip_sid=conn.sid)
         return {"ok": True, "room": room, "seq": joined.seq, "members": joined.members}
@@ -300,16 +436,17 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
     async def _leave(self, conn: Conn, data: Any) -> Ack:
         room = parse(LeaveMsg, data).room
         self._member(conn, room)
-        await self._leave_room(conn, room, LeftReason.LEFT)
+        await self.server.leave_room(conn.sid, room, namespace=NAMESPACE)
+        await self.rooms.detach(room, conn.sid)
+        await self.registry.remove_room(conn.sid, room)
+        await self._unseat(conn.session, room, LeftReason.LEFT)
+        await self.sessions.put(conn.session)
         return {"ok": True}
 
-    async def _leave_room(self, conn: Conn, room: str, reason: LeftReason) -> None:
-        conn.rooms.discard(room)
-        await self.server.leave_room(conn.sid, room, namespace=NAMESPACE)
-        await self.registry.remove_room(conn.sid, room)
-        if await self.rooms.leave(room, conn.claims.user_id, conn.sid):
-            await self.bus.emit_room(room, "player_left",
-                                     {"room": room, "user": conn.claims.user_id, "reason": str(reason)})
+    async def _unseat(self, session: Session, room: str, reason: LeftReason) -> None:
+        session.rooms.pop(room, None)
+        if await self.rooms.leave(room, session.user_id, session.session_id):
+            await self.bus.emit_room(room, "player_left", {"room": room, "user": session.user_id, "reason": str(reason)})
 
     async def _move(self, conn: Conn, data: Any) -> Ack:
         msg = parse(MoveMsg, data)

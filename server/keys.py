@@ -11,6 +11,9 @@
     {p}:seen                      hash   sid -> last seen (epoch seconds), written in batches
     {p}:user:{uid}                zset   the user's sids, scored by connection time
     {p}:block:{uid}               string reconnects refused until it expires (simulate-drop)
+    {p}:sess:{session_id}         string one session (JSON): rooms, holder, state, grace_until
+    {p}:usess:{uid}               zset   the user's sessions, scored by creation time
+    {p}:grace                     zset   sessions in grace, scored by when grace ends
     {p}:room:{{r}}:seq            string the room's last sequence number
     {p}:room:{{r}}:log            stream the last moves, entry id "{seq}-1", field e = move JSON
     {p}:room:{{r}}:users          hash   member user -> number of their connections in the room
@@ -29,6 +32,7 @@ class Keys:
         self.p = prefix
         self.instances = f"{prefix}:instances"
         self.seen = f"{prefix}:seen"
+        self.grace = f"{prefix}:grace"
 
     def alive(self, instance_id: str) -> str:
         return f"{self.p}:inst:{instance_id}:alive"
@@ -50,6 +54,12 @@ class Keys:
 
     def block(self, user_id: str) -> str:
         return f"{self.p}:block:{user_id}"
+
+    def session(self, session_id: str) -> str:
+        return f"{self.p}:sess:{session_id}"
+
+    def user_sessions(self, user_id: str) -> str:
+        return f"{self.p}:usess:{user_id}"
 
     def room(self, room: str, part: str) -> str:
         return f"{self.p}:room:{{{room}}}:{part}"

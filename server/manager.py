@@ -5,7 +5,9 @@
 * a broadcast is encoded once and written to each recipient's queue in a plain loop, instead
   of one asyncio task per recipient (the library's default, which dominates CPU at scale);
 * a hook runs once a connection is fully established (after the CONNECT packet is queued), so
-  that the gateway's ``session`` event is always the first event a client sees.
+  that the gateway's ``session`` event is always the first event a client sees;
+* a connection can be *paused* while it resumes: room events for it are held back, so that the
+  replayed moves reach it first and no live move overtakes them or arrives twice.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class GameManager(AsyncManager):  # type: ignore[misc]
     def __init__(self) -> None:
         super().__init__()
         self.on_connected: ConnectedHook | None = None
+        self.paused: dict[str, list[tuple[str, int | None, list[Any]]]] = {}  # sid -> (room, seq, pkts)
 
     async def connect(self, sid: str, namespace: str) -> Any:
         result = await super().connect(sid, namespace)
@@ -45,20 +48,47 @@ class GameManager(AsyncManager):  # type: ignore[misc]
         head = str(packet.EVENT) + (namespace + "," if namespace != "/" else "")
         return [eio_packet.Packet(eio_packet.MESSAGE, head + '["' + event + '",' + data_json + "]")]
 
-    async def send_encoded(self, namespace: str, room: str, pkts: list[Any], skip_sid: str | None = None) -> int:
-        """Write already-encoded packets to every local member of ``room``; return how many."""
+    async def send_encoded(self, namespace: str, room: str, pkts: list[Any], skip_sid: str | None = None,
+                           seq: int | None = None) -> int:
+        """Write already-encoded packets to every local member of ``room``; return how many.
+
+        ``seq`` is the move's sequence number, for a paused connection to skip it once resumed
+        if the replay already carried it.
+        """
         members = self.rooms.get(namespace, {}).get(room)
         if not members:
             return 0
         send = self.server._send_eio_packet
+        paused = self.paused
         count = 0
         for sid, eio_sid in list(members.items()):
             if sid == skip_sid:
+                continue
+            if paused and sid in paused:
+                paused[sid].append((room, seq, pkts))
                 continue
             for p in pkts:
                 await send(eio_sid, p)
             count += 1
         return count
+
+    def pause(self, sid: str) -> None:
+        self.paused.setdefault(sid, [])
+
+    async def unpause(self, namespace: str, sid: str, replayed: dict[str, int]) -> int:
+        """Send what was held back, skipping moves the replay already sent (seq <= replayed[room])."""
+        held = self.paused.pop(sid, [])
+        eio_sid = self.eio_sid_from_sid(sid, namespace)
+        if eio_sid is None:
+            return 0
+        sent = 0
+        for room, seq, pkts in held:
+            if seq is not None and seq <= replayed.get(room, -1):
+                continue
+            for p in pkts:
+                await self.server._send_eio_packet(eio_sid, p)
+            sent += 1
+        return sent
 
     async def emit(self, event: str, data: Any, namespace: str, room: Any = None, skip_sid: Any = None,
                    callback: Any = None, to: Any = None, **kwargs: Any) -> None:

@@ -23,6 +23,14 @@ class Metrics:
                             ["event", "result"], registry=r)
         self.handler_seconds = Histogram("gamegw_handler_seconds", "Event handler latency", ["event"],
                                          buckets=LATENCY_BUCKETS, registry=r)
+        self.drops = Counter("gamegw_drops", "Connections that dropped (session kept in grace), by cause",
+                             ["cause"], registry=r)
+        self.resumes = Counter("gamegw_resumes", "Reconnects of a user with a dropped session: resumed, or "
+                               "too_late (grace was over)", ["result"], registry=r)
+        self.resume_seconds = Histogram("gamegw_resume_seconds", "Time from drop to resume", registry=r,
+                                        buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120))
+        self.grace_expiries = Counter("gamegw_grace_expiries", "Sessions whose grace ran out", registry=r)
+        self.replayed = Counter("gamegw_replayed_moves", "Moves replayed to resuming clients", registry=r)
         self.moves = Counter("gamegw_moves", "Moves accepted", registry=r)
         self.deliveries = Counter("gamegw_deliveries", "move events sent to players", registry=r)
 

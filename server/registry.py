@@ -23,6 +23,7 @@ class Connection:
     session_id: str = ""
     transport: str = ""
     state: str = "connected"  # or "grace" once the connection dropped and the session waits
+    resumed: bool = False  # this connection resumed a session that had dropped (or took it over)
     rooms: set[str] = field(default_factory=set)
 
     def to_dict(self) -> dict[str, Any]:
@@ -57,6 +58,10 @@ class Registry(Protocol):
     async def remove_room(self, sid: str, room: str) -> None: ...
 
     async def touch(self, sid: str, now: float) -> None: ...
+
+    async def mark(self, sid: str, state: str) -> None:
+        """Set a connection's state ("connected", or "grace" after a drop)."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -112,6 +117,11 @@ class MemoryRegistry:
         conn = self._by_sid.get(sid)
         if conn is not None:
             conn.last_seen = now
+
+    async def mark(self, sid: str, state: str) -> None:
+        conn = self._by_sid.get(sid)
+        if conn is not None:
+            conn.state = state
 
     async def aclose(self) -> None:
         self._by_sid.clear()

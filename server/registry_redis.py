@@ -106,6 +106,12 @@ class RedisRegistry:
             conn.last_seen = now
             self._dirty_seen[sid] = now
 
+    async def mark(self, sid: str, state: str) -> None:
+        conn = self._own.get(sid) or await self.get(sid)
+        if conn is not None and conn.state != state:
+            conn.state = state
+            await self._r.set(self._k.conn(sid), _dump(conn), xx=True)
+
     async def flush_seen(self) -> None:
         if self._dirty_seen:
             batch, self._dirty_seen = self._dirty_seen, {}

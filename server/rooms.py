@@ -4,6 +4,10 @@ A room's ``seq`` starts at 0 and grows by one per accepted move, with no gaps; t
 assigns it while it applies the move, so that the order of ``seq`` is the order in which the
 rules saw the moves. The log keeps the last ``move_log_size`` moves for ``sync`` and replay.
 A room lives while it has members and is forgotten when the last one leaves.
+
+Membership belongs to sessions, not connections: a dropped player keeps its seat through
+grace. ``attach``/``detach`` say which of this instance's connections receive the room's
+events (in cluster mode they decide which instances the room's events are published to).
 """
 
 from __future__ import annotations
@@ -58,11 +62,21 @@ class Joined:
 
 
 class RoomStore(Protocol):
-    async def join(self, room: str, user_id: str, sid: str) -> Joined: ...
-
-    async def leave(self, room: str, user_id: str, sid: str) -> bool:
-        """Remove one connection; True when the user has no connection left in the room."""
+    async def join(self, room: str, user_id: str, member_id: str) -> Joined:
+        """Seat a session (``member_id``) of the user; the rules hear of the user's first one."""
         ...
+
+    async def leave(self, room: str, user_id: str, member_id: str) -> bool:
+        """Unseat one session; True when the user has none left in the room."""
+        ...
+
+    async def attach(self, room: str, sid: str) -> None:
+        """This instance's connection ``sid`` receives the room's events from now on."""
+        ...
+
+    async def detach(self, room: str, sid: str) -> None: ...
+
+    async def seq(self, room: str) -> int: ...
 
     async def members(self, room: str) -> list[str]: ...
 
@@ -89,7 +103,7 @@ class _Room:
     state: State
     log: deque[MoveEvent]
     seq: int = 0
-    members: dict[str, set[str]] = field(default_factory=dict)  # user_id -> sids
+    members: dict[str, set[str]] = field(default_factory=dict)  # user_id -> member ids (sessions)
 
 
 class MemoryRoomStore:
@@ -101,7 +115,7 @@ class MemoryRoomStore:
         self._max_members = max_members
         self._rooms: dict[str, _Room] = {}
 
-    async def join(self, room: str, user_id: str, sid: str) -> Joined:
+    async def join(self, room: str, user_id: str, member_id: str) -> Joined:
         r = self._rooms.get(room)
         if r is None:
             r = _Room(state=self._rules.initial_state(), log=deque(maxlen=self._log_size))
@@ -111,17 +125,17 @@ class MemoryRoomStore:
                 raise ActionError(AckCode.ROOM_FULL, f"room {room!r} has {self._max_members} members")
             self._rules.on_join(r.state, user_id)
             r.members[user_id] = set()
-        r.members[user_id].add(sid)
+        r.members[user_id].add(member_id)
         self._rooms[room] = r
         return Joined(seq=r.seq, members=list(r.members), first=first)
 
-    async def leave(self, room: str, user_id: str, sid: str) -> bool:
+    async def leave(self, room: str, user_id: str, member_id: str) -> bool:
         r = self._rooms.get(room)
         if r is None or user_id not in r.members:
             return False
-        sids = r.members[user_id]
-        sids.discard(sid)
-        if sids:
+        ids = r.members[user_id]
+        ids.discard(member_id)
+        if ids:
             return False
         del r.members[user_id]
         self._rules.on_leave(r.state, user_id)
@@ -132,6 +146,16 @@ class MemoryRoomStore:
     async def members(self, room: str) -> list[str]:
         r = self._rooms.get(room)
         return list(r.members) if r else []
+
+    async def attach(self, room: str, sid: str) -> None:
+        return None  # one instance: the socket.io room is all the routing there is
+
+    async def detach(self, room: str, sid: str) -> None:
+        return None
+
+    async def seq(self, room: str) -> int:
+        r = self._rooms.get(room)
+        return r.seq if r else 0
 
     async def move(self, room: str, user_id: str, action: dict[str, Any], action_json: str, ts: int) -> MoveEvent:
         r = self._rooms.get(room)

@@ -26,16 +26,12 @@ from .rules import Rules, State
 
 CAS_RETRIES = 20
 
-# KEYS: seq log users insts state ver inst_rooms   ARGV: user iid max_members local_first room
+# KEYS: seq log users   ARGV: user max_members
 JOIN = """
 local n = redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
-if n == 1 and redis.call('HLEN', KEYS[3]) > tonumber(ARGV[3]) then
+if n == 1 and redis.call('HLEN', KEYS[3]) > tonumber(ARGV[2]) then
   redis.call('HDEL', KEYS[3], ARGV[1])
   return {-1}
-end
-if ARGV[4] == '1' then
-  redis.call('SADD', KEYS[4], ARGV[2])
-  redis.call('SADD', KEYS[7], ARGV[5])
 end
 local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
 local first = 0
@@ -43,17 +39,13 @@ if n == 1 then first = 1 end
 return {seq, first, unpack(redis.call('HKEYS', KEYS[3]))}
 """
 
-# KEYS: seq log users insts state ver inst_rooms   ARGV: user iid local_last room
+# KEYS: seq log users insts state ver   ARGV: user
 LEAVE = """
 local n = redis.call('HINCRBY', KEYS[3], ARGV[1], -1)
 local last = 0
 if n <= 0 then
   redis.call('HDEL', KEYS[3], ARGV[1])
   if n == 0 then last = 1 end
-end
-if ARGV[3] == '1' then
-  redis.call('SREM', KEYS[4], ARGV[2])
-  redis.call('SREM', KEYS[7], ARGV[4])
 end
 if redis.call('HLEN', KEYS[3]) == 0 then
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
@@ -74,7 +66,7 @@ end
 local seq = redis.call('INCR', KEYS[1])
 local ev = ARGV[1] .. seq .. ARGV[2]
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], seq .. '-1', 'e', ev)
-local msg = 'M' .. ARGV[6] .. '\\n' .. ev
+local msg = 'M' .. ARGV[6] .. '\\n' .. seq .. '\\n' .. ev
 for _, i in ipairs(redis.call('SMEMBERS', KEYS[4])) do
   redis.call('PUBLISH', ARGV[5] .. i, msg)
 end
@@ -105,59 +97,49 @@ class RedisRoomStore:
         self._move = redis.register_script(MOVE)
         self._set_state = redis.register_script(SET_STATE)
 
-    def local_rooms(self) -> dict[str, set[str]]:
-        return self._local
-
-    async def join(self, room: str, user_id: str, sid: str) -> Joined:
-        local = self._local.setdefault(room, set())
-        local_first = not local
-        local.add(sid)
-        keys = [*self._k.room_keys(room), self._k.inst_rooms(self._instance_id)]
-        try:
-            out = await self._join(keys=keys, args=[user_id, self._instance_id, self._max_members,
-                                                    "1" if local_first else "0", room])
-        except BaseException:
-            self._forget_local(room, sid)
-            raise
+    async def join(self, room: str, user_id: str, member_id: str) -> Joined:
+        out = await self._join(keys=self._k.room_keys(room)[:3], args=[user_id, self._max_members])
         if int(out[0]) < 0:
-            await self._undo_join(room, user_id, sid)
             raise ActionError(AckCode.ROOM_FULL, f"room {room!r} has {self._max_members} members")
         first = bool(int(out[1]))
         if first:
             try:
                 await self._update_state(room, lambda s: self._rules.on_join(s, user_id))
             except ActionError:
-                await self.leave(room, user_id, sid)
+                await self.leave(room, user_id, member_id)
                 raise
         return Joined(seq=int(out[0]), members=[str(m) for m in out[2:]], first=first)
 
-    async def _undo_join(self, room: str, user_id: str, sid: str) -> None:
-        self._forget_local(room, sid)
-        if room not in self._local:
-            await self._r.srem(self._k.room(room, "insts"), self._instance_id)
-
-    def _forget_local(self, room: str, sid: str) -> bool:
-        """Drop a local sid; True when it was this instance's last one in the room."""
-        local = self._local.get(room)
-        if local is None:
-            return False
-        local.discard(sid)
-        if not local:
-            del self._local[room]
-            return True
-        return False
-
-    async def leave(self, room: str, user_id: str, sid: str) -> bool:
-        local_last = self._forget_local(room, sid)
-        return await self.leave_for(room, user_id, self._instance_id, local_last)
-
-    async def leave_for(self, room: str, user_id: str, instance_id: str, instance_last: bool) -> bool:
-        """Remove one connection of ``instance_id`` (this one, or a dead one being cleaned)."""
-        keys = [*self._k.room_keys(room), self._k.inst_rooms(instance_id)]
-        last, deleted = await self._leave(keys=keys, args=[user_id, instance_id, "1" if instance_last else "0", room])
+    async def leave(self, room: str, user_id: str, member_id: str) -> bool:
+        last, deleted = await self._leave(keys=self._k.room_keys(room), args=[user_id])
         if int(last) and not int(deleted):
             await self._update_state(room, lambda s: self._rules.on_leave(s, user_id))
         return bool(int(last))
+
+    async def attach(self, room: str, sid: str) -> None:
+        local = self._local.setdefault(room, set())
+        first = not local
+        local.add(sid)
+        if first:
+            async with self._r.pipeline(transaction=False) as pipe:
+                pipe.sadd(self._k.room(room, "insts"), self._instance_id)
+                pipe.sadd(self._k.inst_rooms(self._instance_id), room)
+                await pipe.execute()
+
+    async def detach(self, room: str, sid: str) -> None:
+        local = self._local.get(room)
+        if local is None or sid not in local:
+            return
+        local.discard(sid)
+        if not local:
+            del self._local[room]
+            async with self._r.pipeline(transaction=False) as pipe:
+                pipe.srem(self._k.room(room, "insts"), self._instance_id)
+                pipe.srem(self._k.inst_rooms(self._instance_id), room)
+                await pipe.execute()
+
+    async def seq(self, room: str) -> int:
+        return int(await self._r.get(self._k.room(room, "seq")) or 0)
 
     async def members(self, room: str) -> list[str]:
         return [str(m) for m in await self._r.hkeys(self._k.room(room, "users"))]

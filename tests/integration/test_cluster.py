@@ -161,8 +161,8 @@ async def test_refuse_policy_holds_across_instances(cluster_factory, players):
 
 
 async def test_a_killed_instance_leaves_no_entries(process_factory, cluster_factory, players):
-    [survivor] = await cluster_factory(1)
-    doomed = await process_factory("doomed")
+    [survivor] = await cluster_factory(1, grace_s=1)
+    doomed = await process_factory("doomed", GAMEGW_GRACE_S="1")
     a = await players(survivor.url, survivor.token("alice"))
     b = await players(doomed.url, survivor.token("bob"))
     await a.call("join", {"room": "r"})
@@ -171,12 +171,27 @@ async def test_a_killed_instance_leaves_no_entries(process_factory, cluster_fact
     assert {c.instance_id for c in await registry.list()} == {"inst-1", "doomed"}
     started = time.monotonic()
     doomed.kill(signal.SIGKILL)
+    # within the heartbeat TTL + interval the survivors turn bob's connection into a drop ...
+    [dropped] = await a.wait_for("player_disconnected", timeout=10)
+    detected = time.monotonic() - started
+    assert dropped == {"room": "r", "user": "bob", "grace_s": 1.0}
+    assert [(c.user_id, c.state) for c in await registry.list(user_id="bob")] == [("bob", "grace")]
+    # ... and once grace is over (bob did not come back), bob leaves, once, and nothing is left
     [left] = await a.wait_for("player_left", timeout=10)
-    elapsed = time.monotonic() - started
     assert left == {"room": "r", "user": "bob", "reason": "timeout"}
-    assert [c.user_id for c in await registry.list()] == ["alice"]
+    await eventually(lambda: _only(registry, ["alice"]))
     assert await registry.user_sids("bob") == []
     assert (await a.call("join", {"room": "r"}))["members"] == ["alice"]
-    _, body = await admin(survivor, "GET", "/admin/instances")
-    assert [i["instance"] for i in body["instances"]] == ["inst-1"]
-    assert elapsed < 1.0 + 0.2 + 2.0  # heartbeat TTL + interval, plus slack for a loaded machine
+
+    async def instances_gone():
+        _, body = await admin(survivor, "GET", "/admin/instances")
+        return [i["instance"] for i in body["instances"]] == ["inst-1"]
+
+    await eventually(instances_gone, timeout=10)
+    await asyncio.sleep(0.5)
+    assert len(a.events["player_left"]) == 1
+    assert detected < 1.0 + 0.2 + 2.0  # heartbeat TTL + interval, plus slack for a loaded machine
+
+
+async def _only(registry, users):
+    return sorted(c.user_id for c in await registry.list()) == users

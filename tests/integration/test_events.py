@@ -77,7 +77,8 @@ async def test_leave_and_player_left(gateway, players):
     assert (await a.call("join", {"room": "r"}))["members"] == ["alice"]  # joining twice is harmless
 
 
-async def test_disconnect_tells_the_room(gateway, players):
+async def test_disconnect_tells_the_room(gateway_factory, players):
+    gateway = await gateway_factory(grace_s=0)  # no grace: any disconnect is final at once
     a = await players(gateway.url, gateway.token("alice"))
     b = await players(gateway.url, gateway.token("bob"))
     await a.call("join", {"room": "r"})
