@@ -33,9 +33,9 @@ from .registry import MemoryRegistry, Registry
 from .registry_redis import RedisRegistry
 from .rooms import MemoryRoomStore, RoomStore
 from .rooms_redis import RedisRoomStore
+from .rules import make_rules
 from .sessions import MemorySessionStore, SessionStore
 from .sessions_redis import RedisSessionStore
-from .rules import make_rules
 
 logger = logging.getLogger("gamegw.app")
 

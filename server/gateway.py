@@ -418,7 +418,8 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         room = parse(JoinMsg, data).room
         user_id = conn.claims.user_id
         if room in conn.rooms:  # joining twice is harmless
-            return {"ok": True, "room": room, "seq": await self.rooms.seq(room), "members": await self.rooms.members(room)}
+            members = await self.rooms.members(room)
+            return {"ok": True, "room": room, "seq": await self.rooms.seq(room), "members": members}
         await self.rooms.attach(room, conn.sid)
         try:
             joined = await self.rooms.join(room, user_id, conn.session.session_id)
@@ -446,7 +447,8 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
     async def _unseat(self, session: Session, room: str, reason: LeftReason) -> None:
         session.rooms.pop(room, None)
         if await self.rooms.leave(room, session.user_id, session.session_id):
-            await self.bus.emit_room(room, "player_left", {"room": room, "user": session.user_id, "reason": str(reason)})
+            await self.bus.emit_room(room, "player_left",
+                                     {"room": room, "user": session.user_id, "reason": str(reason)})
 
     async def _move(self, conn: Conn, data: Any) -> Ack:
         msg = parse(MoveMsg, data)
