@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import socketio
 from aiohttp import web
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from . import jsoncodec, websocket
 from .auth import Verifier
@@ -99,8 +99,13 @@ def create_app(
     redis: Redis | None = None
     bus: Bus
     if settings.redis_url:
-        redis = Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=settings.redis_timeout_s,
-                               socket_connect_timeout=settings.redis_timeout_s, retry_on_timeout=False)
+        # A bounded pool: under load, commands wait for a connection (up to redis_timeout_s)
+        # instead of opening one connection per concurrent player.
+        pool = BlockingConnectionPool.from_url(
+            settings.redis_url, decode_responses=True, max_connections=settings.redis_max_connections,
+            timeout=settings.redis_timeout_s, socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s)
+        redis = Redis.from_pool(pool)  # the client owns the pool: aclose() closes its connections
         keys = Keys(settings.redis_prefix)
         redis_registry = RedisRegistry(redis, keys, settings.instance_id)
         redis_rooms = RedisRoomStore(redis, keys, rules, instance_id=settings.instance_id,

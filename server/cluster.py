@@ -153,6 +153,8 @@ class RedisCluster:
         conn = await self._registry.get(sid)
         if conn is None:
             return False
+        if not await self._r.exists(self._k.alive(conn.instance_id)):
+            return False  # its instance is gone: so is the connection (the reaper cleans the entry)
         reply = await self._bus.request(conn.instance_id, {"op": "close", "sid": sid, "reason": why.reason},
                                         REQUEST_TIMEOUT_S)
         return bool(reply and reply.get("count"))

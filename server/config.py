@@ -52,6 +52,7 @@ class Settings:
     redis_url: str = ""
     redis_prefix: str = "gamegw"
     redis_timeout_s: float = 2.0  # every Redis call gives up after this long
+    redis_max_connections: int = 32  # per instance; commands queue for a free one
     heartbeat_interval_s: float = 1.0
     heartbeat_ttl_s: float = 5.0  # a silent instance is dead after this long; its entries go then
 
@@ -242,7 +243,7 @@ def validate(s: Settings) -> None:
     if s.game not in GAMES:
         raise ConfigError(f"game: {s.game!r} is not a known game ({', '.join(GAMES)})")
     for name in ("max_action_bytes", "max_room_members", "move_log_size", "arena_width", "arena_height",
-                 "max_message_bytes", "jwt_max_token_bytes"):
+                 "max_message_bytes", "jwt_max_token_bytes", "redis_max_connections"):
         if getattr(s, name) < 1:
             raise ConfigError(f"{name}: must be at least 1")
     if s.log_format not in ("text", "json"):

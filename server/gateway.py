@@ -20,12 +20,13 @@ from urllib.parse import parse_qs
 
 import orjson
 import socketio
+from redis.exceptions import RedisError
 
 from . import codes
 from .auth import Claims, Verifier
 from .codes import AckCode, Disconnect, LeftReason
 from .config import Settings
-from .errors import ActionError, AuthError
+from .errors import ActionError, AuthError, StoreUnavailable
 from .logs import log
 from .manager import GameManager
 from .metrics import Metrics
@@ -114,6 +115,8 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         self.sessions = sessions
         self.metrics = metrics
         self._grace_task: asyncio.Task[None] | None = None
+        self._store_logged = 0.0
+        self._store_errors = 0
         self.transports = transports
         self.clock = clock
         self.conns: dict[str, Conn] = {}
@@ -406,6 +409,10 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         except ActionError as exc:
             ack = exc.ack()
             result = str(exc.code)
+        except (RedisError, OSError, TimeoutError) as exc:  # the state store is away or slow
+            ack = StoreUnavailable().ack()
+            result = str(AckCode.UNAVAILABLE)
+            self._store_trouble(event, exc)
         except Exception:
             logger.exception("handler failed", extra={"gamegw_fields": {"event_name": event, "sid": sid}})
             ack = ActionError(AckCode.INTERNAL, "internal error").ack()
@@ -413,6 +420,15 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         self.metrics.acks.labels(label, result).inc()
         self.metrics.handler_seconds.labels(label).observe(time.perf_counter() - started)
         return ack
+
+    def _store_trouble(self, event: str, exc: BaseException) -> None:
+        """One warning per second at most: an outage must not turn into a log flood."""
+        now = time.monotonic()
+        self._store_errors += 1
+        if now - self._store_logged >= 1.0:
+            log(logger, "store_unavailable", logging.WARNING, event_name=event, error=type(exc).__name__,
+                detail=str(exc), count=self._store_errors)
+            self._store_logged, self._store_errors = now, 0
 
     async def _join(self, conn: Conn, data: Any) -> Ack:
         room = parse(JoinMsg, data).room

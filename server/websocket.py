@@ -15,6 +15,8 @@ from typing import Any
 from aiohttp.web import WebSocketResponse
 from engineio.async_drivers.aiohttp import WebSocket as EngineioWebSocket
 
+CLOSE_WAIT_S = 0.1
+
 
 class Transports:
     """Engine.IO session id -> the TCP transport of its websocket, while it is open."""
@@ -42,7 +44,11 @@ def websocket_driver(*, compress: bool, transports: Transports) -> type[Engineio
     class GameWebSocket(EngineioWebSocket):  # type: ignore[misc]
         async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
             request = environ["aiohttp.request"]
-            self._sock = WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=compress)
+            # The close handshake waits CLOSE_WAIT_S at most for the peer's answer (aiohttp waits
+            # 10 s by default): a blackholed client must turn into a drop within ping interval +
+            # timeout, not 10 s later. A live client has the close frame long before.
+            self._sock = WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=compress,
+                                           timeout=CLOSE_WAIT_S)
             await self._sock.prepare(request)
             self.environ = environ
             eio_sid = getattr(getattr(self.handler, "__self__", None), "sid", None)
