@@ -79,6 +79,7 @@ async def test_simulate_drop_reports_the_return(cluster_factory, players):
     assert report["count"] == 1 and report["instances"] == {"inst-2": 1}
     assert report["came_back"] is True and report["instance"] == "inst-1"
     assert report["after_s"] >= 0.5
+    assert report["resumed"] is True  # within grace: the session was taken back
 
 
 async def test_errors_are_one_line_with_a_hint(cluster_factory):
