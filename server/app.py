@@ -94,7 +94,9 @@ def create_app(
     # never be reordered, a client's own disconnect is never taken for a transport close, and
     # no task is created per message (the library's default costs CPU on the hot path).
     sio.eio.async_handlers = False
-    transports = websocket.install(sio.eio, compress=settings.websocket_compression)
+    transports = websocket.install(sio.eio, compress=settings.websocket_compression,
+                                   max_outbound_bytes=settings.max_outbound_bytes)
+    manager.transports = transports
     rules = make_rules(settings)
     redis: Redis | None = None
     bus: Bus

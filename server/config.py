@@ -72,6 +72,7 @@ class Settings:
     arena_height: int = 16
     max_message_bytes: int = 65536
     websocket_compression: bool = False
+    max_outbound_bytes: int = 1048576  # unsent bytes to one connection before it is cut (slow consumer)
 
     log_level: str = "info"
     log_format: str = "text"  # "text" (key=value) or "json"
@@ -243,7 +244,7 @@ def validate(s: Settings) -> None:
     if s.game not in GAMES:
         raise ConfigError(f"game: {s.game!r} is not a known game ({', '.join(GAMES)})")
     for name in ("max_action_bytes", "max_room_members", "move_log_size", "arena_width", "arena_height",
-                 "max_message_bytes", "jwt_max_token_bytes", "redis_max_connections"):
+                 "max_message_bytes", "jwt_max_token_bytes", "redis_max_connections", "max_outbound_bytes"):
         if getattr(s, name) < 1:
             raise ConfigError(f"{name}: must be at least 1")
     if s.log_format not in ("text", "json"):

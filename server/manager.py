@@ -19,6 +19,8 @@ from engineio import packet as eio_packet
 from socketio import packet
 from socketio.async_manager import AsyncManager
 
+from .websocket import Transports, text_frame
+
 ConnectedHook = Callable[[str, str], Awaitable[None]]
 
 
@@ -27,6 +29,7 @@ class GameManager(AsyncManager):  # type: ignore[misc]
         super().__init__()
         self.on_connected: ConnectedHook | None = None
         self.paused: dict[str, list[tuple[str, int | None, list[Any]]]] = {}  # sid -> (room, seq, pkts)
+        self.transports: Transports | None = None  # set by create_app: direct websocket writes
 
     async def connect(self, sid: str, namespace: str) -> Any:
         result = await super().connect(sid, namespace)
@@ -60,6 +63,9 @@ class GameManager(AsyncManager):  # type: ignore[misc]
             return 0
         send = self.server._send_eio_packet
         paused = self.paused
+        transports = self.transports
+        frame: bytes | None = None
+        single = len(pkts) == 1 and isinstance(pkts[0].data, str)
         count = 0
         for sid, eio_sid in list(members.items()):
             if sid == skip_sid:
@@ -67,9 +73,15 @@ class GameManager(AsyncManager):  # type: ignore[misc]
             if paused and sid in paused:
                 paused[sid].append((room, seq, pkts))
                 continue
+            count += 1
+            ws = transports.writable(eio_sid) if transports is not None and single else None
+            if ws is not None:
+                if frame is None:  # the broadcast's websocket frame, built once for every recipient
+                    frame = text_frame(pkts[0].encode().encode())
+                ws.write(frame)
+                continue
             for p in pkts:
                 await send(eio_sid, p)
-            count += 1
         return count
 
     def pause(self, sid: str) -> None:

@@ -1,72 +1,147 @@
-"""The websocket transport under Engine.IO: permessage-deflate off by default, and a handle on
-each connection's TCP transport so that a network fault can be simulated.
+"""The websocket transport under Engine.IO, made for fan-out.
 
-python-engineio's aiohttp driver opens ``WebSocketResponse`` with aiohttp's defaults, which
-accept permessage-deflate: every frame is then compressed (about a quarter of the gateway's CPU
-under load) and each connection keeps a zlib context (~90 KB). Game moves are small; the
-``websocket_compression`` setting turns it back on where bandwidth matters more than CPU.
+python-engineio hands every outgoing packet to a per-connection queue, wakes that connection's
+writer task, and the task asks aiohttp to frame and (by default) compress it. For a broadcast to
+N players that is N task wake-ups, N framings and N compressions of the same bytes. Here:
+
+* permessage-deflate is refused by default (it cost about a quarter of the gateway's CPU and
+  ~90 KB per connection); ``websocket_compression`` turns it back on;
+* :class:`GameWebSocket` writes frames straight to the TCP transport, synchronously, so the
+  library's writer task never yields in the middle of a batch;
+* :func:`text_frame` builds a broadcast's frame once, and :meth:`Transports.write` puts those same
+  bytes on each recipient's transport, provided nothing is waiting in that connection's queue
+  (so a direct write can never overtake a queued packet) and the connection is not upgrading;
+* a recipient whose unsent bytes pass ``max_outbound_bytes`` is a slow consumer: its connection
+  is cut (a drop) instead of letting the gateway's memory grow;
+* :meth:`Transports.abort` cuts a connection as a network fault would (``simulate-drop``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import struct
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp.web import WebSocketResponse
 from engineio.async_drivers.aiohttp import WebSocket as EngineioWebSocket
 
+# The close handshake waits CLOSE_WAIT_S at most for the peer's answer (aiohttp waits 10 s by
+# default): a blackholed client must turn into a drop within ping interval + timeout, not 10 s
+# later. A live client has the close frame long before.
 CLOSE_WAIT_S = 0.1
 
 
-class Transports:
-    """Engine.IO session id -> the TCP transport of its websocket, while it is open."""
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, final text frame (RFC 6455 §5.2), as a server sends it."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", 0x81, 126, n) + payload
+    return struct.pack("!BBQ", 0x81, 127, n) + payload
 
-    def __init__(self) -> None:
-        self._by_eio_sid: dict[str, asyncio.BaseTransport] = {}
+
+def binary_frame(payload: bytes) -> bytes:
+    frame = bytearray(text_frame(payload))
+    frame[0] = 0x82
+    return bytes(frame)
+
+
+class Transports:
+    """Engine.IO session id -> its open websocket, for direct writes and simulated faults."""
+
+    def __init__(self, eio_server: Any, *, max_outbound_bytes: int,
+                 on_slow_consumer: Callable[[str], None] | None = None) -> None:
+        self._eio = eio_server
+        self._by_eio_sid: dict[str, GameWebSocketBase] = {}
+        self.max_outbound_bytes = max_outbound_bytes
+        self.on_slow_consumer = on_slow_consumer
+
+    def add(self, eio_sid: str, ws: GameWebSocketBase) -> None:
+        self._by_eio_sid[eio_sid] = ws
+
+    def discard(self, eio_sid: str, ws: GameWebSocketBase) -> None:
+        if self._by_eio_sid.get(eio_sid) is ws:
+            del self._by_eio_sid[eio_sid]
+
+    def writable(self, eio_sid: str) -> GameWebSocketBase | None:
+        """The websocket to write to directly, or None to go through Engine.IO's queue."""
+        ws = self._by_eio_sid.get(eio_sid)
+        if ws is None or not ws.direct:
+            return None
+        sock = self._eio.sockets.get(eio_sid)
+        if sock is None or not sock.upgraded or sock.upgrading or sock.closed or not sock.queue.empty():
+            return None
+        return ws
 
     def abort(self, eio_sid: str) -> bool:
         """Cut the TCP connection with no close frame and no disconnect packet."""
-        transport = self._by_eio_sid.pop(eio_sid, None)
+        ws = self._by_eio_sid.pop(eio_sid, None)
+        transport = ws.transport if ws is not None else None
         if transport is None or transport.is_closing():
             return False
-        transport.abort()  # type: ignore[attr-defined]
+        transport.abort()
         return True
 
-    def add(self, eio_sid: str, transport: asyncio.BaseTransport) -> None:
-        self._by_eio_sid[eio_sid] = transport
-
-    def discard(self, eio_sid: str, transport: asyncio.BaseTransport) -> None:
-        if self._by_eio_sid.get(eio_sid) is transport:
-            del self._by_eio_sid[eio_sid]
+    def slow(self, eio_sid: str) -> None:
+        if self.abort(eio_sid) and self.on_slow_consumer is not None:
+            self.on_slow_consumer(eio_sid)
 
 
-def websocket_driver(*, compress: bool, transports: Transports) -> type[EngineioWebSocket]:
-    class GameWebSocket(EngineioWebSocket):  # type: ignore[misc]
-        async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
-            request = environ["aiohttp.request"]
-            # The close handshake waits CLOSE_WAIT_S at most for the peer's answer (aiohttp waits
-            # 10 s by default): a blackholed client must turn into a drop within ping interval +
-            # timeout, not 10 s later. A live client has the close frame long before.
-            self._sock = WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=compress,
-                                           timeout=CLOSE_WAIT_S)
-            await self._sock.prepare(request)
-            self.environ = environ
-            eio_sid = getattr(getattr(self.handler, "__self__", None), "sid", None)
-            transport = request.transport
-            if eio_sid and transport is not None:
-                transports.add(eio_sid, transport)
-            try:
-                await self.handler(self)
-            finally:
-                if eio_sid and transport is not None:
-                    transports.discard(eio_sid, transport)
-            return self._sock
+class GameWebSocketBase(EngineioWebSocket):  # type: ignore[misc]
+    transports: Transports
+    compress: bool
 
-    return GameWebSocket
+    transport: asyncio.Transport | None = None
+    eio_sid: str | None = None
+
+    @property
+    def direct(self) -> bool:
+        return not self.compress and self.transport is not None
+
+    async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
+        request = environ["aiohttp.request"]
+        self._sock = WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=self.compress,
+                                       timeout=CLOSE_WAIT_S)
+        await self._sock.prepare(request)
+        self.environ = environ
+        self.eio_sid = getattr(getattr(self.handler, "__self__", None), "sid", None)
+        self.transport = request.transport
+        if self.eio_sid:
+            self.transports.add(self.eio_sid, self)
+        try:
+            await self.handler(self)
+        finally:
+            if self.eio_sid:
+                self.transports.discard(self.eio_sid, self)
+        return self._sock
+
+    async def send(self, message: str | bytes) -> None:
+        """Engine.IO's writer task calls this for each queued packet: write it now, no yield."""
+        if not self.direct:
+            await super().send(message)
+            return
+        payload = message if isinstance(message, bytes) else message.encode()
+        self.write(binary_frame(payload) if isinstance(message, bytes) else text_frame(payload))
+
+    def write(self, frame: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(frame)
+        if transport.get_write_buffer_size() > self.transports.max_outbound_bytes and self.eio_sid:
+            self.transports.slow(self.eio_sid)
 
 
-def install(eio_server: Any, *, compress: bool) -> Transports:
+def install(eio_server: Any, *, compress: bool, max_outbound_bytes: int) -> Transports:
     """Swap the driver's websocket class (python-engineio looks it up in ``_async``)."""
-    transports = Transports()
-    eio_server._async = {**eio_server._async, "websocket": websocket_driver(compress=compress, transports=transports)}
+    transports = Transports(eio_server, max_outbound_bytes=max_outbound_bytes)
+
+    class GameWebSocket(GameWebSocketBase):
+        pass
+
+    GameWebSocket.transports = transports
+    GameWebSocket.compress = compress
+    eio_server._async = {**eio_server._async, "websocket": GameWebSocket}
     return transports
