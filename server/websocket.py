@@ -8,9 +8,12 @@ N players that is N task wake-ups, N framings and N compressions of the same byt
   ~90 KB per connection); ``websocket_compression`` turns it back on;
 * :class:`GameWebSocket` writes frames straight to the TCP transport, synchronously, so the
   library's writer task never yields in the middle of a batch;
-* :func:`text_frame` builds a broadcast's frame once, and :meth:`Transports.write` puts those same
-  bytes on each recipient's transport, provided nothing is waiting in that connection's queue
-  (so a direct write can never overtake a queued packet) and the connection is not upgrading;
+* :func:`text_frame` builds a broadcast's frame once, and the same bytes go to each recipient,
+  provided nothing is waiting in that connection's queue (so a direct write can never overtake a
+  queued packet) and the connection is not upgrading;
+* what a connection is sent during one turn of the event loop leaves in one ``write`` call at
+  the end of the turn (one syscall instead of one per frame; under load, turns get longer and
+  batches larger, which keeps the gateway from collapsing);
 * a recipient whose unsent bytes pass ``max_outbound_bytes`` is a slow consumer: its connection
   is cut (a drop) instead of letting the gateway's memory grow;
 * :meth:`Transports.abort` cuts a connection as a network fault would (``simulate-drop``).
@@ -57,6 +60,18 @@ class Transports:
         self._by_eio_sid: dict[str, GameWebSocketBase] = {}
         self.max_outbound_bytes = max_outbound_bytes
         self.on_slow_consumer = on_slow_consumer
+        self._dirty: list[GameWebSocketBase] = []
+
+    def mark_dirty(self, ws: GameWebSocketBase) -> None:
+        """Flush ``ws`` once this turn of the event loop is over: one syscall for all it got."""
+        if not self._dirty:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._dirty.append(ws)
+
+    def flush(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for ws in dirty:
+            ws.flush()
 
     def add(self, eio_sid: str, ws: GameWebSocketBase) -> None:
         self._by_eio_sid[eio_sid] = ws
@@ -95,6 +110,7 @@ class GameWebSocketBase(EngineioWebSocket):  # type: ignore[misc]
 
     transport: asyncio.Transport | None = None
     eio_sid: str | None = None
+    _out: list[bytes] | None = None  # frames written this turn of the loop, not yet on the transport
 
     @property
     def direct(self) -> bool:
@@ -126,12 +142,24 @@ class GameWebSocketBase(EngineioWebSocket):  # type: ignore[misc]
         self.write(binary_frame(payload) if isinstance(message, bytes) else text_frame(payload))
 
     def write(self, frame: bytes) -> None:
+        if self._out is None:
+            self._out = [frame]
+            self.transports.mark_dirty(self)
+        else:
+            self._out.append(frame)
+
+    def flush(self) -> None:
+        out, self._out = self._out, None
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if not out or transport is None or transport.is_closing():
             return
-        transport.write(frame)
+        transport.write(out[0] if len(out) == 1 else b"".join(out))
         if transport.get_write_buffer_size() > self.transports.max_outbound_bytes and self.eio_sid:
             self.transports.slow(self.eio_sid)
+
+    async def close(self) -> None:
+        self.flush()  # what was written must go out before the close frame
+        await super().close()
 
 
 def install(eio_server: Any, *, compress: bool, max_outbound_bytes: int) -> Transports:
