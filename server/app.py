@@ -27,7 +27,7 @@ from .gateway import NAMESPACE, Gateway
 from .http import admin_routes, routes
 from .keys import Keys
 from .logs import log
-from .manager import GameManager
+from .manager import GameManager, GameServer
 from .metrics import Metrics
 from .registry import MemoryRegistry, Registry
 from .registry_redis import RedisRegistry
@@ -77,7 +77,7 @@ def create_app(
     """The gateway as an aiohttp app: in-memory, or cluster mode when ``redis_url`` is set."""
     metrics = Metrics()
     manager = GameManager()
-    sio = socketio.AsyncServer(
+    sio = GameServer(
         async_mode="aiohttp",
         client_manager=manager,
         cors_allowed_origins=origin_checker(settings),
@@ -96,7 +96,7 @@ def create_app(
     sio.eio.async_handlers = False
     transports = websocket.install(sio.eio, compress=settings.websocket_compression,
                                    max_outbound_bytes=settings.max_outbound_bytes)
-    manager.transports = transports
+    manager.transports = sio.transports = transports
     rules = make_rules(settings)
     redis: Redis | None = None
     bus: Bus

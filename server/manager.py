@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import socketio
 from engineio import packet as eio_packet
 from socketio import packet
 from socketio.async_manager import AsyncManager
@@ -22,6 +23,22 @@ from socketio.async_manager import AsyncManager
 from .websocket import Transports, text_frame
 
 ConnectedHook = Callable[[str, str], Awaitable[None]]
+
+
+class GameServer(socketio.AsyncServer):  # type: ignore[misc]
+    """python-socketio's server, with single packets (acks, events to one sid) written straight
+    to the connection's websocket when nothing is queued ahead of them."""
+
+    transports: Transports | None = None
+
+    async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
+        ws = self.transports.writable(eio_sid) if self.transports is not None else None
+        if ws is not None:
+            encoded = pkt.encode()
+            if isinstance(encoded, str):
+                ws.write(text_frame(("4" + encoded).encode()))
+                return
+        await super()._send_packet(eio_sid, pkt)
 
 
 class GameManager(AsyncManager):  # type: ignore[misc]
