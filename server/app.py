@@ -114,7 +114,8 @@ def create_app(
                                      log_size=settings.move_log_size, max_members=settings.max_room_members)
         registry, rooms = redis_registry, redis_rooms
         sessions: SessionStore = RedisSessionStore(redis, keys)
-        redis_bus = RedisBus(redis, keys, settings.instance_id, manager, metrics)
+        redis_bus = RedisBus(redis, keys, settings.instance_id, manager, metrics, url=settings.redis_url,
+                             timeout_s=settings.redis_timeout_s)
         bus = redis_bus
     else:
         registry = registry or MemoryRegistry()

@@ -32,6 +32,7 @@ from .logs import log
 from .manager import GameManager
 from .metrics import Metrics
 from .rooms import MoveEvent
+from .subscriber import SUBSCRIBED, subscribe
 
 NAMESPACE = "/game"
 logger = logging.getLogger("gamegw.bus")
@@ -81,8 +82,11 @@ class LocalBus:
 
 
 class RedisBus:
-    def __init__(self, redis: Redis, keys: Keys, instance_id: str, manager: GameManager, metrics: Metrics) -> None:
+    def __init__(self, redis: Redis, keys: Keys, instance_id: str, manager: GameManager, metrics: Metrics, *,
+                 url: str, timeout_s: float) -> None:
         self._r: Any = redis  # redis-py's types do not follow decode_responses=True
+        self._url = url
+        self._timeout_s = timeout_s
         self._k = keys
         self._instance_id = instance_id
         self._manager = manager
@@ -122,16 +126,16 @@ class RedisBus:
 
     async def _listen(self) -> None:
         backoff = 0.1
+        channel = self._k.channel(self._instance_id)
         while True:
-            pubsub = self._r.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self._k.channel(self._instance_id))
-                self.subscribed.set()
-                backoff = 0.1
-                while True:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None:
-                        await self._handle(message["data"])
+                async for batch in subscribe(self._url, channel, timeout_s=self._timeout_s):
+                    for message in batch:
+                        if message == SUBSCRIBED:
+                            self.subscribed.set()
+                            backoff = 0.1
+                        else:
+                            await self._handle(message)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis went away: resubscribe with capped backoff
@@ -139,9 +143,6 @@ class RedisBus:
                 log(logger, "listener_lost", logging.WARNING, error=str(exc), retry_in_s=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
 
     async def _handle(self, data: str) -> None:
         kind = data[:1]
