@@ -17,7 +17,6 @@ The listener never awaits a fan-out: writing to a local socket only queues the p
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -28,7 +27,7 @@ from engineio import packet as eio_packet
 from redis.asyncio import Redis
 
 from .keys import Keys
-from .logs import log
+from .logs import log, stop_task
 from .manager import GameManager
 from .metrics import Metrics
 from .rooms import MoveEvent
@@ -175,8 +174,6 @@ class RedisBus:
 
     async def aclose(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
         for task in list(self._background):
-            task.cancel()
+            await stop_task(task)

@@ -30,7 +30,7 @@ from redis.asyncio import Redis
 from . import codes
 from .codes import Disconnect
 from .keys import Keys
-from .logs import log
+from .logs import log, stop_task
 
 if TYPE_CHECKING:
     from .bus import RedisBus
@@ -265,10 +265,7 @@ class RedisCluster:
 
     async def aclose(self) -> None:
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
         with contextlib.suppress(Exception):
             async with self._r.pipeline(transaction=False) as pipe:
                 pipe.delete(self._k.alive(self._iid))

@@ -9,7 +9,6 @@ state.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -27,7 +26,7 @@ from .auth import Claims, Verifier
 from .codes import AckCode, Disconnect, LeftReason
 from .config import Settings
 from .errors import ActionError, AuthError, StoreUnavailable
-from .logs import log
+from .logs import log, stop_task
 from .manager import GameManager
 from .metrics import Metrics
 from .payloads import JoinMsg, LeaveMsg, MoveMsg, RefreshMsg, StateMsg, SyncMsg, parse
@@ -214,11 +213,8 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         if conn is None:
             return
         user_id = conn.claims.user_id
-        if conn.resumed:
-            self.manager.pause(sid)
-            for room in conn.rooms:
-                await self.rooms.attach(room, sid)
-                await self.server.enter_room(sid, room, namespace=NAMESPACE)
+        # ``session`` goes out before the connection is in any room, so nothing can precede it;
+        # a resuming connection is then paused while it enters its rooms and gets the replay
         await self.emit("session", {
             "sid": sid,
             "user": user_id,
@@ -230,6 +226,10 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         }, to=sid)
         if not conn.resumed:
             return
+        self.manager.pause(sid)
+        for room in conn.rooms:
+            await self.rooms.attach(room, sid)
+            await self.server.enter_room(sid, room, namespace=NAMESPACE)
         replayed: dict[str, int] = {}
         for room, after in conn.last_seq.items():
             if room not in conn.rooms:
@@ -319,9 +319,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
 
     async def aclose(self) -> None:
         if self._grace_task is not None:
-            self._grace_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._grace_task
+            await stop_task(self._grace_task)
 
     async def close(self, sid: str, why: Disconnect, message: str = "") -> bool:
         """Close one local connection on purpose: ``disconnect_reason`` first, then the close."""

@@ -6,6 +6,7 @@ Tokens are never passed here; only the verified user id is.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from typing import Any
@@ -55,3 +56,14 @@ def configure(level: str = "info", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+async def stop_task(task: asyncio.Task[object] | asyncio.Task[None]) -> None:
+    """Cancel a background loop and wait until it has really ended.
+
+    One ``cancel()`` is not always enough: a cancel that lands just as an inner ``wait_for``
+    completes can be swallowed (redis-py, Python 3.11), and the loop would sleep on forever.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
