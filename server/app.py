@@ -29,6 +29,7 @@ from .keys import Keys
 from .logs import log
 from .manager import GameManager, GameServer
 from .metrics import Metrics
+from .pipe import RedisPipe
 from .registry import MemoryRegistry, Registry
 from .registry_redis import RedisRegistry
 from .rooms import MemoryRoomStore, RoomStore
@@ -111,7 +112,8 @@ def create_app(
         keys = Keys(settings.redis_prefix)
         redis_registry = RedisRegistry(redis, keys, settings.instance_id)
         redis_rooms = RedisRoomStore(redis, keys, rules, instance_id=settings.instance_id,
-                                     log_size=settings.move_log_size, max_members=settings.max_room_members)
+                                     log_size=settings.move_log_size, max_members=settings.max_room_members,
+                                     pipe=RedisPipe(settings.redis_url, timeout_s=settings.redis_timeout_s))
         registry, rooms = redis_registry, redis_rooms
         sessions: SessionStore = RedisSessionStore(redis, keys)
         redis_bus = RedisBus(redis, keys, settings.instance_id, manager, metrics, url=settings.redis_url,

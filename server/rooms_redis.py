@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from .codes import AckCode
 from .errors import ActionError
 from .keys import Keys
+from .pipe import RedisPipe
 from .rooms import Joined, MoveEvent, move_prefix, move_suffix
 from .rules import Rules, State
 
@@ -84,7 +85,7 @@ return 1
 
 class RedisRoomStore:
     def __init__(self, redis: Redis, keys: Keys, rules: Rules, *, instance_id: str, log_size: int = 1000,
-                 max_members: int = 100) -> None:
+                 max_members: int = 100, pipe: RedisPipe | None = None) -> None:
         self._r: Any = redis  # redis-py's types do not follow decode_responses=True
         self._k = keys
         self._rules = rules
@@ -95,6 +96,7 @@ class RedisRoomStore:
         self._join = redis.register_script(JOIN)
         self._leave = redis.register_script(LEAVE)
         self._move = redis.register_script(MOVE)
+        self._pipe = pipe
         self._set_state = redis.register_script(SET_STATE)
 
     async def join(self, room: str, user_id: str, member_id: str) -> Joined:
@@ -144,20 +146,25 @@ class RedisRoomStore:
     async def members(self, room: str) -> list[str]:
         return [str(m) for m in await self._r.hkeys(self._k.room(room, "users"))]
 
+    async def _run_move(self, keys: list[str], args: list[str]) -> Any:
+        if self._pipe is not None:
+            return await self._pipe.evalsha(self._move.sha, MOVE, keys, args)
+        return await self._move(keys=keys, args=args)
+
     async def move(self, room: str, user_id: str, action: dict[str, Any], action_json: str, ts: int) -> MoveEvent:
         keys = self._k.room_keys(room)
         prefix = move_prefix(room)
         fixed = [self._log_size, user_id, self._k.channel_prefix, room]
         if self._rules.stateless_moves:
             self._rules.apply({}, user_id, action)
-            seq = await self._move(keys=keys, args=[prefix, move_suffix(user_id, action_json, ts), *fixed, "", ""])
+            seq = await self._run_move(keys, [prefix, move_suffix(user_id, action_json, ts), *fixed, "", ""])
         else:
             for _ in range(CAS_RETRIES):
                 state, ver = await self._read_state(room)
                 applied = self._rules.apply(state, user_id, action)
                 aj = action_json if applied is action else orjson.dumps(applied).decode()
-                seq = await self._move(keys=keys, args=[prefix, move_suffix(user_id, aj, ts), *fixed, ver,
-                                                        orjson.dumps(state).decode()])
+                seq = await self._run_move(keys, [prefix, move_suffix(user_id, aj, ts), *fixed, ver,
+                                                  orjson.dumps(state).decode()])
                 if int(seq) != -2:
                     action_json = aj
                     break
@@ -200,3 +207,5 @@ class RedisRoomStore:
 
     async def aclose(self) -> None:
         self._local.clear()
+        if self._pipe is not None:
+            await self._pipe.aclose()
