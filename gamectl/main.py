@@ -42,7 +42,10 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on (default: 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (default: 8000).")] = None,
     redis: Annotated[str | None, typer.Option("--redis", help="Redis URL: cluster mode with shared state.")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Processes to run on this port (needs --redis when > 1).")] = 1,
+    workers: Annotated[int, typer.Option(min=1, max=64, help=(
+        "Processes on this port (SO_REUSEPORT), forming one cluster over Redis (needs --redis). "
+        "With more than one, clients must use the websocket transport: long-polling is refused "
+        "with a clear error, since a polling session cannot follow the kernel's spreading."))] = 1,
 ) -> None:
     """Run the gateway.
 
@@ -55,7 +58,13 @@ def serve(
 
     settings = settings_from(config, host=host, port=port, redis_url=redis)
     if workers > 1:
-        fail(1, "--workers > 1 needs cluster mode (--redis)", "run one worker, or add --redis URL")
+        if not settings.redis_url:
+            fail(1, "--workers > 1 needs cluster mode (--redis)", "run one worker, or add --redis URL")
+        if settings.port == 0:
+            fail(1, "--workers > 1 needs a fixed --port", "pick a port: the workers share it")
+        from .workers import run_workers
+
+        raise typer.Exit(run_workers(settings, workers, str(config) if config else None))
     configure(settings.log_level, settings.log_format)
     if settings.dev:
         import logging
@@ -116,3 +125,7 @@ _register()
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -10,7 +10,7 @@ import asyncio
 import fnmatch
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import socketio
@@ -68,6 +68,18 @@ def origin_checker(settings: Settings) -> Callable[[str | None], bool]:
     return check
 
 
+@web.middleware
+async def polling_refused(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                          ) -> web.StreamResponse:
+    """With several workers on one port, say why long-polling fails instead of a bare 400."""
+    if request.path.startswith("/socket.io") and request.query.get("transport") == "polling":
+        return web.json_response({"error": {
+            "code": "polling_unavailable",
+            "message": "this gateway runs several workers on one port and accepts the websocket "
+                       "transport only; connect with transports: ['websocket']"}}, status=400)
+    return await handler(request)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -90,6 +102,7 @@ def create_app(
         engineio_logger=False,
         async_handlers=False,
         json=jsoncodec,
+        transports=["websocket"] if settings.websocket_only else ["polling", "websocket"],
     )
     # Handle each connection's packets inline, in the order they arrived: a client's moves can
     # never be reordered, a client's own disconnect is never taken for a transport close, and
@@ -144,7 +157,7 @@ def create_app(
 
     manager.on_connected = connected
 
-    app = web.Application()
+    app = web.Application(middlewares=[polling_refused] if settings.websocket_only else [])
     app[PARTS] = Parts(settings, sio, gateway, registry, rooms, metrics, cluster, redis)
     sio.attach(app)
     app.add_routes(routes(metrics=metrics, rooms=rooms, instance_id=settings.instance_id))
@@ -197,4 +210,4 @@ def run(settings: Settings) -> None:
 
     app.on_startup.append(ready)
     web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None, loop=loop,
-                handle_signals=True, shutdown_timeout=5)
+                handle_signals=True, shutdown_timeout=5, reuse_port=settings.reuse_port or None)

@@ -72,6 +72,8 @@ class Settings:
     arena_height: int = 16
     max_message_bytes: int = 65536
     websocket_compression: bool = False
+    websocket_only: bool = False  # refuse long-polling (set for `serve --workers N`)
+    reuse_port: bool = False  # bind with SO_REUSEPORT (set for `serve --workers N`)
     max_outbound_bytes: int = 1048576  # unsent bytes to one connection before it is cut (slow consumer)
 
     log_level: str = "info"

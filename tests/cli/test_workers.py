@@ -1,0 +1,79 @@
+"""`gamectl serve --workers N`: N processes on one port, one cluster over Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+import socketio
+
+from server.auth import mint
+from tests.conftest import TEST_SECRET, eventually, free_port, make_settings
+
+GAMECTL = str(Path(sys.executable).with_name("gamectl"))
+
+
+async def test_workers_share_a_port_and_form_one_cluster(redis_server, redis_prefix, players):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GAMEGW_")}
+    env.update({"GAMEGW_JWT_SECRET": TEST_SECRET, "GAMEGW_REDIS_PREFIX": redis_prefix, "GAMEGW_INSTANCE_ID": "gw",
+                "GAMEGW_LOG_LEVEL": "warning"})
+    proc = await asyncio.create_subprocess_exec(GAMECTL, "serve", "--workers", "2", "--port", str(port),
+                                                "--redis", redis_server.url, env=env)
+    url = f"http://127.0.0.1:{port}"
+    settings = make_settings()
+    admin = {"Authorization": "Bearer " + mint(settings, "ops", role="admin")}
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def both_ready():
+                try:
+                    async with http.get(url + "/admin/instances", headers=admin) as resp:
+                        body = await resp.json()
+                        return sorted(i["instance"] for i in body["instances"]) == ["gw-w1", "gw-w2"]
+                except aiohttp.ClientError:
+                    return False
+
+            await eventually(both_ready, timeout=20, interval=0.2)
+            ps = [await players(url, mint(settings, f"p{i}")) for i in range(16)]
+            for p in ps:
+                await p.call("join", {"room": "r"})
+            async with http.get(url + "/admin/connections", headers=admin) as resp:
+                where = {c["instance_id"] for c in (await resp.json())["connections"]}
+            assert where == {"gw-w1", "gw-w2"}  # the kernel spread the connections over both
+            for i, p in enumerate(ps[:4]):
+                assert (await p.call("move", {"room": "r", "action": {"i": i}}))["seq"] == i + 1
+            for p in ps:
+                assert [m["seq"] for m in await p.wait_for("move", 4)] == [1, 2, 3, 4]
+            async with http.get(url + "/socket.io/?EIO=4&transport=polling") as resp:
+                assert resp.status == 400
+                assert (await resp.json())["error"]["code"] == "polling_unavailable"
+            client = socketio.AsyncClient(reconnection=False)
+            try:
+                await client.connect(url, namespaces=["/game"], transports=["polling"],
+                                     auth={"token": mint(settings, "poller")}, wait_timeout=3)
+                raise AssertionError("long-polling was accepted")
+            except socketio.exceptions.ConnectionError:
+                pass
+            finally:
+                await client.shutdown()
+        for p in ps:
+            await p.disconnect()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_workers_need_redis():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GAMEGW_")}
+    env["GAMEGW_JWT_SECRET"] = TEST_SECRET
+    proc = await asyncio.create_subprocess_exec(GAMECTL, "serve", "--workers", "2", env=env,
+                                                stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1 and b"needs cluster mode" in err
