@@ -210,4 +210,5 @@ def run(settings: Settings) -> None:
 
     app.on_startup.append(ready)
     web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None, loop=loop,
-                handle_signals=True, shutdown_timeout=5, reuse_port=settings.reuse_port or None)
+                handle_signals=True, shutdown_timeout=5, reuse_port=settings.reuse_port or None,
+                backlog=4096)  # a connect storm must not overflow the listen queue (aiohttp: 128)

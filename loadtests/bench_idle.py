@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Idle connections: N players (default 10,000) connect to a fresh gateway over websocket and
+then do nothing; reports the gateway's RSS before and after (KB per connection) and its CPU
+use while the connections sit idle (Engine.IO heartbeats only) over a fixed window.
+
+The gateway (configs/bench.toml, a random per-run key) is pinned to CPU 0 and the official
+socket.io-client (loadtests/node/clients.js, one process, connects in batches) to CPU 1. The
+open-file limit is raised for both (each side needs one descriptor per connection); the
+heartbeat interval the gateway announces is in the output, since it sets the idle CPU cost.
+
+Prints one JSON line, then a short table. Exits 1 with a one-line message on a setup failure.
+
+Example:
+  .venv/bin/python loadtests/bench_idle.py --clients 10000 --idle-seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import signal
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+NODE_HELPER = HERE / "node" / "clients.js"
+TICKS = os.sysconf("SC_CLK_TCK")
+NAME = "bench_idle"
+
+
+# --- shared harness (the same block is in each bench_*.py, so each script stands alone) ---------
+from benchlib import (  # noqa: E402
+    Gateway,
+    NodeProc,
+    SetupError,
+    check_tools,
+    cpu_ms,
+    free_port_block,
+    node_modules,
+    on_sigterm,
+    raise_nofile,
+    rss_kb,
+    table,
+)
+
+
+def server_connections(url: str) -> int | None:
+    """The gateway's own count of live connections (gamegw_connections in /metrics)."""
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    m = re.search(r"^gamegw_connections(?:\{[^}]*\})? ([0-9.e+]+)$", text, re.M)
+    return int(float(m.group(1))) if m else None
+
+
+def run(args: argparse.Namespace) -> dict:
+    pin = not args.no_pin
+    check_tools(pin, (args.server_cpu, args.load_cpu))
+    node_modules()
+    nofile = raise_nofile(args.clients + 1024)
+    if nofile < args.clients + 256:
+        raise SetupError(f"open-file limit {nofile} is too low for {args.clients} connections "
+                         f"(raise ulimit -n, or lower --clients)")
+    if pin:
+        os.sched_setaffinity(0, {args.load_cpu})  # keep this harness off the server's CPU
+    secret = secrets.token_urlsafe(48)
+    gw = node = None
+    try:
+        gw = Gateway(free_port_block(1), secret, args.config, args.server_cpu if pin else None)
+        gw.wait_ready()
+        time.sleep(args.settle)
+        rss0 = rss_kb(gw.pids())
+        opts = {"mode": "idle", "urls": [gw.url], "clients": args.clients, "batch": args.batch,
+                "transport": "websocket", "connect_timeout_ms": int(args.connect_timeout * 1000),
+                "hold_max_s": args.max_seconds, "user_prefix": f"idle-{secrets.token_hex(3)}"}
+        node = NodeProc(NODE_HELPER, [json.dumps(opts)], secret, args.load_cpu if pin else None)
+        node.read("ready", 60)
+        t_connect = time.monotonic()
+        got = node.read("connected", max(1.0, args.max_seconds - args.idle_seconds - 2 * args.settle - 5))
+        connect_total_s = time.monotonic() - t_connect
+        if got["connected"] == 0:
+            raise SetupError(f"no connection succeeded: {got['errors']} (log {gw.log})")
+        time.sleep(args.settle)  # let the last handshakes and session events finish
+        seen = server_connections(gw.url)
+        pids = gw.pids()
+        rss1 = rss_kb(pids)
+        cpu0, t0 = cpu_ms(pids), time.monotonic()
+        time.sleep(args.idle_seconds)
+        cpu1, t1 = cpu_ms(pids), time.monotonic()
+        rss2 = rss_kb(pids)
+        node.send("close")
+        done = node.read("done", 60)
+        n = got["connected"]
+        idle_cpu_pct = (cpu1 - cpu0) / 1000 / (t1 - t0) * 100
+        return {
+            "bench": "idle", "clients": args.clients, "connected": n, "failures": got["failed"],
+            "errors": got["errors"], "server_connections": seen, "connect_s": round(got["wall_ms"] / 1000, 2),
+            "connect_total_s": round(connect_total_s, 2), "batch": args.batch,
+            "batch_ms_first": got.get("batch_ms_first"), "batch_ms_last": got.get("batch_ms_last"),
+            "server_rss_before_kb": rss0, "server_rss_after_kb": rss1, "server_rss_end_kb": rss2,
+            "kb_per_connection": round((rss1 - rss0) / max(1, n), 2),
+            "idle_seconds": round(t1 - t0, 2), "server_idle_cpu_ms": round(cpu1 - cpu0, 1),
+            "server_idle_cpu_pct": round(idle_cpu_pct, 2),
+            "server_idle_cpu_us_per_connection_s": round((cpu1 - cpu0) * 1000 / max(1, n) / (t1 - t0), 3),
+            "dropped_while_idle": done["dropped_while_idle"], "drop_reasons": done["drop_reasons"],
+            "heartbeat": got.get("heartbeat"), "client_rss_mb": done["client_rss_mb"],
+            "nofile_limit": nofile, "pinned": pin,
+        }
+    finally:
+        if node:
+            node.send("close")
+            node.stop()
+        if gw:
+            gw.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, default=10000, help="idle connections to hold (default 10000)")
+    ap.add_argument("--batch", type=int, default=200,
+                    help="connects per batch, one batch after another (default 200)")
+    ap.add_argument("--idle-seconds", type=float, default=10.0, help="CPU measurement window while idle (default 10)")
+    ap.add_argument("--settle", type=float, default=2.0,
+                    help="seconds to wait after start-up and after the last connect before reading (default 2)")
+    ap.add_argument("--connect-timeout", type=float, default=20.0, help="seconds before a connect counts as failed")
+    ap.add_argument("--max-seconds", type=float, default=170.0, help="hard stop for the whole run (default 170)")
+    ap.add_argument("--config", type=Path, default=REPO / "configs" / "bench.toml", help="gateway config")
+    ap.add_argument("--server-cpu", type=int, default=0, help="CPU the gateway is pinned to (default 0)")
+    ap.add_argument("--load-cpu", type=int, default=1, help="CPU the clients are pinned to (default 1)")
+    ap.add_argument("--no-pin", action="store_true", help="do not pin anything with taskset")
+    args = ap.parse_args()
+    if args.clients < 1 or args.batch < 1 or args.idle_seconds <= 0:
+        ap.error("--clients, --batch and --idle-seconds must be positive")
+    if args.max_seconds < args.idle_seconds + 2 * args.settle + 15:
+        ap.error("--max-seconds leaves no time to connect")
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        row = run(args)
+    except SetupError as e:
+        print(f"{NAME}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{NAME}: interrupted", file=sys.stderr)
+        return 130
+    hb = row["heartbeat"] or {}
+    print(json.dumps(row), flush=True)
+    print()
+    print(table([
+        ("connections", f"{row['connected']}/{row['clients']} ({row['failures']} failed"
+                        + (f": {row['errors']}" if row["errors"] else "")
+                        + f"), server counts {row['server_connections']}"),
+        ("connect time", f"{row['connect_s']} s in batches of {row['batch']}"),
+        ("server RSS", f"{row['server_rss_before_kb'] / 1024:.1f} MB -> {row['server_rss_after_kb'] / 1024:.1f} MB"),
+        ("per connection", f"{row['kb_per_connection']} KB"),
+        ("idle CPU", f"{row['server_idle_cpu_pct']}% of one core over {row['idle_seconds']} s "
+                     f"(ping every {hb.get('interval_s', '?')} s)"),
+        ("dropped while idle", row["dropped_while_idle"]),
+    ]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""What the benchmarks share: starting gateways and node clients, pinning, /proc readings."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class SetupError(Exception):
+    """Something the benchmark needs is missing or did not start: one line, exit 1."""
+
+
+def node_modules() -> Path:
+    cands = [os.environ.get("NODE_PATH", ""), os.environ.get("PEER_BENCH_CACHE", "") + "/node_modules",
+             str(Path.home() / ".cache" / "peer-bench" / "node_modules")]
+    for cand in cands:
+        for part in cand.split(os.pathsep):
+            if part and (Path(part) / "socket.io-client").is_dir() and (Path(part) / "jsonwebtoken").is_dir():
+                return Path(part)
+    raise SetupError("no node_modules with socket.io-client and jsonwebtoken (set NODE_PATH; "
+                     "../shared/peer-bench/run installs them in ~/.cache/peer-bench/node_modules)")
+
+
+def gamectl_path() -> str:
+    for cand in (Path(sys.executable).parent / "gamectl", REPO / ".venv" / "bin" / "gamectl"):
+        if cand.exists():
+            return str(cand)
+    found = shutil.which("gamectl")
+    if not found:
+        raise SetupError("gamectl not found (install the project: python3 -m venv .venv && .venv/bin/pip install -e .)")
+    return found
+
+
+def check_tools(pin: bool, cpus: tuple[int, int]) -> None:
+    if not shutil.which("node"):
+        raise SetupError("node is not on PATH")
+    if pin:
+        if not shutil.which("taskset"):
+            raise SetupError("taskset is not on PATH (or pass --no-pin)")
+        have = os.sched_getaffinity(0)
+        for cpu in cpus:
+            if cpu not in have:
+                raise SetupError(f"CPU {cpu} is not available here (have {sorted(have)}; pick others or --no-pin)")
+
+
+def raise_nofile(needed: int) -> int:
+    """Raise this process's open-file limit (children inherit it); returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max(soft, needed)
+    if want > hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))  # root may raise the hard limit
+            return want
+        except (ValueError, OSError):
+            want = hard
+    if want > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return want
+
+
+def tree(pid: int) -> list[int]:
+    """pid and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def cpu_ms(pids: list[int]) -> float:
+    """user + system CPU time of the processes, in ms."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) * 1000 / TICKS
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def rss_kb(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def free_port_block(n: int) -> int:
+    def free(port: int) -> bool:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return True
+            except OSError:
+                return False
+
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n < 65000 and all(free(base + k) for k in range(n)):
+            return base
+    raise SetupError("no block of free ports on 127.0.0.1")
+
+
+class Gateway:
+    """One `gamectl serve` process on 127.0.0.1, in its own process group, stderr to a log file."""
+
+    def __init__(self, port: int, secret: str, config: Path, cpu: int | None, redis: str | None = None,
+                 prefix: str | None = None, logdir: Path | None = None) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        cmd = [gamectl_path(), "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+        if redis:
+            cmd += ["--redis", redis]
+        if cpu is not None:
+            cmd = ["taskset", "-c", str(cpu), *cmd]
+        env = dict(os.environ, GAMEGW_JWT_SECRET=secret, GAMEGW_INSTANCE_ID=f"bench-{port}")
+        if prefix:
+            env["GAMEGW_REDIS_PREFIX"] = prefix
+        self.log = (logdir or Path(tempfile.gettempdir())) / f"gamegw-bench-gateway-{port}.log"
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                         start_new_session=True, cwd=REPO)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                lines = [ln.strip() for ln in self.log.read_text(errors="replace").splitlines() if ln.strip()]
+                why = next((ln for ln in reversed(lines) if ln.lower().startswith("error")), lines[-1] if lines else "")
+                raise SetupError(f"gateway on port {self.port} exited with {self.proc.returncode}: "
+                                 f"{why or 'no output'} (log {self.log})")
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise SetupError(f"gateway on port {self.port} not ready after {timeout:.0f} s (log {self.log})")
+
+    def pids(self) -> list[int]:
+        return tree(self.proc.pid)
+
+    def stop(self) -> None:
+        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            if self.proc.poll() is not None:
+                return
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+
+class NodeProc:
+    """A node script in its own process group (pinned when cpu is given); JSON lines out, commands in."""
+
+    def __init__(self, script: Path, argv: list[str], secret: str, cpu: int | None,
+                 env: dict[str, str] | None = None) -> None:
+        cmd = ["node", str(script), *argv]
+        if cpu is not None:
+            cmd = ["taskset", "-c", str(cpu), *cmd]
+        full_env = dict(os.environ, NODE_PATH=str(node_modules()), BENCH_SECRET=secret, **(env or {}))
+        self.name = script.name
+        self.proc = subprocess.Popen(cmd, env=full_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     start_new_session=True)
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def read(self, phase: str, timeout: float) -> dict:
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.0, end - time.monotonic()))
+            except queue.Empty:
+                raise SetupError(f"{self.name} gave no '{phase}' line within {timeout:.0f} s") from None
+            if line is None:
+                raise SetupError(f"{self.name} exited ({self.proc.wait()}) before its '{phase}' line")
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if msg.get("phase") == phase:
+                return msg
+
+    def send(self, command: str) -> None:
+        try:
+            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass
+
+    def stop(self, wait: float = 5.0) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait(5)
+
+
+def on_sigterm(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def table(rows: list[tuple[str, object]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+# --- end of shared harness ------------------------------------------------------------------------
