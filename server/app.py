@@ -50,6 +50,7 @@ class Parts:
     rooms: RoomStore
     metrics: Metrics
     cluster: Cluster
+    bus: Bus
     redis: Redis | None = None
 
 
@@ -131,6 +132,7 @@ def create_app(
         sessions: SessionStore = RedisSessionStore(redis, keys)
         redis_bus = RedisBus(redis, keys, settings.instance_id, manager, metrics, url=settings.redis_url,
                              timeout_s=settings.redis_timeout_s)
+        redis_bus.probe_interval_s = settings.bus_probe_interval_s
         bus = redis_bus
     else:
         registry = registry or MemoryRegistry()
@@ -158,9 +160,9 @@ def create_app(
     manager.on_connected = connected
 
     app = web.Application(middlewares=[polling_refused] if settings.websocket_only else [])
-    app[PARTS] = Parts(settings, sio, gateway, registry, rooms, metrics, cluster, redis)
+    app[PARTS] = Parts(settings, sio, gateway, registry, rooms, metrics, cluster, bus, redis)
     sio.attach(app)
-    app.add_routes(routes(metrics=metrics, rooms=rooms, instance_id=settings.instance_id))
+    app.add_routes(routes(metrics=metrics, rooms=rooms, bus=bus, instance_id=settings.instance_id))
     app.add_routes(admin_routes(verifier=verifier, registry=registry, cluster=cluster))
 
     async def on_startup(app: web.Application) -> None:

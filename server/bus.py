@@ -9,7 +9,9 @@ channel start with one letter:
 * ``M{room}\\n{seq}\\n{move json}``: a move, delivered to the local members of the room;
 * ``E{room}\\n{skip sid}\\n{packet}``: another room event, already encoded as a Socket.IO packet;
 * ``C{json}``: a control request (kick, drop, close) to carry out here and answer;
-* ``R{json}``: the answer to one of our requests.
+* ``R{json}``: the answer to one of our requests;
+* ``P{nonce}``: our own loopback probe (``/readyz``, and every ``probe_interval_s``: a listener
+  that does not hear it while Redis answers is restarted).
 
 The listener never awaits a fan-out: writing to a local socket only queues the packet.
 """
@@ -25,6 +27,7 @@ from typing import Any, Protocol
 import orjson
 from engineio import packet as eio_packet
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from .keys import Keys
 from .logs import log, stop_task
@@ -53,6 +56,10 @@ class Bus(Protocol):
 
     async def emit_room(self, room: str, event: str, data: Any, skip_sid: str | None = None) -> None: ...
 
+    async def probe(self) -> bool:
+        """True when a message sent to ourselves through the bus came back in time."""
+        ...
+
     async def start(self) -> None: ...
 
     async def aclose(self) -> None: ...
@@ -72,6 +79,9 @@ class LocalBus:
     async def emit_room(self, room: str, event: str, data: Any, skip_sid: str | None = None) -> None:
         m = self._manager
         await m.send_encoded(NAMESPACE, room, m.encode(NAMESPACE, event, data), skip_sid)
+
+    async def probe(self) -> bool:
+        return True
 
     async def start(self) -> None:
         return None
@@ -96,6 +106,9 @@ class RedisBus:
         self._background: set[asyncio.Task[Any]] = set()
         self.on_control: ControlHandler | None = None
         self.subscribed = asyncio.Event()
+        self._probes: dict[str, asyncio.Future[None]] = {}
+        self._prober: asyncio.Task[None] | None = None
+        self.probe_interval_s = 2.0
 
     async def publish_move(self, room: str, event: MoveEvent) -> None:
         return None  # the move's Lua script has already published it to the room's instances
@@ -119,9 +132,44 @@ class RedisBus:
         finally:
             self._pending.pop(request_id, None)
 
+    async def probe(self) -> bool:
+        nonce = uuid.uuid4().hex
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._probes[nonce] = future
+        try:
+            await self._r.publish(self._k.channel(self._instance_id), "P" + nonce)
+            await asyncio.wait_for(future, self._timeout_s)
+            return True
+        except (TimeoutError, OSError, RedisError):
+            self._metrics.probe_failures.inc()
+            return False
+        finally:
+            self._probes.pop(nonce, None)
+
+    async def _probe_loop(self) -> None:
+        """A listener can go deaf without an error (python-socketio#1581): prove it alive, or restart it."""
+        while True:
+            await asyncio.sleep(self.probe_interval_s)
+            if await self.probe() or not await self._store_reachable():
+                continue  # deaf only if Redis itself answers; an outage is the listener's own retry loop
+            log(logger, "listener_deaf", logging.WARNING, action="restart")
+            self._metrics.listener_restarts.inc()
+            if self._task is not None:
+                await stop_task(self._task)
+            self.subscribed.clear()
+            self._task = asyncio.create_task(self._listen(), name="gamegw-bus-listener")
+
+    async def _store_reachable(self) -> bool:
+        try:
+            await self._r.ping()
+            return True
+        except (OSError, RedisError):
+            return False
+
     async def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="gamegw-bus-listener")
         await asyncio.wait_for(self.subscribed.wait(), 10)
+        self._prober = asyncio.create_task(self._probe_loop(), name="gamegw-bus-probe")
 
     async def _listen(self) -> None:
         backoff = 0.1
@@ -157,6 +205,10 @@ class RedisBus:
             task = asyncio.create_task(self._answer(orjson.loads(data[1:])))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+        elif kind == "P":
+            probe = self._probes.get(data[1:])
+            if probe is not None and not probe.done():
+                probe.set_result(None)
         elif kind == "R":
             reply = orjson.loads(data[1:])
             future = self._pending.get(reply.get("id", ""))
@@ -173,6 +225,8 @@ class RedisBus:
         await self._r.publish(self._k.channel(request["from"]), "R" + orjson.dumps(reply).decode())
 
     async def aclose(self) -> None:
+        if self._prober is not None:
+            await stop_task(self._prober)
         if self._task is not None:
             await stop_task(self._task)
         for task in list(self._background):

@@ -54,6 +54,7 @@ class Settings:
     redis_timeout_s: float = 2.0  # every Redis call gives up after this long
     redis_max_connections: int = 32  # per instance; commands queue for a free one
     heartbeat_interval_s: float = 1.0
+    bus_probe_interval_s: float = 2.0  # a deaf pub/sub listener is restarted within this + redis_timeout_s
     heartbeat_ttl_s: float = 5.0  # a silent instance is dead after this long; its entries go then
 
     grace_s: float = 30.0
@@ -234,7 +235,7 @@ def validate(s: Settings) -> None:
     if s.heartbeat_ttl_s <= s.heartbeat_interval_s:
         raise ConfigError("heartbeat_ttl_s: must be longer than heartbeat_interval_s")
     for name in ("grace_s", "ping_interval_s", "ping_timeout_s", "redis_timeout_s", "heartbeat_interval_s",
-                 "grace_sweep_interval_s"):
+                 "grace_sweep_interval_s", "bus_probe_interval_s"):
         if getattr(s, name) < 0 or (name != "grace_s" and getattr(s, name) == 0):
             raise ConfigError(f"{name}: {getattr(s, name)} must be positive")
     if "*" in s.cors_allowed_origins and not s.dev:

@@ -21,6 +21,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .auth import Claims, Verifier
+from .bus import Bus
 from .cluster import Cluster
 from .errors import AdminError, AuthError
 from .logs import log
@@ -32,7 +33,7 @@ logger = logging.getLogger("gamegw.admin")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def routes(*, metrics: Metrics, rooms: RoomStore, instance_id: str) -> list[web.RouteDef]:
+def routes(*, metrics: Metrics, rooms: RoomStore, bus: Bus, instance_id: str) -> list[web.RouteDef]:
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "instance": instance_id})
 
@@ -42,6 +43,9 @@ def routes(*, metrics: Metrics, rooms: RoomStore, instance_id: str) -> list[web.
         except Exception as exc:  # any failure of the store means "not ready"
             return web.json_response({"status": "unavailable", "instance": instance_id, "error": str(exc)},
                                      status=503)
+        if not await bus.probe():
+            return web.json_response({"status": "unavailable", "instance": instance_id,
+                                      "error": "the pub/sub listener did not hear its loopback probe"}, status=503)
         return web.json_response({"status": "ready", "instance": instance_id})
 
     async def metrics_view(request: web.Request) -> web.Response:

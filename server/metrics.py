@@ -31,6 +31,10 @@ class Metrics:
                                         buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120))
         self.grace_expiries = Counter("gamegw_grace_expiries", "Sessions whose grace ran out", registry=r)
         self.replayed = Counter("gamegw_replayed_moves", "Moves replayed to resuming clients", registry=r)
+        self.probe_failures = Counter("gamegw_bus_probe_failures", "Loopback probes through the pub/sub "
+                                      "listener that did not come back in time", registry=r)
+        self.listener_restarts = Counter("gamegw_listener_restarts", "Pub/sub listeners restarted because "
+                                         "they went deaf", registry=r)
         self.moves = Counter("gamegw_moves", "Moves accepted", registry=r)
         self.deliveries = Counter("gamegw_deliveries", "move events sent to players", registry=r)
 
