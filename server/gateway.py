@@ -26,6 +26,7 @@ from .auth import Claims, Verifier
 from .codes import AckCode, Disconnect, LeftReason
 from .config import Settings
 from .errors import ActionError, AuthError, StoreUnavailable
+from .expiry import TokenClock
 from .logs import log, stop_task
 from .manager import GameManager
 from .metrics import Metrics
@@ -116,6 +117,9 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         self._grace_task: asyncio.Task[None] | None = None
         self._store_logged = 0.0
         self._store_errors = 0
+        self._background: set[asyncio.Task[Any]] = set()
+        self.expiry = TokenClock(warn_s=settings.token_expiring_s, leeway_s=settings.jwt_leeway_s, clock=clock,
+                                 on_warn=self._token_expiring, on_expire=self._token_expired)
         self.transports = transports
         self.clock = clock
         self.conns: dict[str, Conn] = {}
@@ -224,6 +228,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
             "grace_s": self.settings.grace_s,
             "heartbeat": {"interval_s": self.settings.ping_interval_s, "timeout_s": self.settings.ping_timeout_s},
         }, to=sid)
+        self.expiry.arm(sid, conn.claims.exp)
         if not conn.resumed:
             return
         self.manager.pause(sid)
@@ -251,6 +256,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         if conn is None:
             return
         self.manager.paused.pop(sid, None)
+        self.expiry.disarm(sid)
         self.metrics.connections.dec()
         closing = conn.closing
         cause = closing.reason if closing else "simulated_drop" if conn.dropped else reason.replace(" ", "_")
@@ -318,6 +324,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         self._grace_task = asyncio.create_task(self._grace_loop(), name="gamegw-grace")
 
     async def aclose(self) -> None:
+        self.expiry.aclose()
         if self._grace_task is not None:
             await stop_task(self._grace_task)
 
@@ -500,9 +507,29 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         except AuthError as exc:
             raise ActionError(AckCode.BAD_REQUEST, f"{exc.refusal.name}: {exc.detail}") from None
         if claims.user_id != conn.claims.user_id:
+            # a connection that presents another user's token is not to be trusted any more:
+            # the refusal is acked, then the connection closes with 4500
+            log(logger, "refresh_refused", logging.WARNING, user=conn.claims.user_id, sid=conn.sid,
+                token_user=claims.user_id)
+            self.expiry.disarm(conn.sid)
+            closing = asyncio.get_running_loop().create_task(
+                self.close(conn.sid, codes.REVOKED, "refresh for another user"))
+            self._background.add(closing)
+            closing.add_done_callback(self._background.discard)
             raise ActionError(AckCode.FORBIDDEN, "the token is for another user")
         conn.claims = claims
+        self.expiry.arm(conn.sid, claims.exp)
         return {"ok": True, "exp": claims.exp}
+
+    async def _token_expiring(self, sid: str, exp: float) -> None:
+        if sid in self.conns:
+            await self.emit("token_expiring", {"exp": exp}, to=sid)
+
+    async def _token_expired(self, sid: str, exp: float) -> None:
+        conn = self.conns.get(sid)
+        if conn is not None and conn.claims.exp <= exp:
+            log(logger, "token_expired", user=conn.claims.user_id, sid=sid)
+            await self.close(sid, codes.EXPIRED)
 
     @staticmethod
     def _member(conn: Conn, room: str) -> None:
