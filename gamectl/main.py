@@ -118,6 +118,7 @@ def _register() -> None:
     app.add_typer(ops.connections_app, name="connections")
     app.command("kick")(ops.kick)
     app.command("simulate-drop")(ops.simulate_drop)
+    app.command("revoke")(ops.revoke)
 
 
 _register()

@@ -133,6 +133,34 @@ def kick(
     _report(outcome, as_json, "kicked")
 
 
+def revoke(
+    user: Annotated[str, typer.Argument(help="The user id (JWT `sub`) whose tokens to revoke.")],
+    jti: Annotated[str | None, typer.Option("--jti", help="Revoke only this token (its `jti` claim).")] = None,
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Revoke USER's tokens issued before now (or one token with --jti), cluster-wide.
+
+    Connections using them close with 4500 and the tokens are refused from then on, across
+    restarts (kept in Redis for the longest token lifetime). Exits 1 if an instance holding one
+    of the user's connections did not confirm.
+    """
+    from .main import settings_from
+
+    body: dict[str, Any] = {"user": user} | ({"jti": jti} if jti else {})
+    outcome = AdminClient(settings_from(config), url, token).post("/admin/revoke", body)
+    if as_json:
+        print_json(outcome)
+    else:
+        what = f"token {jti}" if jti else "tokens issued before now"
+        stdout.print(f"revoked {user}'s {what}; closed {outcome['count']} connection(s)")
+    if not outcome["confirmed"]:
+        fail(1, f"instances did not confirm: {', '.join(outcome['unconfirmed'])}",
+             "they may be down; the revocation itself is stored and holds")
+
+
 def simulate_drop(
     user: Annotated[str, typer.Argument(help="The user id (JWT `sub`) whose connections to cut.")],
     block: Annotated[float, typer.Option("--block", min=0, max=3600,

@@ -32,6 +32,7 @@ from .metrics import Metrics
 from .pipe import RedisPipe
 from .registry import MemoryRegistry, Registry
 from .registry_redis import RedisRegistry
+from .revocation import MemoryRevocations, RedisRevocations, Revocations
 from .rooms import MemoryRoomStore, RoomStore
 from .rooms_redis import RedisRoomStore
 from .rules import make_rules
@@ -130,6 +131,7 @@ def create_app(
                                      pipe=RedisPipe(settings.redis_url, timeout_s=settings.redis_timeout_s))
         registry, rooms = redis_registry, redis_rooms
         sessions: SessionStore = RedisSessionStore(redis, keys)
+        revocations: Revocations = RedisRevocations(redis, keys, ttl_s=settings.jwt_max_lifetime_s)
         redis_bus = RedisBus(redis, keys, settings.instance_id, manager, metrics, url=settings.redis_url,
                              timeout_s=settings.redis_timeout_s)
         redis_bus.probe_interval_s = settings.bus_probe_interval_s
@@ -139,9 +141,10 @@ def create_app(
         rooms = rooms or MemoryRoomStore(rules, log_size=settings.move_log_size, max_members=settings.max_room_members)
         bus = LocalBus(manager, metrics)
         sessions = MemorySessionStore()
+        revocations = MemoryRevocations(ttl_s=settings.jwt_max_lifetime_s, clock=clock)
     verifier = Verifier(settings)
     gateway = Gateway(settings, verifier=verifier, registry=registry, rooms=rooms, sessions=sessions,
-                      metrics=metrics, transports=transports, clock=clock)
+                      revocations=revocations, metrics=metrics, transports=transports, clock=clock)
     cluster: Cluster
     if redis is not None:
         cluster = RedisCluster(redis, keys, gateway, redis_registry, redis_rooms, redis_bus,

@@ -64,6 +64,10 @@ class Outcome:
 class Cluster(Protocol):
     async def kick(self, user_id: str, reason: str) -> Outcome: ...
 
+    async def revoke(self, user_id: str, jti: str | None) -> Outcome:
+        """Revoke the user's tokens issued before now (or one ``jti``); close what used them."""
+        ...
+
     async def drop(self, user_id: str, block_s: float) -> Outcome: ...
 
     async def close_sid(self, sid: str, why: Disconnect) -> bool: ...
@@ -86,6 +90,12 @@ class LocalCluster:
 
     async def kick(self, user_id: str, reason: str) -> Outcome:
         count = await self._gateway.kick_local(user_id, reason)
+        iid = self._gateway.settings.instance_id
+        return Outcome(user_id, count, {iid: count} if count else {})
+
+    async def revoke(self, user_id: str, jti: str | None) -> Outcome:
+        await self._gateway.revocations.revoke(user_id, jti, self._clock())
+        count = await self._gateway.revoke_local(user_id)
         iid = self._gateway.settings.instance_id
         return Outcome(user_id, count, {iid: count} if count else {})
 
@@ -142,6 +152,10 @@ class RedisCluster:
     async def kick(self, user_id: str, reason: str) -> Outcome:
         return await self._fan_out(user_id, {"op": "kick", "user": user_id, "reason": reason})
 
+    async def revoke(self, user_id: str, jti: str | None) -> Outcome:
+        await self._gateway.revocations.revoke(user_id, jti, self._clock())
+        return await self._fan_out(user_id, {"op": "revoke", "user": user_id})
+
     async def drop(self, user_id: str, block_s: float) -> Outcome:
         if block_s > 0:
             await self._r.set(self._k.block(user_id), "1", px=max(1, int(block_s * 1000)))
@@ -186,6 +200,8 @@ class RedisCluster:
             return {"count": await self._gateway.kick_local(str(request["user"]), str(request.get("reason", "")))}
         if op == "drop":
             return {"count": await self._gateway.drop_local(str(request["user"]))}
+        if op == "revoke":
+            return {"count": await self._gateway.revoke_local(str(request["user"]))}
         if op == "close":
             why = codes.DISCONNECTS.get(str(request.get("reason")), codes.SESSION_REPLACED)
             return {"count": int(await self._gateway.close(str(request["sid"]), why))}

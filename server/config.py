@@ -48,6 +48,7 @@ class Settings:
     jwt_audience: str = ""
     jwt_leeway_s: float = 0.0
     jwt_max_token_bytes: int = 8192
+    jwt_max_lifetime_s: float = 86400.0  # the longest token lifetime: how long a revocation is kept
     token_expiring_s: float = 60.0  # `token_expiring` is sent this long before a live token's exp
 
     redis_url: str = ""

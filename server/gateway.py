@@ -32,6 +32,7 @@ from .manager import GameManager
 from .metrics import Metrics
 from .payloads import JoinMsg, LeaveMsg, MoveMsg, RefreshMsg, StateMsg, SyncMsg, parse
 from .registry import Connection, Registry
+from .revocation import Revocations
 from .rooms import RoomStore
 from .sessions import Session, SessionStore
 from .websocket import Transports
@@ -103,6 +104,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         registry: Registry,
         rooms: RoomStore,
         sessions: SessionStore,
+        revocations: Revocations,
         metrics: Metrics,
         transports: Transports,
         clock: Callable[[], float] = time.time,
@@ -113,6 +115,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         self.registry = registry
         self.rooms = rooms
         self.sessions = sessions
+        self.revocations = revocations
         self.metrics = metrics
         self._grace_task: asyncio.Task[None] | None = None
         self._store_logged = 0.0
@@ -148,6 +151,8 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
             claims = self.verifier.verify(token_from(auth, environ))
         except AuthError as exc:
             self._refuse(sid, address, exc.refusal, exc.detail)
+        if await self.revocations.is_revoked(claims):
+            self._refuse(sid, address, codes.TOKEN_INVALID, "token revoked")
         user_id = claims.user_id
         if await self.cluster.is_blocked(user_id):
             # simulate-drop --block: behave like an unreachable network, not like a refusal
@@ -352,6 +357,16 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
             log(logger, "kick", user=user_id, connections=closed, message=message)
         return closed
 
+    async def revoke_local(self, user_id: str) -> int:
+        """Close, with 4500, the user's connections whose token is now revoked."""
+        closed = 0
+        for sid in self.local_sids(user_id):
+            if await self.revocations.is_revoked(self.conns[sid].claims):
+                closed += await self.close(sid, codes.REVOKED, "token revoked")
+        if closed:
+            log(logger, "revoke", user=user_id, connections=closed)
+        return closed
+
     async def drop_local(self, user_id: str) -> int:
         """Cut the user's connections as a network fault would: no packet, the TCP just ends."""
         dropped = 0
@@ -506,6 +521,8 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
             claims = self.verifier.verify(token)
         except AuthError as exc:
             raise ActionError(AckCode.BAD_REQUEST, f"{exc.refusal.name}: {exc.detail}") from None
+        if await self.revocations.is_revoked(claims):
+            raise ActionError(AckCode.BAD_REQUEST, "token_invalid: token revoked")
         if claims.user_id != conn.claims.user_id:
             # a connection that presents another user's token is not to be trusted any more:
             # the refusal is acked, then the connection closes with 4500

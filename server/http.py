@@ -8,6 +8,7 @@ GET      /admin/connections       ?user= &room= &instance= ; the registry, clust
 GET      /admin/instances         the instances and whether their heartbeat is alive
 POST     /admin/kick              {"user", "reason"}: close with 4503 everywhere
 POST     /admin/drop              {"user", "block_s"}: cut the transport, refuse reconnects
+POST     /admin/revoke            {"user", "jti"?}: revoke tokens, close what used them (4500)
 =======  =======================  ==================================================
 """
 
@@ -92,8 +93,19 @@ def admin_routes(*, verifier: Verifier, registry: Registry, cluster: Cluster) ->
         log(logger, "admin_drop", by=claims.user_id, user=user, count=outcome.count, block_s=block_s)
         return outcome.to_dict()
 
+    async def revoke(request: web.Request, claims: Claims) -> Any:
+        body = await _body(request)
+        user = _user(body)
+        jti = body.get("jti")
+        if jti is not None and (not isinstance(jti, str) or not jti):
+            raise AdminError(400, "bad_request", "jti must be a non-empty string")
+        outcome = await cluster.revoke(user, jti)
+        log(logger, "admin_revoke", by=claims.user_id, user=user, jti=jti or "", count=outcome.count)
+        return outcome.to_dict()
+
     return [web.get("/admin/connections", admin(connections)), web.get("/admin/instances", admin(instances)),
-            web.post("/admin/kick", admin(kick)), web.post("/admin/drop", admin(drop))]
+            web.post("/admin/kick", admin(kick)), web.post("/admin/drop", admin(drop)),
+            web.post("/admin/revoke", admin(revoke))]
 
 
 def _admin_claims(request: web.Request, verifier: Verifier) -> Claims:

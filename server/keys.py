@@ -11,6 +11,8 @@
     {p}:seen                      hash   sid -> last seen (epoch seconds), written in batches
     {p}:user:{uid}                zset   the user's sids, scored by connection time
     {p}:block:{uid}               string reconnects refused until it expires (simulate-drop)
+    {p}:revoked:{uid}             string tokens of the user issued before this time are revoked
+    {p}:revoked-jti:{jti}         string this one token is revoked
     {p}:sess:{session_id}         string one session (JSON): rooms, holder, state, grace_until
     {p}:usess:{uid}               zset   the user's sessions, scored by creation time
     {p}:grace                     zset   sessions in grace, scored by when grace ends
@@ -54,6 +56,12 @@ class Keys:
 
     def block(self, user_id: str) -> str:
         return f"{self.p}:block:{user_id}"
+
+    def revoked_user(self, user_id: str) -> str:
+        return f"{self.p}:revoked:{user_id}"
+
+    def revoked_jti(self, jti: str) -> str:
+        return f"{self.p}:revoked-jti:{jti}"
 
     def session(self, session_id: str) -> str:
         return f"{self.p}:sess:{session_id}"

@@ -92,3 +92,15 @@ async def test_errors_are_one_line_with_a_hint(cluster_factory):
     assert code == 1 and "refused" in err
     code, _, _ = await gamectl("kick")
     assert code == 2
+
+
+async def test_revoke_command(cluster_factory, players):
+    a_gw, b_gw = await cluster_factory(2)
+    bob = await players(b_gw.url, b_gw.token("bob"))
+    code, out, err = await gamectl("revoke", "bob", "--json", "--url", a_gw.url)
+    assert code == 0, err
+    assert json.loads(out)["count"] == 1
+    [reason] = await bob.wait_for("disconnect_reason")
+    assert reason["code"] == 4500
+    code, out, _ = await gamectl("revoke", "bob", "--jti", "abc", "--url", a_gw.url)
+    assert code == 0 and "token abc" in out
