@@ -77,6 +77,10 @@ class Settings:
     websocket_compression: bool = False
     websocket_only: bool = False  # refuse long-polling (set for `serve --workers N`)
     reuse_port: bool = False  # bind with SO_REUSEPORT (set for `serve --workers N`)
+    max_events_per_s: float = 30.0  # per connection; excess events get `rate_limited` acks (0: no limit)
+    max_events_burst: int = 60
+    max_connects_per_address_per_s: float = 100.0  # handshakes per client address (0: no limit)
+    max_connects_per_address_burst: int = 1000
     max_outbound_bytes: int = 1048576  # unsent bytes to one connection before it is cut (slow consumer)
 
     log_level: str = "info"

@@ -27,6 +27,7 @@ from .codes import AckCode, Disconnect, LeftReason
 from .config import Settings
 from .errors import ActionError, AuthError, StoreUnavailable
 from .expiry import TokenClock
+from .limits import AddressLimiter, Bucket
 from .logs import log, stop_task
 from .manager import GameManager
 from .metrics import Metrics
@@ -62,6 +63,7 @@ class Conn:
     touched: float = 0.0
     closing: Disconnect | None = None  # set when the server closes the connection on purpose
     dropped: bool = False  # set when the server cut the transport to simulate a network fault
+    bucket: Bucket | None = None  # events per second
 
     @property
     def rooms(self) -> dict[str, int]:
@@ -121,6 +123,8 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         self._store_logged = 0.0
         self._store_errors = 0
         self._background: set[asyncio.Task[Any]] = set()
+        self.connect_limiter = AddressLimiter(settings.max_connects_per_address_per_s,
+                                              settings.max_connects_per_address_burst)
         self.expiry = TokenClock(warn_s=settings.token_expiring_s, leeway_s=settings.jwt_leeway_s, clock=clock,
                                  on_warn=self._token_expiring, on_expire=self._token_expired)
         self.transports = transports
@@ -147,6 +151,8 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         address = address_of(environ)
+        if not self.connect_limiter.allow(address):
+            self._refuse(sid, address, codes.RATE_LIMITED, "too many connection attempts from this address")
         try:
             claims = self.verifier.verify(token_from(auth, environ))
         except AuthError as exc:
@@ -170,6 +176,8 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         await self.sessions.put(session)
         conn = Conn(sid=sid, claims=claims, address=address, session=session, resumed=previous_sid is not None,
                     from_grace=from_grace, last_seq=_last_seq(auth), touched=now)
+        if self.settings.max_events_per_s > 0:
+            conn.bucket = Bucket(self.settings.max_events_per_s, self.settings.max_events_burst, time.perf_counter())
         if from_grace and previous_sid is not None:
             await self.registry.remove(previous_sid)
         self.conns[sid] = conn
@@ -420,6 +428,9 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
                 raise ActionError(AckCode.BAD_REQUEST, f"unknown event {event!r}")
             if conn is None:
                 raise ActionError(AckCode.UNAVAILABLE, "connection is closing")
+            if conn.bucket is not None and not conn.bucket.take(started):
+                raise ActionError(AckCode.RATE_LIMITED,
+                                  f"more than {self.settings.max_events_per_s:g} events per second")
             now = self.clock()
             if now - conn.touched >= TOUCH_EVERY_S:
                 conn.touched = now
