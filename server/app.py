@@ -105,6 +105,7 @@ def create_app(
         async_handlers=False,
         json=jsoncodec,
         transports=["websocket"] if settings.websocket_only else ["polling", "websocket"],
+        handshake_timeout_s=settings.handshake_timeout_s,
     )
     # Handle each connection's packets inline, in the order they arrived: a client's moves can
     # never be reordered, a client's own disconnect is never taken for a transport close, and

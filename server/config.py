@@ -81,6 +81,7 @@ class Settings:
     max_events_burst: int = 60
     max_connects_per_address_per_s: float = 100.0  # handshakes per client address (0: no limit)
     max_connects_per_address_burst: int = 1000
+    handshake_timeout_s: float = 10.0  # a transport must join /game by then or it is closed (0: never)
     max_outbound_bytes: int = 1048576  # unsent bytes to one connection before it is cut (slow consumer)
 
     log_level: str = "info"

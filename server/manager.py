@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,7 +30,34 @@ class GameServer(socketio.AsyncServer):  # type: ignore[misc]
     """python-socketio's server, with single packets (acks, events to one sid) written straight
     to the connection's websocket when nothing is queued ahead of them."""
 
-    transports: Transports | None = None
+    def __init__(self, *args: Any, handshake_timeout_s: float = 0.0, **kwargs: Any) -> None:
+        self.transports: Transports | None = None
+        self.handshake_timeout_s = handshake_timeout_s  # Engine.IO sessions must join a namespace by then
+        self._handshake_timers: dict[str, asyncio.TimerHandle] = {}
+        self._closing: set[asyncio.Task[Any]] = set()
+        super().__init__(*args, **kwargs)
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        await super()._handle_eio_connect(eio_sid, environ)
+        if self.handshake_timeout_s > 0:
+            loop = asyncio.get_running_loop()
+            self._handshake_timers[eio_sid] = loop.call_later(self.handshake_timeout_s, self._handshake_overdue,
+                                                              eio_sid)
+
+    def _handshake_overdue(self, eio_sid: str) -> None:
+        """A transport that never completed the Socket.IO handshake holds resources for nothing."""
+        self._handshake_timers.pop(eio_sid, None)
+        if eio_sid in self.eio.sockets and not any(
+                self.manager.sid_from_eio_sid(eio_sid, ns) for ns in list(self.manager.get_namespaces())):
+            task = asyncio.get_running_loop().create_task(self.eio.disconnect(eio_sid))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any = None) -> None:
+        timer = self._handshake_timers.pop(eio_sid, None)
+        if timer is not None:
+            timer.cancel()
+        await super()._handle_eio_disconnect(eio_sid, reason)
 
     async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
         ws = self.transports.writable(eio_sid) if self.transports is not None else None
