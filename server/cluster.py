@@ -88,23 +88,21 @@ class LocalCluster:
         self._blocked_until: dict[str, float] = {}
         self._started = clock()
 
+    def _here(self, user_id: str, count: int) -> Outcome:
+        """One instance: everything acted on is here, and it always confirms."""
+        return Outcome(user_id, count, {self._gateway.settings.instance_id: count} if count else {})
+
     async def kick(self, user_id: str, reason: str) -> Outcome:
-        count = await self._gateway.kick_local(user_id, reason)
-        iid = self._gateway.settings.instance_id
-        return Outcome(user_id, count, {iid: count} if count else {})
+        return self._here(user_id, await self._gateway.kick_local(user_id, reason))
 
     async def revoke(self, user_id: str, jti: str | None) -> Outcome:
         await self._gateway.revocations.revoke(user_id, jti, self._clock())
-        count = await self._gateway.revoke_local(user_id)
-        iid = self._gateway.settings.instance_id
-        return Outcome(user_id, count, {iid: count} if count else {})
+        return self._here(user_id, await self._gateway.revoke_local(user_id))
 
     async def drop(self, user_id: str, block_s: float) -> Outcome:
         if block_s > 0:
             self._blocked_until[user_id] = self._clock() + block_s
-        count = await self._gateway.drop_local(user_id)
-        iid = self._gateway.settings.instance_id
-        return Outcome(user_id, count, {iid: count} if count else {})
+        return self._here(user_id, await self._gateway.drop_local(user_id))
 
     async def close_sid(self, sid: str, why: Disconnect) -> bool:
         return await self._gateway.close(sid, why)

@@ -249,12 +249,12 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
             await self.rooms.attach(room, sid)
             await self.server.enter_room(sid, room, namespace=NAMESPACE)
         replayed: dict[str, int] = {}
+        eio_sid = self.manager.eio_sid_from_sid(sid, NAMESPACE)
         for room, after in conn.last_seq.items():
             if room not in conn.rooms:
                 continue
             events, _complete = await self.rooms.events_after(room, after)
             pkts = [p for e in events for p in self.manager.encode_json(NAMESPACE, "move", e.json)]
-            eio_sid = self.manager.eio_sid_from_sid(sid, NAMESPACE)
             for p in pkts:
                 await self.server._send_eio_packet(eio_sid, p)
             replayed[room] = events[-1].seq if events else after
@@ -307,20 +307,22 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         log(logger, "drop", user=session.user_id, sid=session.sid, session=session.session_id, cause=cause,
             grace_s=self.settings.grace_s)
 
-    async def _end(self, session: Session, reason: LeftReason) -> None:
-        """A final end: the rooms get ``player_left`` (once), the session and its entry go."""
+    async def _end(self, session: Session, reason: LeftReason, *, stored: bool = True) -> None:
+        """A final end: the rooms get ``player_left`` (once), the session and its entry go.
+
+        ``stored=False`` for a session the store already handed over and deleted (grace expiry).
+        """
         for room in sorted(session.rooms):
             await self._unseat(session, room, reason)
-        await self.sessions.delete(session)
+        if stored:
+            await self.sessions.delete(session)
         await self.registry.remove(session.sid)
 
     async def expire_grace(self) -> int:
         """End the sessions whose grace ran out, each exactly once across the cluster."""
         expired = await self.sessions.expire_due(self.clock())
         for session in expired:
-            for room in sorted(session.rooms):
-                await self._unseat(session, room, LeftReason.TIMEOUT)
-            await self.registry.remove(session.sid)
+            await self._end(session, LeftReason.TIMEOUT, stored=False)
             self.metrics.grace_expiries.inc()
             log(logger, "grace_expired", user=session.user_id, session=session.session_id)
         return len(expired)
@@ -401,12 +403,10 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
 
     async def send_to_user(self, user_id: str, event: str, data: Any) -> int:
         """Send an event to every connection the user has on this instance."""
-        sent = 0
-        for sid in await self.registry.user_sids(user_id):
-            if sid in self.conns:
-                await self.emit(event, data, to=sid)
-                sent += 1
-        return sent
+        sids = self.local_sids(user_id)
+        for sid in sids:
+            await self.emit(event, data, to=sid)
+        return len(sids)
 
     # -- events ----------------------------------------------------------------------------
 
@@ -421,7 +421,8 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         started = time.perf_counter()
         handler = self._handlers.get(event)
         label = event if handler is not None else "unknown"
-        self.metrics.events.labels(label).inc()
+        counted, timed = self.metrics.for_event(label)
+        counted.inc()
         conn = self.conns.get(sid)
         try:
             if handler is None:
@@ -448,8 +449,8 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
             logger.exception("handler failed", extra={"gamegw_fields": {"event_name": event, "sid": sid}})
             ack = ActionError(AckCode.INTERNAL, "internal error").ack()
             result = str(AckCode.INTERNAL)
-        self.metrics.acks.labels(label, result).inc()
-        self.metrics.handler_seconds.labels(label).observe(time.perf_counter() - started)
+        self.metrics.ack(label, result).inc()
+        timed.observe(time.perf_counter() - started)
         return ack
 
     def _store_trouble(self, event: str, exc: BaseException) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.process_collector import ProcessCollector
@@ -12,6 +14,8 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._event_children: dict[str, tuple[Any, Any]] = {}
+        self._ack_children: dict[tuple[str, str], Any] = {}
         r = self.registry
         ProcessCollector(registry=r)
         self.connections = Gauge("gamegw_connections", "Live Socket.IO connections on /game", registry=r)
@@ -37,6 +41,21 @@ class Metrics:
                                          "they went deaf", registry=r)
         self.moves = Counter("gamegw_moves", "Moves accepted", registry=r)
         self.deliveries = Counter("gamegw_deliveries", "move events sent to players", registry=r)
+
+    def for_event(self, event: str) -> tuple[Any, Any]:
+        """The event's counter and latency children; ``labels()`` is a lookup per call, so the
+        hot path keeps the children it has already asked for."""
+        children = self._event_children.get(event)
+        if children is None:
+            children = self._event_children[event] = (self.events.labels(event),
+                                                      self.handler_seconds.labels(event))
+        return children
+
+    def ack(self, event: str, result: str) -> Any:
+        child = self._ack_children.get((event, result))
+        if child is None:
+            child = self._ack_children[(event, result)] = self.acks.labels(event, result)
+        return child
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -7,9 +7,7 @@ heartbeat) rather than once per event, so in Redis it lags by at most one heartb
 
 from __future__ import annotations
 
-import builtins
 import dataclasses
-import time
 from typing import Any
 
 import orjson
@@ -116,15 +114,6 @@ class RedisRegistry:
         if self._dirty_seen:
             batch, self._dirty_seen = self._dirty_seen, {}
             await self._r.hset(self._k.seen, mapping=batch)
-
-    async def reassert(self) -> None:
-        """Write every own connection again (after Redis lost its data)."""
-        for conn in list(self._own.values()):
-            conn.last_seen = max(conn.last_seen, time.time() - 1)
-            await self.add(conn)
-
-    def own(self) -> builtins.list[Connection]:
-        return list(self._own.values())
 
     async def aclose(self) -> None:
         self._own.clear()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import orjson
 
@@ -110,7 +110,3 @@ class MemorySessionStore:
 
     async def aclose(self) -> None:
         self._by_id.clear()
-
-
-def describe(session: Session) -> dict[str, Any]:
-    return dataclasses.asdict(session)
