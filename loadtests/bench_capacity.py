@@ -24,16 +24,28 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
-import signal
 import sys
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from benchlib import (
+    Gateway,
+    NodeProc,
+    SetupError,
+    check_tools,
+    cpu_ms,
+    free_port_block,
+    node_modules,
+    raise_nofile,
+    rss_kb,
+    run_and_report,
+    tree,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -43,20 +55,6 @@ NAME = "bench_capacity"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-# --- shared harness (the same block is in each bench_*.py, so each script stands alone) ---------
-from benchlib import (  # noqa: E402
-    Gateway,
-    NodeProc,
-    SetupError,
-    check_tools,
-    cpu_ms,
-    free_port_block,
-    node_modules,
-    on_sigterm,
-    raise_nofile,
-    rss_kb,
-    tree,
-)
 
 
 def redis_client(url: str) -> Any:
@@ -225,17 +223,9 @@ def main() -> int:
         url = urllib.parse.urlsplit(args.redis)
         if url.scheme not in ("redis", "unix") or (url.scheme == "redis" and url.hostname not in LOCAL_HOSTS):
             ap.error("--redis must be a redis:// URL on this machine (redis://127.0.0.1:PORT/DB)")
-    signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        res = run(args)
-    except SetupError as e:
-        print(f"{NAME}: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{NAME}: interrupted", file=sys.stderr)
-        return 130
-    print(json.dumps(res), flush=True)
-    print()
+    code, res = run_and_report(NAME, run, args)
+    if res is None:
+        return code
     head = f"{'rate/player':>11} {'moves/s':>8} {'delivery':>9} {'rtt p50':>9} {'rtt p99':>9} {'cpu ms/1k':>10} " \
            f"{'cpu share':>9} {'load cpu':>8}  ok"
     print(head)

@@ -20,10 +20,24 @@ import argparse
 import json
 import os
 import secrets
-import signal
 import sys
 import time
 from pathlib import Path
+
+from benchlib import (
+    Gateway,
+    NodeProc,
+    SetupError,
+    check_tools,
+    cpu_ms,
+    free_port_block,
+    node_modules,
+    raise_nofile,
+    rss_kb,
+    run_and_report,
+    table,
+    tree,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -32,21 +46,6 @@ TICKS = os.sysconf("SC_CLK_TCK")
 NAME = "bench_connect_storm"
 
 
-# --- shared harness (the same block is in each bench_*.py, so each script stands alone) ---------
-from benchlib import (  # noqa: E402
-    Gateway,
-    NodeProc,
-    SetupError,
-    check_tools,
-    cpu_ms,
-    free_port_block,
-    node_modules,
-    on_sigterm,
-    raise_nofile,
-    rss_kb,
-    table,
-    tree,
-)
 
 
 def listen_overflows() -> int | None:
@@ -132,17 +131,9 @@ def main() -> int:
     args = ap.parse_args()
     if args.clients < 1 or args.concurrency < 0:
         ap.error("--clients must be >= 1 and --concurrency >= 0")
-    signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        row = run(args)
-    except SetupError as e:
-        print(f"{NAME}: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{NAME}: interrupted", file=sys.stderr)
-        return 130
-    print(json.dumps(row), flush=True)
-    print()
+    code, row = run_and_report(NAME, run, args)
+    if row is None:
+        return code
     print(table([
         ("connections", f"{row['connected']}/{row['clients']} ({row['failures']} failed"
                         + (f": {row['errors']}" if row["errors"] else "") + ")"),

@@ -21,11 +21,24 @@ import json
 import os
 import re
 import secrets
-import signal
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from benchlib import (
+    Gateway,
+    NodeProc,
+    SetupError,
+    check_tools,
+    cpu_ms,
+    free_port_block,
+    node_modules,
+    raise_nofile,
+    rss_kb,
+    run_and_report,
+    table,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -34,20 +47,6 @@ TICKS = os.sysconf("SC_CLK_TCK")
 NAME = "bench_idle"
 
 
-# --- shared harness (the same block is in each bench_*.py, so each script stands alone) ---------
-from benchlib import (  # noqa: E402
-    Gateway,
-    NodeProc,
-    SetupError,
-    check_tools,
-    cpu_ms,
-    free_port_block,
-    node_modules,
-    on_sigterm,
-    raise_nofile,
-    rss_kb,
-    table,
-)
 
 
 def server_connections(url: str) -> int | None:
@@ -141,18 +140,10 @@ def main() -> int:
         ap.error("--clients, --batch and --idle-seconds must be positive")
     if args.max_seconds < args.idle_seconds + 2 * args.settle + 15:
         ap.error("--max-seconds leaves no time to connect")
-    signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        row = run(args)
-    except SetupError as e:
-        print(f"{NAME}: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{NAME}: interrupted", file=sys.stderr)
-        return 130
+    code, row = run_and_report(NAME, run, args)
+    if row is None:
+        return code
     hb = row["heartbeat"] or {}
-    print(json.dumps(row), flush=True)
-    print()
     print(table([
         ("connections", f"{row['connected']}/{row['clients']} ({row['failures']} failed"
                         + (f": {row['errors']}" if row["errors"] else "")

@@ -15,7 +15,9 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -251,4 +253,22 @@ def on_sigterm(*_: object) -> None:
 def table(rows: list[tuple[str, object]]) -> str:
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-# --- end of shared harness ------------------------------------------------------------------------
+
+
+def run_and_report(name: str, run: Callable[[Any], dict[str, Any]], args: Any) -> tuple[int, dict[str, Any] | None]:
+    """Run a benchmark: one-line errors (exit 1, or 130 on Ctrl-C), else print its JSON line.
+
+    Returns (exit code, result); the caller prints its table when the result is not None.
+    """
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        result = run(args)
+    except SetupError as e:
+        print(f"{name}: {e}", file=sys.stderr)
+        return 1, None
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130, None
+    print(json.dumps(result), flush=True)
+    print()
+    return 0, result
