@@ -143,7 +143,7 @@ def create_app(
         bus = LocalBus(manager, metrics)
         sessions = MemorySessionStore()
         revocations = MemoryRevocations(ttl_s=settings.jwt_max_lifetime_s, clock=clock)
-    verifier = Verifier(settings)
+    verifier = Verifier(settings, clock=clock)
     gateway = Gateway(settings, verifier=verifier, registry=registry, rooms=rooms, sessions=sessions,
                       revocations=revocations, metrics=metrics, transports=transports, clock=clock)
     cluster: Cluster

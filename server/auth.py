@@ -3,7 +3,15 @@
 ``Verifier.verify`` turns a bearer token into :class:`Claims` or raises :class:`AuthError` with
 the contract's refusal. Algorithms are pinned by configuration (HMAC and public-key algorithms
 are never mixed, ``none`` is never accepted), ``sub`` and ``exp`` are required, ``iss``/``aud``
-are checked when configured and a ``typ`` header, when present, must be ``JWT``.
+are checked when configured, a ``typ`` header, when present, must be ``JWT``, and a ``crit``
+header is refused (RFC 7515 §4.1.11: we understand no extension, so none may be critical).
+
+Key rotation: besides the main key there may be a *previous* key, with algorithms of its own,
+accepted until ``jwt_previous_key_until``. Each key is pinned to its algorithms, so an HS token
+is never checked against an RS key or the other way round. A connection whose token was signed
+with the previous key lives no longer than that key: its :attr:`Claims.exp` is capped at the
+key's end, so it gets ``token_expiring`` and must ``refresh`` with a token signed with the new
+key (or be closed with 4005) by then.
 """
 
 from __future__ import annotations
@@ -42,11 +50,27 @@ def _now() -> float:
     return time.time()
 
 
+@dataclass(frozen=True)
+class _Key:
+    """One verification key, pinned to its algorithms; ``until`` is None for the main key."""
+
+    material: Any = field(repr=False)
+    algorithms: tuple[str, ...]
+    until: float | None = None
+
+
+def _key(algorithms: tuple[str, ...], secret: str, public_key_file: str, until: float | None = None) -> _Key:
+    material: Any = secret if algorithms[0] in HMAC_ALGORITHMS else _read_key(public_key_file)
+    return _Key(material, algorithms, until)
+
+
 class Verifier:
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = _now) -> None:
-        self._algorithms = list(settings.algorithms)
-        self._hmac = self._algorithms[0] in HMAC_ALGORITHMS
-        self._key: Any = settings.jwt_secret if self._hmac else _read_key(settings.jwt_public_key_file)
+        self._keys = [_key(settings.algorithms, settings.jwt_secret, settings.jwt_public_key_file)]
+        if settings.has_previous_key:
+            self._keys.append(_key(settings.previous_algorithms, settings.jwt_previous_secret,
+                                   settings.jwt_previous_public_key_file, settings.previous_key_until))
+        self._algorithms = tuple(a for k in self._keys for a in k.algorithms)
         self._issuer = settings.jwt_issuer or None
         self._audience = settings.jwt_audience or None
         self._leeway = settings.jwt_leeway_s
@@ -62,38 +86,83 @@ class Verifier:
             raise AuthError(codes.TOKEN_INVALID, "token too large")
         try:
             header = jwt.get_unverified_header(token)
-            if header.get("alg") not in self._algorithms:
-                raise AuthError(codes.TOKEN_INVALID, f"algorithm {header.get('alg')!r} not allowed")
-            typ = header.get("typ")
-            if typ is not None and str(typ).upper() != "JWT":
-                raise AuthError(codes.TOKEN_INVALID, "typ header is not JWT")
-            payload = jwt.decode(
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            raise AuthError(codes.TOKEN_INVALID, str(exc)) from None
+        alg = header.get("alg")
+        if alg not in self._algorithms:
+            raise AuthError(codes.TOKEN_INVALID, f"algorithm {alg!r} not allowed")
+        typ = header.get("typ")
+        if typ is not None and str(typ).upper() != "JWT":
+            raise AuthError(codes.TOKEN_INVALID, "typ header is not JWT")
+        if "crit" in header:
+            raise AuthError(codes.TOKEN_INVALID, "critical header extensions are not supported")
+        now = self._clock()
+        retired: _Key | None = None
+        payload: dict[str, Any] | None = None
+        used: _Key | None = None
+        for key in self._keys:
+            if alg not in key.algorithms:
+                continue
+            if key.until is not None and now >= key.until:
+                retired = key
+                continue
+            try:
+                payload = self._decode(token, key)
+            except jwt.InvalidSignatureError:
+                continue
+            used = key
+            break
+        if payload is None or used is None:
+            if retired is not None and self._signed_by(token, retired):
+                raise AuthError(codes.TOKEN_INVALID, "signed with the previous key, which is no longer accepted")
+            raise AuthError(codes.TOKEN_INVALID, "signature verification failed")
+        sub = payload.get("sub")
+        if not isinstance(sub, str) or not sub or len(sub) > 128:
+            raise AuthError(codes.TOKEN_INVALID, "sub must be a non-empty string")
+        known = {"sub", "exp", "iat", "role", "jti", "iss", "aud", "nbf"}
+        exp = float(payload["exp"])
+        if used.until is not None:
+            exp = min(exp, used.until)  # a token of the previous key lives no longer than that key
+        return Claims(
+            user_id=sub,
+            exp=exp,
+            iat=float(payload["iat"]) if isinstance(payload.get("iat"), (int, float)) else None,
+            role=payload.get("role") if isinstance(payload.get("role"), str) else None,
+            jti=payload.get("jti") if isinstance(payload.get("jti"), str) else None,
+            extra={k: v for k, v in payload.items() if k not in known},
+        )
+
+    def _decode(self, token: str, key: _Key) -> dict[str, Any]:
+        """The verified payload; raises AuthError for anything but a signature that does not match."""
+        try:
+            payload: dict[str, Any] = jwt.decode(
                 token,
-                self._key,
-                algorithms=self._algorithms,
+                key.material,
+                algorithms=list(key.algorithms),
                 issuer=self._issuer,
                 audience=self._audience,
                 leeway=self._leeway,
                 options=self._options,  # type: ignore[arg-type]
             )
+        except jwt.InvalidSignatureError:
+            raise
         except (jwt.ExpiredSignatureError, jwt.ImmatureSignatureError) as exc:
             raise AuthError(codes.TOKEN_EXPIRED, str(exc)) from None
         except jwt.PyJWTError as exc:
             raise AuthError(codes.TOKEN_INVALID, str(exc)) from None
         except (ValueError, TypeError) as exc:  # e.g. a key that does not fit the algorithm
             raise AuthError(codes.TOKEN_INVALID, str(exc)) from None
-        sub = payload.get("sub")
-        if not isinstance(sub, str) or not sub or len(sub) > 128:
-            raise AuthError(codes.TOKEN_INVALID, "sub must be a non-empty string")
-        known = {"sub", "exp", "iat", "role", "jti", "iss", "aud", "nbf"}
-        return Claims(
-            user_id=sub,
-            exp=float(payload["exp"]),
-            iat=float(payload["iat"]) if isinstance(payload.get("iat"), (int, float)) else None,
-            role=payload.get("role") if isinstance(payload.get("role"), str) else None,
-            jti=payload.get("jti") if isinstance(payload.get("jti"), str) else None,
-            extra={k: v for k, v in payload.items() if k not in known},
-        )
+        return payload
+
+    @staticmethod
+    def _signed_by(token: str, key: _Key) -> bool:
+        """Whether ``key`` made the signature (claims unchecked): only to say why a token is refused."""
+        try:
+            jwt.decode(token, key.material, algorithms=list(key.algorithms), options={"verify_exp": False,
+                       "verify_nbf": False, "verify_iat": False, "verify_aud": False, "verify_iss": False})
+        except (jwt.PyJWTError, ValueError, TypeError):
+            return False
+        return True
 
 
 def _read_key(path: str) -> bytes:

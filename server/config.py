@@ -14,12 +14,14 @@ serve`` agree without any set-up.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import secrets
 import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -44,6 +46,11 @@ class Settings:
     jwt_public_key_file: str = ""
     jwt_private_key_file: str = ""  # only for `gamectl token` with RS/ES keys
     jwt_algorithms: tuple[str, ...] = ()
+    # key rotation: tokens signed with the previous key are accepted until jwt_previous_key_until
+    jwt_previous_secret: str = field(default="", repr=False)
+    jwt_previous_public_key_file: str = ""
+    jwt_previous_algorithms: tuple[str, ...] = ()  # default: the main ones when the key is of their kind
+    jwt_previous_key_until: str = ""  # ISO-8601 time (UTC unless it says otherwise) or epoch seconds
     jwt_issuer: str = ""
     jwt_audience: str = ""
     jwt_leeway_s: float = 0.0
@@ -97,6 +104,45 @@ class Settings:
         if self.jwt_algorithms:
             return self.jwt_algorithms
         return ("RS256",) if self.jwt_public_key_file and not self.jwt_secret else ("HS256",)
+
+    @property
+    def has_previous_key(self) -> bool:
+        return bool(self.jwt_previous_secret or self.jwt_previous_public_key_file)
+
+    @property
+    def previous_algorithms(self) -> tuple[str, ...]:
+        """The previous key's algorithms: as configured, else the main ones if they fit its kind."""
+        if self.jwt_previous_algorithms:
+            return self.jwt_previous_algorithms
+        main_is_hmac = self.algorithms[0] in HMAC_ALGORITHMS
+        if bool(self.jwt_previous_secret) == main_is_hmac:
+            return self.algorithms
+        return ("HS256",) if self.jwt_previous_secret else ("RS256",)
+
+    @property
+    def previous_key_until(self) -> float | None:
+        """When the previous key stops being accepted (epoch seconds), or None without one."""
+        if not self.jwt_previous_key_until:
+            return None
+        return parse_instant("jwt_previous_key_until", self.jwt_previous_key_until)
+
+
+def parse_instant(name: str, text: str) -> float:
+    """Epoch seconds from ``1767225600`` or an ISO-8601 time (``2026-01-01T00:00:00Z``; UTC if no offset)."""
+    raw = text.strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        try:
+            moment = datetime.fromisoformat(raw)
+        except ValueError:
+            raise ConfigError(f"{name}: {text!r} is neither an ISO-8601 time nor epoch seconds") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.timestamp()
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{name}: {text!r} is not a time")
+    return value
 
 
 FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(Settings)}
@@ -201,34 +247,52 @@ def dev_secret(state_dir: Path) -> str:
     return secret
 
 
+def _check_key(algorithms: tuple[str, ...], secret: str, public_key_file: str, *, prefix: str) -> None:
+    """One verification key: known algorithms of one kind, and a key that fits them."""
+    unknown = [a for a in algorithms if a not in HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS]
+    if unknown or not algorithms:
+        raise ConfigError(
+            f"{prefix}algorithms: unknown algorithm {', '.join(unknown) or '(none)'}; "
+            f"use {', '.join(sorted(HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS))}"
+        )
+    hmac = [a for a in algorithms if a in HMAC_ALGORITHMS]
+    if hmac and len(hmac) != len(algorithms):
+        raise ConfigError(f"{prefix}algorithms: HMAC (HS*) and public-key algorithms must not be mixed")
+    if hmac:
+        if not secret:
+            raise ConfigError(f"{prefix}secret: no key configured for {', '.join(algorithms)}; "
+                              f"set GAMEGW_{prefix.upper()}SECRET (32 bytes or more)")
+        if len(secret.encode()) < MIN_HMAC_KEY_BYTES:
+            raise ConfigError(
+                f"{prefix}secret: the HMAC key is {len(secret.encode())} bytes; "
+                f"at least {MIN_HMAC_KEY_BYTES} are required"
+            )
+    else:
+        if not public_key_file:
+            raise ConfigError(f"{prefix}public_key_file: required for {', '.join(algorithms)}")
+        if not Path(public_key_file).is_file():
+            raise ConfigError(f"{prefix}public_key_file: {public_key_file} does not exist")
+
+
 def validate(s: Settings) -> None:
     """Fail fast, one message per problem, naming the setting and the fix."""
     if s.profile not in ("dev", "prod"):
         raise ConfigError(f"profile: {s.profile!r} must be 'dev' or 'prod'")
     if not 0 < s.port < 65536 and s.port != 0:
         raise ConfigError(f"port: {s.port} is out of range (1-65535, or 0 for any free port)")
-    unknown = [a for a in s.algorithms if a not in HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS]
-    if unknown or not s.algorithms:
-        raise ConfigError(
-            f"jwt_algorithms: unknown algorithm {', '.join(unknown) or '(none)'}; "
-            f"use {', '.join(sorted(HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS))}"
-        )
-    hmac = [a for a in s.algorithms if a in HMAC_ALGORITHMS]
-    if hmac and len(hmac) != len(s.algorithms):
-        raise ConfigError("jwt_algorithms: HMAC (HS*) and public-key algorithms must not be mixed")
-    if hmac:
-        if not s.jwt_secret:
-            raise ConfigError("jwt_secret: no key configured; set GAMEGW_JWT_SECRET (32 bytes or more)")
-        if len(s.jwt_secret.encode()) < MIN_HMAC_KEY_BYTES:
-            raise ConfigError(
-                f"jwt_secret: the HMAC key is {len(s.jwt_secret.encode())} bytes; "
-                f"at least {MIN_HMAC_KEY_BYTES} are required"
-            )
-    else:
-        if not s.jwt_public_key_file:
-            raise ConfigError(f"jwt_public_key_file: required for {', '.join(s.algorithms)}")
-        if not Path(s.jwt_public_key_file).is_file():
-            raise ConfigError(f"jwt_public_key_file: {s.jwt_public_key_file} does not exist")
+    _check_key(s.algorithms, s.jwt_secret, s.jwt_public_key_file, prefix="jwt_")
+    if s.has_previous_key or s.jwt_previous_key_until or s.jwt_previous_algorithms:
+        if not s.has_previous_key:
+            raise ConfigError("jwt_previous_key_until: set, but there is no previous key "
+                              "(jwt_previous_secret or jwt_previous_public_key_file)")
+        if s.jwt_previous_secret and s.jwt_previous_public_key_file:
+            raise ConfigError("jwt_previous_secret: set one previous key, not a secret and a public key file")
+        if not s.jwt_previous_key_until:
+            raise ConfigError("jwt_previous_key_until: required with a previous key (an ISO-8601 time or epoch "
+                              "seconds); a previous key accepted forever is not a rotation")
+        s.previous_key_until  # noqa: B018  (raises on a bad time)
+        _check_key(s.previous_algorithms, s.jwt_previous_secret, s.jwt_previous_public_key_file,
+                   prefix="jwt_previous_")
     if s.jwt_leeway_s < 0:
         raise ConfigError("jwt_leeway_s: must not be negative")
     if s.redis_url:

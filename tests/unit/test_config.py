@@ -351,3 +351,60 @@ def test_settings_repr_hides_the_key(state_home: Path) -> None:
     settings = load_settings(prod_env(state_home))
     assert isinstance(settings, Settings)
     assert SECRET not in repr(settings)
+
+
+# -- key rotation ----------------------------------------------------------------------------
+
+OLD = "o" * MIN_HMAC_KEY_BYTES
+
+
+@pytest.mark.parametrize(("until", "epoch"), [
+    ("1767225600", 1767225600.0),
+    ("1767225600.5", 1767225600.5),
+    ("2026-01-01T00:00:00Z", 1767225600.0),
+    ("2026-01-01T01:00:00+01:00", 1767225600.0),
+    ("2026-01-01T00:00:00", 1767225600.0),  # no offset: UTC
+])
+def test_previous_key_until(state_home: Path, until: str, epoch: float) -> None:
+    settings = load_settings(prod_env(state_home, jwt_previous_secret=OLD, jwt_previous_key_until=until))
+    assert settings.previous_key_until == epoch
+    assert settings.previous_algorithms == ("HS256",)
+    assert OLD not in repr(settings)
+
+
+def test_previous_key_until_as_a_toml_datetime(tmp_path: Path, state_home: Path) -> None:
+    path = write_toml(tmp_path, f'jwt_secret = "{SECRET}"\njwt_previous_secret = "{OLD}"\n'
+                                'jwt_previous_key_until = 2026-01-01T00:00:00Z\n')
+    assert load_settings({"XDG_STATE_HOME": str(state_home)}, path).previous_key_until == 1767225600.0
+
+
+def test_previous_public_key_takes_the_main_algorithms_or_its_own(tmp_path: Path, state_home: Path) -> None:
+    pem, old_pem = tmp_path / "new.pem", tmp_path / "old.pem"
+    pem.write_text("pem")
+    old_pem.write_text("pem")
+    base = {"XDG_STATE_HOME": str(state_home), "GAMEGW_JWT_PUBLIC_KEY_FILE": str(pem),
+            "GAMEGW_JWT_ALGORITHMS": "ES256", "GAMEGW_JWT_PREVIOUS_PUBLIC_KEY_FILE": str(old_pem),
+            "GAMEGW_JWT_PREVIOUS_KEY_UNTIL": "1767225600"}
+    assert load_settings(base).previous_algorithms == ("ES256",)
+    assert load_settings({**base, "GAMEGW_JWT_PREVIOUS_ALGORITHMS": "RS256"}).previous_algorithms == ("RS256",)
+
+
+@pytest.mark.parametrize(("variables", "setting"), [
+    ({"jwt_previous_secret": OLD}, "jwt_previous_key_until"),
+    ({"jwt_previous_key_until": "1767225600"}, "jwt_previous_key_until"),
+    ({"jwt_previous_secret": OLD, "jwt_previous_key_until": "next tuesday"}, "jwt_previous_key_until"),
+    ({"jwt_previous_secret": OLD, "jwt_previous_key_until": "-5"}, "jwt_previous_key_until"),
+    ({"jwt_previous_secret": "short", "jwt_previous_key_until": "1767225600"}, "jwt_previous_secret"),
+    ({"jwt_previous_secret": "x" * (MIN_HMAC_KEY_BYTES - 1), "jwt_previous_key_until": "1"}, "jwt_previous_secret"),
+    ({"jwt_previous_secret": OLD, "jwt_previous_key_until": "1", "jwt_previous_algorithms": "HS256,RS256"},
+     "jwt_previous_algorithms"),
+    ({"jwt_previous_secret": OLD, "jwt_previous_key_until": "1", "jwt_previous_algorithms": "none"},
+     "jwt_previous_algorithms"),
+    ({"jwt_previous_secret": OLD, "jwt_previous_key_until": "1", "jwt_previous_algorithms": "RS256"},
+     "jwt_previous_public_key_file"),
+    ({"jwt_previous_public_key_file": "/nonexistent.pem", "jwt_previous_key_until": "1"},
+     "jwt_previous_public_key_file"),
+], ids=["no-until", "until-without-key", "bad-until", "negative-until", "short-secret", "31-bytes",
+        "mixed-algorithms", "alg-none", "rs-without-public-key", "missing-public-key"])
+def test_bad_previous_key(state_home: Path, variables: dict[str, str], setting: str) -> None:
+    assert setting in config_error(prod_env(state_home, **variables))

@@ -1,0 +1,146 @@
+"""Security (issue 7), one test per case, real clients against real gateways.
+
+Sections: key rotation and forged tokens; sustained abuse; message size; origins; floods and
+half-open handshakes; slow consumers. Token basics (signature, ``alg``, claims, ``typ``, size)
+are in ``test_auth.py``; expiry, refresh and revocation in their own files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import jwt
+
+from server.app import PARTS
+from tests.conftest import TEST_SECRET, Gateway, Player
+from tests.integration.test_auth import assert_refused, claims, craft, hs256, refused_with, session_of, write_key_pair
+
+GatewayFactory = Callable[..., Awaitable[Gateway]]
+Players = Callable[..., Awaitable[Player]]
+
+OLD_SECRET = "the-old-secret-0123456789-0123456789-abc"
+
+
+def metric(gw: Gateway, name: str, **labels: str) -> float:
+    """One sample of the gateway's own Prometheus registry (0 when it was never set)."""
+    value = gw.app[PARTS].metrics.registry.get_sample_value(name, labels)
+    return value or 0.0
+
+
+# -- key rotation ------------------------------------------------------------------------------
+
+
+async def test_previous_key_accepted_until_its_time(gateway_factory: GatewayFactory, players: Players) -> None:
+    gw = await gateway_factory(jwt_previous_secret=OLD_SECRET, jwt_previous_key_until=str(time.time() + 3600))
+    old = await players(gw.url, hs256(claims("alice"), key=OLD_SECRET))
+    assert (await session_of(old))["user"] == "alice"
+    new = await players(gw.url, gw.token("bob"))
+    assert (await session_of(new))["user"] == "bob"
+    # a key that is neither is still refused
+    err = await refused_with(gw, hs256(claims("mallory"), key="yet-another-secret-0123456789-0123456789"))
+    assert err["message"] == "token_invalid" and err["data"]["code"] == 4500
+    assert sorted(c.user_id for c in await gw.app[PARTS].registry.list()) == ["alice", "bob"]
+
+
+async def test_previous_key_refused_after_its_time(gateway_factory: GatewayFactory, players: Players) -> None:
+    until = "2020-01-01T00:00:00Z"
+    gw = await gateway_factory(jwt_previous_secret=OLD_SECRET, jwt_previous_key_until=until)
+    err = await refused_with(gw, hs256(claims("alice"), key=OLD_SECRET))
+    await assert_refused(gw, err, "token_invalid", 4500)
+    assert metric(gw, "gamegw_refusals_total", code="token_invalid") == 1
+    assert (await session_of(await players(gw.url, gw.token("bob"))))["user"] == "bob"
+
+
+async def test_a_connection_on_the_previous_key_lives_no_longer_than_the_key(
+        gateway_factory: GatewayFactory, players: Players) -> None:
+    gw = await gateway_factory(jwt_previous_secret=OLD_SECRET, jwt_previous_key_until=str(time.time() + 2.0),
+                               token_expiring_s=1.0)
+    old = await players(gw.url, hs256(claims("alice"), key=OLD_SECRET))  # the token itself lasts an hour
+    new = await players(gw.url, gw.token("bob"))
+    [warning] = await old.wait_for("token_expiring", timeout=3)
+    assert warning["exp"] <= time.time() + 1.5
+    [reason] = await old.wait_for("disconnect_reason", timeout=3)
+    assert reason == {"code": 4005, "reason": "token_expired", "reconnect": True}
+    # the key is over: the same token is refused now, and a token of the new key resumes
+    err = await refused_with(gw, hs256(claims("alice"), key=OLD_SECRET))
+    assert err["message"] == "token_invalid" and err["data"]["code"] == 4500
+    back = await players(gw.url, gw.token("alice"))
+    assert (await session_of(back))["resumed"] is True
+    assert new.client.connected and "token_expiring" not in new.events
+
+
+async def test_refresh_onto_the_new_key_outlives_the_previous_key(
+        gateway_factory: GatewayFactory, players: Players) -> None:
+    gw = await gateway_factory(jwt_previous_secret=OLD_SECRET, jwt_previous_key_until=str(time.time() + 1.5),
+                               token_expiring_s=1.0)
+    p = await players(gw.url, hs256(claims("alice"), key=OLD_SECRET))
+    await p.wait_for("token_expiring", timeout=3)
+    ack = await p.call("refresh", {"token": gw.token("alice")})
+    assert ack["ok"] is True and ack["exp"] > time.time() + 3000
+    await asyncio.sleep(1.5)
+    assert p.client.connected and "disconnect_reason" not in p.events
+
+
+async def test_rotation_between_public_keys(gateway_factory: GatewayFactory, players: Players,
+                                            tmp_path: Path) -> None:
+    new_private, new_public = write_key_pair(tmp_path, "rsa")
+    old_private, old_public = write_key_pair(tmp_path, "ec")
+    gw = await gateway_factory(jwt_algorithms="RS256", jwt_public_key_file=str(new_public),
+                               jwt_previous_public_key_file=str(old_public), jwt_previous_algorithms="ES256",
+                               jwt_previous_key_until=str(int(time.time()) + 3600))
+    old = await players(gw.url, jwt.encode(claims("alice"), old_private, algorithm="ES256"))
+    new = await players(gw.url, jwt.encode(claims("bob"), new_private, algorithm="RS256"))
+    assert (await session_of(old))["user"] == "alice" and (await session_of(new))["user"] == "bob"
+    # an EC key that is neither of the two is refused
+    stranger, _ = write_key_pair(tmp_path, "ec")
+    err = await refused_with(gw, jwt.encode(claims("carol"), stranger, algorithm="ES256"))
+    assert err["message"] == "token_invalid" and err["data"]["code"] == 4500
+    # and the previous key only with its own algorithm (an HMAC token is not even tried against it)
+    err = await refused_with(gw, hs256(claims("dave")))
+    assert err["message"] == "token_invalid" and err["data"]["code"] == 4500
+    assert sorted(c.user_id for c in await gw.app[PARTS].registry.list()) == ["alice", "bob"]
+
+
+async def test_rotation_from_hmac_to_rsa_keeps_the_algorithms_apart(
+        gateway_factory: GatewayFactory, players: Players, tmp_path: Path) -> None:
+    private, public = write_key_pair(tmp_path, "rsa")
+    gw = await gateway_factory(jwt_algorithms="RS256", jwt_public_key_file=str(public),
+                               jwt_previous_secret=OLD_SECRET, jwt_previous_key_until=str(time.time() + 3600))
+    assert gw.settings.previous_algorithms == ("HS256",)
+    assert (await session_of(await players(gw.url, hs256(claims("alice"), key=OLD_SECRET))))["user"] == "alice"
+    assert (await session_of(await players(gw.url, jwt.encode(claims("bob"), private, "RS256"))))["user"] == "bob"
+    # key confusion: HS256 keyed with the RSA public key is checked against the old secret only
+    forged = craft({"alg": "HS256", "typ": "JWT"}, claims("mallory"), hmac_key=public.read_bytes())
+    err = await refused_with(gw, forged)
+    assert err["message"] == "token_invalid" and err["data"]["code"] == 4500
+    assert sorted(c.user_id for c in await gw.app[PARTS].registry.list()) == ["alice", "bob"]
+
+
+# -- forged tokens not covered in test_auth.py ---------------------------------------------------
+
+
+async def test_unknown_critical_header(gateway: Gateway) -> None:
+    token = craft({"alg": "HS256", "typ": "JWT", "crit": ["exp-v2"], "exp-v2": 1}, claims(),
+                  hmac_key=TEST_SECRET.encode())
+    err = await refused_with(gateway, token)
+    await assert_refused(gateway, err, "token_invalid", 4500)
+
+
+async def test_hs_token_against_an_rs_gateway(gateway_factory: GatewayFactory, tmp_path: Path) -> None:
+    _, public = write_key_pair(tmp_path, "rsa")
+    gw = await gateway_factory(jwt_algorithms="RS256", jwt_public_key_file=str(public))
+    err = await refused_with(gw, hs256(claims()))
+    await assert_refused(gw, err, "token_invalid", 4500)
+
+
+async def test_token_signed_with_the_previous_key_for_the_admin_api(gateway_factory: GatewayFactory) -> None:
+    gw = await gateway_factory(jwt_previous_secret=OLD_SECRET, jwt_previous_key_until="1")
+    token = hs256(claims("root", role="admin"), key=OLD_SECRET)
+    async with aiohttp.ClientSession() as http, http.get(
+            gw.url + "/admin/connections", headers={"Authorization": f"Bearer {token}"}) as resp:
+        assert resp.status == 401
+        assert (await resp.json())["error"]["code"] == "token_invalid"
