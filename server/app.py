@@ -7,11 +7,11 @@ or room store. The app closes what it opened in reverse order on cleanup.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import socketio
 from aiohttp import web
@@ -21,9 +21,11 @@ from . import jsoncodec, websocket
 from .auth import Verifier
 from .bus import Bus, LocalBus, RedisBus
 from .cluster import Cluster, LocalCluster, RedisCluster
-from .codes import SHUTDOWN
+from .codes import POLLING_UNAVAILABLE, SHUTDOWN
 from .config import Settings
 from .gateway import NAMESPACE, Gateway
+from .guards import Guards, origin_checker
+from .guards import install as install_guards
 from .http import admin_routes, routes
 from .keys import Keys
 from .logs import log
@@ -58,16 +60,13 @@ class Parts:
 PARTS = web.AppKey("gamegw_parts", Parts)
 
 
-def origin_checker(settings: Settings) -> Callable[[str | None], bool]:
-    """The CORS allowlist; patterns such as ``http://localhost:*`` are allowed in it."""
-    allowed = settings.cors_allowed_origins
+def server_options(settings: Settings) -> dict[str, Any]:
+    """aiohttp server settings that are part of the gateway's limits (for run_app and AppRunner).
 
-    def check(origin: str | None) -> bool:
-        if origin is None:
-            return True
-        return any(origin == a or a == "*" or fnmatch.fnmatchcase(origin, a) for a in allowed)
-
-    return check
+    ``keepalive_timeout`` also bounds a TCP connection that has not sent a whole request yet (a
+    half-open or slowloris connection): aiohttp closes it after this long.
+    """
+    return {"keepalive_timeout": settings.handshake_timeout_s or 75.0}
 
 
 @web.middleware
@@ -75,10 +74,7 @@ async def polling_refused(request: web.Request, handler: Callable[[web.Request],
                           ) -> web.StreamResponse:
     """With several workers on one port, say why long-polling fails instead of a bare 400."""
     if request.path.startswith("/socket.io") and request.query.get("transport") == "polling":
-        return web.json_response({"error": {
-            "code": "polling_unavailable",
-            "message": "this gateway runs several workers on one port and accepts the websocket "
-                       "transport only; connect with transports: ['websocket']"}}, status=400)
+        return web.json_response(POLLING_UNAVAILABLE.body(), status=POLLING_UNAVAILABLE.status)
     return await handler(request)
 
 
@@ -91,6 +87,7 @@ def create_app(
 ) -> web.Application:
     """The gateway as an aiohttp app: in-memory, or cluster mode when ``redis_url`` is set."""
     metrics = Metrics()
+    guards = Guards(settings, metrics)
     manager = GameManager()
     sio = GameServer(
         async_mode="aiohttp",
@@ -106,6 +103,7 @@ def create_app(
         json=jsoncodec,
         transports=["websocket"] if settings.websocket_only else ["polling", "websocket"],
         handshake_timeout_s=settings.handshake_timeout_s,
+        on_handshake_timeout=guards.handshake_timeout,
     )
     # Handle each connection's packets inline, in the order they arrived: a client's moves can
     # never be reordered, a client's own disconnect is never taken for a transport close, and
@@ -113,6 +111,10 @@ def create_app(
     sio.eio.async_handlers = False
     transports = websocket.install(sio.eio, compress=settings.websocket_compression,
                                    max_outbound_bytes=settings.max_outbound_bytes)
+    transports.on_slow_consumer = guards.slow_consumer
+    transports.on_message_too_big = guards.message_too_big
+    install_guards(sio.eio)
+    metrics.transports.set_function(lambda: len(sio.eio.sockets))
     manager.transports = sio.transports = transports
     rules = make_rules(settings)
     redis: Redis | None = None
@@ -145,7 +147,8 @@ def create_app(
         revocations = MemoryRevocations(ttl_s=settings.jwt_max_lifetime_s, clock=clock)
     verifier = Verifier(settings, clock=clock)
     gateway = Gateway(settings, verifier=verifier, registry=registry, rooms=rooms, sessions=sessions,
-                      revocations=revocations, metrics=metrics, transports=transports, clock=clock)
+                      revocations=revocations, metrics=metrics, transports=transports, guards=guards, clock=clock)
+    guards.gateway = gateway
     cluster: Cluster
     if redis is not None:
         cluster = RedisCluster(redis, keys, gateway, redis_registry, redis_rooms, redis_bus,
@@ -163,7 +166,10 @@ def create_app(
 
     manager.on_connected = connected
 
-    app = web.Application(middlewares=[polling_refused] if settings.websocket_only else [])
+    middlewares: list[Any] = [*guards.middlewares()]
+    if settings.websocket_only:
+        middlewares.insert(1, polling_refused)
+    app = web.Application(middlewares=middlewares)
     app[PARTS] = Parts(settings, sio, gateway, registry, rooms, metrics, cluster, bus, redis)
     sio.attach(app)
     app.add_routes(routes(metrics=metrics, rooms=rooms, bus=bus, instance_id=settings.instance_id))
@@ -217,4 +223,5 @@ def run(settings: Settings) -> None:
     app.on_startup.append(ready)
     web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None, loop=loop,
                 handle_signals=True, shutdown_timeout=5, reuse_port=settings.reuse_port or None,
-                backlog=4096)  # a connect storm must not overflow the listen queue (aiohttp: 128)
+                # a connect storm must not overflow the listen queue (aiohttp: 128)
+                backlog=4096, **server_options(settings))

@@ -28,6 +28,7 @@ import jwt
 from . import codes
 from .config import HMAC_ALGORITHMS, Settings
 from .errors import AuthError, ConfigError
+from .limits import Limit
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ class Verifier:
         if not token:
             raise AuthError(codes.TOKEN_MISSING)
         if len(token) > self._max_bytes:
-            raise AuthError(codes.TOKEN_INVALID, "token too large")
+            raise AuthError(codes.TOKEN_INVALID, "token too large", limit=Limit.TOKEN_SIZE)
         try:
             header = jwt.get_unverified_header(token)
         except (jwt.PyJWTError, ValueError, TypeError) as exc:

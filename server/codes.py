@@ -9,6 +9,8 @@ Three tables, each documented where it is defined (as centrifuge's ``disconnect.
   under 4500 mean "reconnect", 4500 and above mean "don't".
 * :class:`AckCode` — why an event was refused. The ack is
   ``{"ok": false, "error": {"code": <str>, "message": <str>}}``.
+* :class:`HttpRefusal` — why an HTTP request to the Engine.IO endpoint was refused before
+  Engine.IO saw it (no session exists): a status and ``{"error": {"code", "message"}}``.
 """
 
 from __future__ import annotations
@@ -58,15 +60,48 @@ class Disconnect:
         return {"code": self.code, "reason": self.reason, "reconnect": self.reconnect}
 
 
-SHUTDOWN = Disconnect(4000, "shutdown")
-EXPIRED = Disconnect(4005, "token_expired")
-REVOKED = Disconnect(4500, "token_invalid")
-KICKED = Disconnect(4503, "kicked")
-SESSION_REPLACED = Disconnect(4504, "session_replaced")
+SHUTDOWN = Disconnect(4000, "shutdown")  # the instance is going away; reconnect (to another)
+EXPIRED = Disconnect(4005, "token_expired")  # exp (+ leeway) passed; reconnect with a fresh token
+# Sustained abuse: the connection kept sending events over its rate (more than
+# ``abuse_max_rate_limited`` ``rate_limited`` acks within ``abuse_window_s``). Under 4500 on
+# purpose: a client with a bug in a loop is a player too; it may come back after backing off,
+# as a drop within grace (handshakes per address are limited, so coming back cannot flood).
+FLOODING = Disconnect(4029, "rate_limited")
+# A websocket frame or a long-polling body over ``max_message_bytes``. The websocket also closes
+# with 1009 (Message Too Big). Under 4500: the session is kept for grace, the client may resume
+# (without resending the message).
+MESSAGE_TOO_BIG = Disconnect(4413, "message_too_big")
+REVOKED = Disconnect(4500, "token_invalid")  # revoked, or a refresh for another user; don't reconnect
+KICKED = Disconnect(4503, "kicked")  # an operator's kick; don't reconnect
+SESSION_REPLACED = Disconnect(4504, "session_replaced")  # the user connected elsewhere; don't reconnect
+
+# Not in the table because nothing can be announced: a slow consumer (its unsent bytes passed
+# ``max_outbound_bytes``) and a transport that never joined /game within ``handshake_timeout_s``
+# are cut at the TCP level; the first is a drop, the second never had a session.
 
 DISCONNECTS: dict[str, Disconnect] = {
-    d.reason: d for d in (SHUTDOWN, EXPIRED, REVOKED, KICKED, SESSION_REPLACED)
+    d.reason: d for d in (SHUTDOWN, EXPIRED, FLOODING, MESSAGE_TOO_BIG, REVOKED, KICKED, SESSION_REPLACED)
 }
+
+
+@dataclass(frozen=True)
+class HttpRefusal:
+    status: int
+    code: str
+    message: str
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+ORIGIN_NOT_ALLOWED = HttpRefusal(403, "origin_not_allowed", "this Origin is not in the gateway's allowlist")
+BAD_BODY = HttpRefusal(400, "bad_request", "the body ended before its Content-Length")
+REQUEST_TIMEOUT = HttpRefusal(408, "request_timeout", "the body did not arrive in time")
+LENGTH_REQUIRED = HttpRefusal(411, "length_required", "a long-polling POST must carry a Content-Length")
+PAYLOAD_TOO_LARGE = HttpRefusal(413, "payload_too_large", "the body is over max_message_bytes")
+POLLING_UNAVAILABLE = HttpRefusal(
+    400, "polling_unavailable", "this gateway runs several workers on one port and accepts the websocket "
+                                "transport only; connect with transports: ['websocket']")
 
 
 class AckCode(StrEnum):

@@ -86,6 +86,10 @@ class Settings:
     reuse_port: bool = False  # bind with SO_REUSEPORT (set for `serve --workers N`)
     max_events_per_s: float = 30.0  # per connection; excess events get `rate_limited` acks (0: no limit)
     max_events_burst: int = 60
+    # sustained abuse: more rate_limited acks than this within abuse_window_s closes the connection
+    # with 4029 (a token bucket: that many at once, refilled at that many per window; 0: never)
+    abuse_max_rate_limited: int = 100
+    abuse_window_s: float = 10.0
     max_connects_per_address_per_s: float = 100.0  # handshakes per client address (0: no limit)
     max_connects_per_address_burst: int = 1000
     handshake_timeout_s: float = 10.0  # a transport must join /game by then or it is closed (0: never)
@@ -321,6 +325,9 @@ def validate(s: Settings) -> None:
                  "max_message_bytes", "jwt_max_token_bytes", "redis_max_connections", "max_outbound_bytes"):
         if getattr(s, name) < 1:
             raise ConfigError(f"{name}: must be at least 1")
+    for name in ("abuse_max_rate_limited", "abuse_window_s", "max_events_per_s", "handshake_timeout_s"):
+        if getattr(s, name) < 0:
+            raise ConfigError(f"{name}: must not be negative (0 turns it off)")
     if s.log_format not in ("text", "json"):
         raise ConfigError(f"log_format: {s.log_format!r} must be 'text' or 'json'")
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

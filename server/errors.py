@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from .codes import AckCode, Refusal
+from .limits import Limit
 
 
 class GamegwError(Exception):
@@ -24,10 +25,11 @@ class ConfigError(GamegwError):
 
 
 class AuthError(GamegwError):
-    def __init__(self, refusal: Refusal, detail: str | None = None) -> None:
+    def __init__(self, refusal: Refusal, detail: str | None = None, *, limit: Limit | None = None) -> None:
         super().__init__(detail or refusal.reason)
         self.refusal = refusal
         self.detail = detail or refusal.reason
+        self.limit = limit  # the limit that was hit, if that is why
 
 
 class ActionError(GamegwError):

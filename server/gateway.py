@@ -27,7 +27,8 @@ from .codes import AckCode, Disconnect, LeftReason
 from .config import Settings
 from .errors import ActionError, AuthError, StoreUnavailable
 from .expiry import TokenClock
-from .limits import AddressLimiter, Bucket
+from .guards import Guards, address_of
+from .limits import AddressLimiter, Bucket, Limit
 from .logs import log, stop_task
 from .manager import GameManager
 from .metrics import Metrics
@@ -62,8 +63,10 @@ class Conn:
     last_seq: dict[str, int] = field(default_factory=dict)  # auth.last_seq: what the client has seen
     touched: float = 0.0
     closing: Disconnect | None = None  # set when the server closes the connection on purpose
-    dropped: bool = False  # set when the server cut the transport to simulate a network fault
+    cut: str = ""  # why the server cut the transport without a word: simulated_drop, slow_consumer
     bucket: Bucket | None = None  # events per second
+    abuse: Bucket | None = None  # rate_limited acks per abuse_window_s
+    limited: bool = False  # the last event was refused with rate_limited
 
     @property
     def rooms(self) -> dict[str, int]:
@@ -91,12 +94,6 @@ def _last_seq(auth: Any) -> dict[str, int]:
             if isinstance(room, str) and isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0}
 
 
-def address_of(environ: Mapping[str, Any]) -> str:
-    request = environ.get("aiohttp.request")
-    remote = getattr(request, "remote", None)
-    return str(remote or environ.get("REMOTE_ADDR", ""))
-
-
 class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
     def __init__(
         self,
@@ -109,6 +106,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         revocations: Revocations,
         metrics: Metrics,
         transports: Transports,
+        guards: Guards,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(NAMESPACE)
@@ -128,6 +126,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         self.expiry = TokenClock(warn_s=settings.token_expiring_s, leeway_s=settings.jwt_leeway_s, clock=clock,
                                  on_warn=self._token_expiring, on_expire=self._token_expired)
         self.transports = transports
+        self.guards = guards
         self.clock = clock
         self.conns: dict[str, Conn] = {}
         # wired by create_app once they exist (they need the gateway too)
@@ -152,10 +151,14 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         address = address_of(environ)
         if not self.connect_limiter.allow(address):
+            self.guards.hit(Limit.HANDSHAKES, address=address,
+                            max_per_s=self.settings.max_connects_per_address_per_s)
             self._refuse(sid, address, codes.RATE_LIMITED, "too many connection attempts from this address")
         try:
             claims = self.verifier.verify(token_from(auth, environ))
         except AuthError as exc:
+            if exc.limit is not None:
+                self.guards.hit(exc.limit, address=address, max_bytes=self.settings.jwt_max_token_bytes)
             self._refuse(sid, address, exc.refusal, exc.detail)
         if await self.revocations.is_revoked(claims):
             self._refuse(sid, address, codes.TOKEN_INVALID, "token revoked")
@@ -178,6 +181,9 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
                     from_grace=from_grace, last_seq=_last_seq(auth), touched=now)
         if self.settings.max_events_per_s > 0:
             conn.bucket = Bucket(self.settings.max_events_per_s, self.settings.max_events_burst, time.perf_counter())
+            if self.settings.abuse_max_rate_limited > 0 and self.settings.abuse_window_s > 0:
+                most = self.settings.abuse_max_rate_limited
+                conn.abuse = Bucket(most / self.settings.abuse_window_s, most, time.perf_counter())
         if from_grace and previous_sid is not None:
             await self.registry.remove(previous_sid)
         self.conns[sid] = conn
@@ -213,6 +219,8 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         excess = len(live) - self.settings.max_connections_per_user + 1
         if excess <= 0:
             return None, None, []
+        self.guards.hit(Limit.CONNECTIONS_PER_USER, user=user_id, address=address, live=len(live),
+                        policy=self.settings.on_connection_limit)
         if self.settings.on_connection_limit == "refuse":
             self._refuse(sid, address, codes.CONNECTION_LIMIT,
                          f"user has {len(live)} of {self.settings.max_connections_per_user} connections")
@@ -221,7 +229,9 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
 
     def _refuse(self, sid: str, address: str, refusal: codes.Refusal, detail: str) -> NoReturn:
         self.metrics.refusals.labels(refusal.name).inc()
-        log(logger, "refuse", sid=sid, address=address, code=refusal.code, reason=refusal.name, detail=detail)
+        # throttled: refusals are what a flood of forged tokens or handshakes turns into
+        self.guards.throttle.log(logger, "refuse", key=f"refuse:{refusal.name}", sid=sid, address=address,
+                                 code=refusal.code, reason=refusal.name, detail=detail)
         raise socketio.exceptions.ConnectionRefusedError(refusal.name, refusal.data())
 
     async def on_connected(self, sid: str) -> None:
@@ -272,7 +282,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         self.expiry.disarm(sid)
         self.metrics.connections.dec()
         closing = conn.closing
-        cause = closing.reason if closing else "simulated_drop" if conn.dropped else reason.replace(" ", "_")
+        cause = closing.reason if closing else conn.cut or reason.replace(" ", "_")
         self.metrics.disconnects.labels(cause).inc()
         log(logger, "disconnect", user=conn.claims.user_id, sid=sid, address=conn.address, reason=cause)
         for room in conn.rooms:
@@ -284,7 +294,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         if closing is codes.KICKED:
             await self._end(conn.session, LeftReason.KICKED)
         elif closing in (codes.REVOKED, codes.SESSION_REPLACED) or (
-                closing is None and not conn.dropped and reason == self.server.reason.CLIENT_DISCONNECT):
+                closing is None and not conn.cut and reason == self.server.reason.CLIENT_DISCONNECT):
             await self._end(conn.session, LeftReason.LEFT)
         else:  # a transport close, a ping timeout, a cut, a shutdown, an expired token: a drop
             await self.drop(conn.session, cause)
@@ -349,12 +359,24 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         if conn is None or conn.closing is not None:
             return False
         conn.closing = why
+        await self._announce_close(sid, why, message)
+        return True
+
+    def close_soon(self, conn: Conn, why: Disconnect, message: str = "") -> None:
+        """Close a connection from inside one of its own events: the event's ack goes first."""
+        if conn.closing is not None:
+            return
+        conn.closing = why  # from now on nothing else closes it, however many events follow
+        task = asyncio.get_running_loop().create_task(self._announce_close(conn.sid, why, message))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _announce_close(self, sid: str, why: Disconnect, message: str) -> None:
         payload = why.payload()
         if message:
             payload["message"] = message
         await self.emit("disconnect_reason", payload, to=sid)
         await self.server.disconnect(sid, namespace=NAMESPACE)
-        return True
 
     def local_sids(self, user_id: str) -> list[str]:
         return [sid for sid, conn in self.conns.items() if conn.claims.user_id == user_id]
@@ -382,9 +404,9 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         dropped = 0
         for sid in self.local_sids(user_id):
             conn = self.conns[sid]
-            if conn.dropped or conn.closing is not None:
+            if conn.cut or conn.closing is not None:
                 continue
-            conn.dropped = True
+            conn.cut = "simulated_drop"
             await self._cut(sid)
             dropped += 1
         if dropped:
@@ -429,9 +451,10 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
                 raise ActionError(AckCode.BAD_REQUEST, f"unknown event {event!r}")
             if conn is None:
                 raise ActionError(AckCode.UNAVAILABLE, "connection is closing")
-            if conn.bucket is not None and not conn.bucket.take(started):
-                raise ActionError(AckCode.RATE_LIMITED,
-                                  f"more than {self.settings.max_events_per_s:g} events per second")
+            if conn.bucket is not None:
+                if not conn.bucket.take(started):
+                    self._rate_limited(conn, started)
+                conn.limited = False
             now = self.clock()
             if now - conn.touched >= TOUCH_EVERY_S:
                 conn.touched = now
@@ -452,6 +475,18 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         self.metrics.ack(label, result).inc()
         timed.observe(time.perf_counter() - started)
         return ack
+
+    def _rate_limited(self, conn: Conn, now: float) -> NoReturn:
+        """Refuse an event over the rate; close the connection if that goes on (4029)."""
+        self.guards.hit(Limit.EVENTS, log=not conn.limited, user=conn.claims.user_id, sid=conn.sid,
+                        address=conn.address, max_per_s=self.settings.max_events_per_s)
+        conn.limited = True
+        if conn.abuse is not None and not conn.abuse.take(now) and conn.closing is None:
+            self.guards.hit(Limit.ABUSE_DISCONNECT, user=conn.claims.user_id, sid=conn.sid, address=conn.address,
+                            max_rate_limited=self.settings.abuse_max_rate_limited,
+                            window_s=self.settings.abuse_window_s)
+            self.close_soon(conn, codes.FLOODING, "too many events for too long")
+        raise ActionError(AckCode.RATE_LIMITED, f"more than {self.settings.max_events_per_s:g} events per second")
 
     def _store_trouble(self, event: str, exc: BaseException) -> None:
         """One warning per second at most: an outage must not turn into a log flood."""
@@ -506,6 +541,8 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         except TypeError:
             raise ActionError(AckCode.BAD_REQUEST, "action must be plain JSON") from None
         if len(action_bytes) > self.settings.max_action_bytes:
+            self.guards.hit(Limit.ACTION_SIZE, user=conn.claims.user_id, sid=conn.sid, size=len(action_bytes),
+                            max_action_bytes=self.settings.max_action_bytes)
             raise ActionError(AckCode.PAYLOAD_TOO_LARGE,
                               f"action is {len(action_bytes)} bytes; the limit is {self.settings.max_action_bytes}")
         action_json = action_bytes.decode()
@@ -541,10 +578,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
             log(logger, "refresh_refused", logging.WARNING, user=conn.claims.user_id, sid=conn.sid,
                 token_user=claims.user_id)
             self.expiry.disarm(conn.sid)
-            closing = asyncio.get_running_loop().create_task(
-                self.close(conn.sid, codes.REVOKED, "refresh for another user"))
-            self._background.add(closing)
-            closing.add_done_callback(self._background.discard)
+            self.close_soon(conn, codes.REVOKED, "refresh for another user")
             raise ActionError(AckCode.FORBIDDEN, "the token is for another user")
         conn.claims = claims
         self.expiry.arm(conn.sid, claims.exp)

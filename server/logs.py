@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -19,6 +21,43 @@ _FIELDS = "gamegw_fields"
 def log(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
     if logger.isEnabledFor(level):
         logger.log(level, event, extra={_FIELDS: fields})
+
+
+class Throttle:
+    """Log lines that an attacker could multiply (refusals, limits hit), kept to a trickle.
+
+    Per key (the event name unless told), ``burst`` lines may go at once and ``rate`` a second after that; the lines
+    held back are counted, and the next line that goes out says how many (``suppressed=N``).
+    """
+
+    def __init__(self, *, rate: float = 2.0, burst: float = 20.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._clock = clock
+        self._state: dict[str, list[float]] = {}  # event -> [tokens, stamp, suppressed]
+
+    def log(self, logger: logging.Logger, event: str, level: int = logging.INFO, *, key: str = "",
+            **fields: Any) -> bool:
+        """Log the line unless ``key`` (default: the event) is over its rate; return whether it was."""
+        if not logger.isEnabledFor(level):
+            return False
+        now = self._clock()
+        key = key or event
+        state = self._state.get(key)
+        if state is None:
+            state = self._state[key] = [self._burst, now, 0.0]
+        state[0] = min(self._burst, state[0] + (now - state[1]) * self._rate)
+        state[1] = now
+        if state[0] < 1.0:
+            state[2] += 1
+            return False
+        state[0] -= 1.0
+        if state[2]:
+            fields["suppressed"] = int(state[2])
+            state[2] = 0
+        log(logger, event, level, **fields)
+        return True
 
 
 def _text_value(value: Any) -> str:

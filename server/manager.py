@@ -30,9 +30,12 @@ class GameServer(socketio.AsyncServer):  # type: ignore[misc]
     """python-socketio's server, with single packets (acks, events to one sid) written straight
     to the connection's websocket when nothing is queued ahead of them."""
 
-    def __init__(self, *args: Any, handshake_timeout_s: float = 0.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, handshake_timeout_s: float = 0.0,
+                 on_handshake_timeout: Callable[[str, dict[str, Any] | None], None] | None = None,
+                 **kwargs: Any) -> None:
         self.transports: Transports | None = None
         self.handshake_timeout_s = handshake_timeout_s  # Engine.IO sessions must join a namespace by then
+        self.on_handshake_timeout = on_handshake_timeout
         self._handshake_timers: dict[str, asyncio.TimerHandle] = {}
         self._closing: set[asyncio.Task[Any]] = set()
         super().__init__(*args, **kwargs)
@@ -49,6 +52,8 @@ class GameServer(socketio.AsyncServer):  # type: ignore[misc]
         self._handshake_timers.pop(eio_sid, None)
         if eio_sid in self.eio.sockets and not any(
                 self.manager.sid_from_eio_sid(eio_sid, ns) for ns in list(self.manager.get_namespaces())):
+            if self.on_handshake_timeout is not None:
+                self.on_handshake_timeout(eio_sid, self.environ.get(eio_sid))
             task = asyncio.get_running_loop().create_task(self.eio.disconnect(eio_sid))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)

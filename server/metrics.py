@@ -8,6 +8,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
+from .limits import Limit
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -41,6 +43,13 @@ class Metrics:
                                          "they went deaf", registry=r)
         self.moves = Counter("gamegw_moves", "Moves accepted", registry=r)
         self.deliveries = Counter("gamegw_deliveries", "move events sent to players", registry=r)
+        self.limit_hits = Counter("gamegw_limit_hits", "Times a limit was hit, by limit", ["limit"], registry=r)
+        self._limit_children = {limit: self.limit_hits.labels(str(limit)) for limit in Limit}
+        self.transports = Gauge("gamegw_transports", "Open Engine.IO sessions, whether or not they joined /game",
+                                registry=r)
+
+    def hit(self, limit: Limit) -> None:
+        self._limit_children[limit].inc()
 
     def for_event(self, event: str) -> tuple[Any, Any]:
         """The event's counter and latency children; ``labels()`` is a lookup per call, so the

@@ -16,6 +16,9 @@ N players that is N task wake-ups, N framings and N compressions of the same byt
   batches larger, which keeps the gateway from collapsing);
 * a recipient whose unsent bytes pass ``max_outbound_bytes`` is a slow consumer: its connection
   is cut (a drop) instead of letting the gateway's memory grow;
+* a frame over ``max_message_bytes`` is refused by aiohttp's reader from the frame's header,
+  before its payload is buffered; the connection is told why (``disconnect_reason`` 4413) just
+  before aiohttp closes it with 1009;
 * :meth:`Transports.abort` cuts a connection as a network fault would (``simulate-drop``).
 """
 
@@ -26,6 +29,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from aiohttp import WSCloseCode
 from aiohttp.web import WebSocketResponse
 from engineio.async_drivers.aiohttp import WebSocket as EngineioWebSocket
 
@@ -55,11 +59,13 @@ class Transports:
     """Engine.IO session id -> its open websocket, for direct writes and simulated faults."""
 
     def __init__(self, eio_server: Any, *, max_outbound_bytes: int,
-                 on_slow_consumer: Callable[[str], None] | None = None) -> None:
+                 on_slow_consumer: Callable[[str], None] | None = None,
+                 on_message_too_big: Callable[[str], str | None] | None = None) -> None:
         self._eio = eio_server
         self._by_eio_sid: dict[str, GameWebSocketBase] = {}
         self.max_outbound_bytes = max_outbound_bytes
         self.on_slow_consumer = on_slow_consumer
+        self.on_message_too_big = on_message_too_big  # returns an Engine.IO packet to send before the close
         self._dirty: list[GameWebSocketBase] = []
 
     def mark_dirty(self, ws: GameWebSocketBase) -> None:
@@ -104,6 +110,18 @@ class Transports:
             self.on_slow_consumer(eio_sid)
 
 
+class _Response(WebSocketResponse):
+    """aiohttp closes the websocket itself when a frame is too big; this lets us speak first."""
+
+    on_too_big: Callable[[], None] | None = None
+
+    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True) -> bool:
+        if code == WSCloseCode.MESSAGE_TOO_BIG and self.on_too_big is not None:
+            on_too_big, self.on_too_big = self.on_too_big, None
+            on_too_big()
+        return await super().close(code=code, message=message, drain=drain)
+
+
 class GameWebSocketBase(EngineioWebSocket):  # type: ignore[misc]
     transports: Transports
     compress: bool
@@ -118,9 +136,12 @@ class GameWebSocketBase(EngineioWebSocket):  # type: ignore[misc]
 
     async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
         request = environ["aiohttp.request"]
-        self._sock = WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=self.compress,
-                                       timeout=CLOSE_WAIT_S)
-        await self._sock.prepare(request)
+        # aiohttp refuses a frame of exactly max_msg_size bytes (it checks ``>=``): one more, so
+        # that max_message_bytes is allowed; wait() refuses max + 1 should aiohttp ever change
+        self._sock = sock = _Response(max_msg_size=self.server.max_http_buffer_size + 1, compress=self.compress,
+                                      timeout=CLOSE_WAIT_S)
+        sock.on_too_big = self._too_big
+        await sock.prepare(request)
         self.environ = environ
         self.eio_sid = getattr(getattr(self.handler, "__self__", None), "sid", None)
         self.transport = request.transport
@@ -132,6 +153,21 @@ class GameWebSocketBase(EngineioWebSocket):  # type: ignore[misc]
             if self.eio_sid:
                 self.transports.discard(self.eio_sid, self)
         return self._sock
+
+    async def wait(self) -> str | bytes:
+        data: str | bytes = await super().wait()
+        if len(data) > self.server.max_http_buffer_size:
+            await self._sock.close(code=WSCloseCode.MESSAGE_TOO_BIG)
+            raise OSError("message too big")
+        return data
+
+    def _too_big(self) -> None:
+        """A frame over the limit: say so (``disconnect_reason``) before aiohttp's close frame."""
+        hook = self.transports.on_message_too_big
+        packet = hook(self.eio_sid) if hook is not None and self.eio_sid else None
+        if packet is not None and self.transport is not None and not self.compress:
+            self.write(text_frame(packet.encode()))
+        self.flush()
 
     async def send(self, message: str | bytes) -> None:
         """Engine.IO's writer task calls this for each queued packet: write it now, no yield."""

@@ -27,7 +27,7 @@ import redis as redis_sync
 import socketio
 from aiohttp import web
 
-from server.app import create_app
+from server.app import create_app, server_options
 from server.auth import mint
 from server.config import Settings, load_settings
 
@@ -122,7 +122,8 @@ class Gateway:
 
 async def start_gateway(settings: Settings, **parts: Any) -> Gateway:
     app = create_app(settings, **parts)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1,
+                           **server_options(settings))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

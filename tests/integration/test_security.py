@@ -8,15 +8,19 @@ are in ``test_auth.py``; expiry, refresh and revocation in their own files.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import jwt
+import pytest
+import socketio
 
 from server.app import PARTS
-from tests.conftest import TEST_SECRET, Gateway, Player
+from server.limits import Limit
+from tests.conftest import TEST_SECRET, Gateway, Player, eventually, refusal
 from tests.integration.test_auth import assert_refused, claims, craft, hs256, refused_with, session_of, write_key_pair
 
 GatewayFactory = Callable[..., Awaitable[Gateway]]
@@ -144,3 +148,82 @@ async def test_token_signed_with_the_previous_key_for_the_admin_api(gateway_fact
             gw.url + "/admin/connections", headers={"Authorization": f"Bearer {token}"}) as resp:
         assert resp.status == 401
         assert (await resp.json())["error"]["code"] == "token_invalid"
+
+
+# -- sustained abuse, and a metric for every limit -------------------------------------------------
+
+
+async def test_sustained_flood_is_disconnected_with_4029(gateway_factory: GatewayFactory, players: Players,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gamegw")
+    gw = await gateway_factory(max_events_per_s=5, max_events_burst=5, abuse_max_rate_limited=10,
+                               abuse_window_s=60)
+    p = await players(gw.url, gw.token("alice"))
+    assert (await p.call("join", {"room": "r"}))["ok"] is True
+    acks = []
+    while p.client.connected and len(acks) < 100:
+        try:
+            acks.append(await p.call("move", {"room": "r", "action": {"n": len(acks)}}, timeout=2))
+        except socketio.exceptions.TimeoutError:
+            break  # the connection closed with the event in flight
+    codes = [a["error"]["code"] for a in acks if not a["ok"]]
+    assert 10 < len(codes) < 20 and set(codes) == {"rate_limited"}, acks
+    [reason] = await p.wait_for("disconnect_reason")
+    assert reason == {"code": 4029, "reason": "rate_limited", "reconnect": True, "message": reason["message"]}
+    await eventually(lambda: _true(not p.client.connected))
+    assert metric(gw, "gamegw_limit_hits_total", limit="abuse_disconnect") == 1
+    assert metric(gw, "gamegw_limit_hits_total", limit="events") == len(codes)
+    assert metric(gw, "gamegw_disconnects_total", reason="rate_limited") == 1
+    # one line when the connection started being limited, one for the disconnect; none per event
+    hits = [r.gamegw_fields["limit"] for r in caplog.records if r.getMessage() == "limit_hit"]
+    assert hits == ["events", "abuse_disconnect"]
+    # a code under 4500: the session waits in grace and the player comes back to its room
+    back = await players(gw.url, gw.token("alice"))
+    session = await session_of(back)
+    assert session["resumed"] is True and session["rooms"] == ["r"]
+
+
+async def test_an_occasional_burst_is_not_abuse(gateway_factory: GatewayFactory, players: Players) -> None:
+    gw = await gateway_factory(max_events_per_s=5, max_events_burst=5, abuse_max_rate_limited=10,
+                               abuse_window_s=60)
+    p = await players(gw.url, gw.token("alice"))
+    acks = [await p.call("join", {"room": "r"}) for _ in range(15)]  # 10 refused: at the limit, not over
+    assert sum(not a["ok"] for a in acks) == 10
+    await asyncio.sleep(0.3)
+    assert p.client.connected and "disconnect_reason" not in p.events
+    assert metric(gw, "gamegw_limit_hits_total", limit="abuse_disconnect") == 0
+
+
+async def test_every_limit_has_a_metric_from_the_start(gateway: Gateway) -> None:
+    async with aiohttp.ClientSession() as http, http.get(gateway.url + "/metrics") as resp:
+        text = await resp.text()
+    for limit in Limit:
+        assert f'gamegw_limit_hits_total{{limit="{limit}"}} 0.0' in text
+    assert "gamegw_transports 0.0" in text
+
+
+async def test_limits_hit_at_the_handshake_are_counted(gateway_factory: GatewayFactory, players: Players) -> None:
+    gw = await gateway_factory(on_connection_limit="refuse", max_connects_per_address_per_s=0.01,
+                               max_connects_per_address_burst=3)
+    await session_of(await players(gw.url, gw.token("alice")))
+    err = await refusal(gw.url, auth={"token": gw.token("alice")})
+    assert err["data"]["code"] == 4504
+    err = await refused_with(gw, hs256(claims("bob", pad="x" * gw.settings.jwt_max_token_bytes)))
+    assert err["data"]["code"] == 4500
+    err = await refused_with(gw, gw.token("carol"))
+    assert err["message"] == "rate_limited" and err["data"]["code"] == 4029
+    assert metric(gw, "gamegw_limit_hits_total", limit="connections_per_user") == 1
+    assert metric(gw, "gamegw_limit_hits_total", limit="token_size") == 1
+    assert metric(gw, "gamegw_limit_hits_total", limit="handshakes") == 1
+
+
+async def test_an_action_over_its_size_is_counted(gateway: Gateway, players: Players) -> None:
+    p = await players(gateway.url, gateway.token("alice"))
+    await p.call("join", {"room": "r"})
+    ack = await p.call("move", {"room": "r", "action": {"pad": "x" * gateway.settings.max_action_bytes}})
+    assert ack["error"]["code"] == "payload_too_large"
+    assert metric(gateway, "gamegw_limit_hits_total", limit="action_size") == 1
+
+
+async def _true(value: bool) -> bool:
+    return value

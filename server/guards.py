@@ -1,0 +1,207 @@
+"""What happens when a limit is hit, and the HTTP guards in front of Engine.IO.
+
+Every case ends in a clear code for the client, one log line without secrets (``limit_hit``,
+throttled per limit so that a flood cannot become a log flood) and a metric
+(``gamegw_limit_hits_total{limit}``, see :class:`~server.limits.Limit`):
+
+==================  ==========================================================================
+limit               what the client sees
+==================  ==========================================================================
+events              a ``rate_limited`` ack (the gateway's ``_run``)
+abuse_disconnect    ``disconnect_reason`` 4029 ``rate_limited``, then the close
+handshakes          ``connect_error`` ``rate_limited`` (4029)
+connections_per_    ``connect_error`` ``connection_limit`` (4504), or 4504 ``session_replaced``
+user                for the oldest connection
+token_size          ``connect_error`` ``token_invalid`` (4500)
+action_size         a ``payload_too_large`` ack
+message_size        websocket: ``disconnect_reason`` 4413, then close 1009 (aiohttp refuses the
+                    frame from its header, before buffering it); polling: HTTP 413
+                    ``payload_too_large`` before the body is read, then 4413
+handshake_timeout   no ``/game`` within ``handshake_timeout_s``: the transport is closed
+slow_request        a polling body that does not arrive within ``handshake_timeout_s``: HTTP 408
+slow_consumer       unsent bytes over ``max_outbound_bytes``: the TCP connection is cut (a drop)
+==================  ==========================================================================
+
+The HTTP guards: a foreign ``Origin`` gets 403 ``origin_not_allowed`` before Engine.IO sees
+the request (so no session is ever made), and a long-polling POST must say its length
+(``411`` otherwise: Engine.IO clients always do, and python-engineio would read none of a chunked
+body), stay under ``max_message_bytes`` and arrive within ``handshake_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from . import codes
+from .config import Settings
+from .limits import Limit
+from .logs import Throttle
+from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+logger = logging.getLogger("gamegw.limits")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+BODY = web.RequestKey("gamegw_polling_body", bytes)
+ENGINEIO_PATH = "/socket.io"
+NAMESPACE = "/game"
+
+
+def address_of(environ: Mapping[str, Any]) -> str:
+    """The client's address (the TCP peer; put a proxy's trusted header here if there is one)."""
+    request = environ.get("aiohttp.request")
+    remote = getattr(request, "remote", None)
+    return str(remote or environ.get("REMOTE_ADDR", ""))
+
+
+def origin_checker(settings: Settings) -> Callable[[str | None], bool]:
+    """The CORS allowlist; patterns such as ``http://localhost:*`` are allowed in it."""
+    allowed = settings.cors_allowed_origins
+
+    def check(origin: str | None) -> bool:
+        if origin is None:
+            return True
+        return any(origin == a or a == "*" or fnmatch.fnmatchcase(origin, a) for a in allowed)
+
+    return check
+
+
+class Guards:
+    def __init__(self, settings: Settings, metrics: Metrics, *, throttle: Throttle | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.throttle = throttle or Throttle()
+        self.origin_allowed = origin_checker(settings)
+        self.gateway: Gateway  # wired by create_app
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def hit(self, limit: Limit, *, log: bool = True, **fields: Any) -> None:
+        """Count the limit and log one line for it (unless told not to, or it is logging too much)."""
+        self.metrics.hit(limit)
+        if log:
+            self.throttle.log(logger, "limit_hit", logging.WARNING, key=str(limit), limit=str(limit), **fields)
+
+    # -- callbacks from the transport layer (synchronous: they run inside the I/O path) -------
+
+    def _conn_fields(self, eio_sid: str) -> tuple[str | None, dict[str, Any]]:
+        gateway = self.gateway
+        sid = gateway.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
+        conn = gateway.conns.get(sid) if sid else None
+        if conn is None:
+            return None, {"eio_sid": eio_sid}
+        return sid, {"user": conn.claims.user_id, "sid": sid, "address": conn.address}
+
+    def slow_consumer(self, eio_sid: str) -> None:
+        """The transport was cut because its unsent bytes passed ``max_outbound_bytes``."""
+        sid, fields = self._conn_fields(eio_sid)
+        conn = self.gateway.conns.get(sid) if sid else None
+        if conn is not None:
+            conn.cut = "slow_consumer"
+        self.hit(Limit.SLOW_CONSUMER, max_outbound_bytes=self.settings.max_outbound_bytes, **fields)
+
+    def message_too_big(self, eio_sid: str) -> str | None:
+        """A websocket frame over the limit: the Engine.IO packet to send before the close (1009)."""
+        sid, fields = self._conn_fields(eio_sid)
+        self.hit(Limit.MESSAGE_SIZE, transport="websocket", max_message_bytes=self.settings.max_message_bytes,
+                 **fields)
+        conn = self.gateway.conns.get(sid) if sid else None
+        if conn is None or conn.closing is not None:
+            return None
+        conn.closing = codes.MESSAGE_TOO_BIG
+        [pkt] = self.gateway.manager.encode(NAMESPACE, "disconnect_reason", codes.MESSAGE_TOO_BIG.payload())
+        text: str = pkt.encode()
+        return text
+
+    def handshake_timeout(self, eio_sid: str, environ: dict[str, Any] | None) -> None:
+        self.hit(Limit.HANDSHAKE_TIMEOUT, eio_sid=eio_sid, address=address_of(environ or {}),
+                 handshake_timeout_s=self.settings.handshake_timeout_s)
+
+    # -- HTTP ----------------------------------------------------------------------------------
+
+    def middlewares(self) -> list[Any]:
+        return [self._origin_guard, self._polling_body_guard]
+
+    @web.middleware
+    async def _origin_guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if origin is not None and request.path.startswith(ENGINEIO_PATH) and not self.origin_allowed(origin):
+            self.metrics.refusals.labels(codes.ORIGIN_NOT_ALLOWED.code).inc()
+            self.throttle.log(logger, "refuse", logging.WARNING, key="origin", reason=codes.ORIGIN_NOT_ALLOWED.code,
+                              origin=origin[:200], address=request.remote or "")
+            return _response(codes.ORIGIN_NOT_ALLOWED)
+        return await handler(request)
+
+    @web.middleware
+    async def _polling_body_guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method != "POST" or not request.path.startswith(ENGINEIO_PATH):
+            return await handler(request)
+        address = request.remote or ""
+        length = request.content_length
+        if length is None:
+            return self._refuse_body(request, codes.LENGTH_REQUIRED)
+        limit = self.settings.max_message_bytes
+        if length > limit:
+            self.hit(Limit.MESSAGE_SIZE, transport="polling", address=address, content_length=length,
+                     max_message_bytes=limit)
+            self._close_session(request.query.get("sid"), codes.MESSAGE_TOO_BIG)
+            return self._refuse_body(request, codes.PAYLOAD_TOO_LARGE)
+        timeout = self.settings.handshake_timeout_s or None
+        try:
+            request[BODY] = await asyncio.wait_for(request.content.readexactly(length), timeout)
+        except TimeoutError:
+            self.hit(Limit.SLOW_REQUEST, address=address, content_length=length, timeout_s=timeout)
+            return self._refuse_body(request, codes.REQUEST_TIMEOUT)
+        except asyncio.IncompleteReadError:
+            return self._refuse_body(request, codes.BAD_BODY)
+        return await handler(request)
+
+    @staticmethod
+    def _refuse_body(request: web.Request, refusal: codes.HttpRefusal) -> web.Response:
+        """Answer without reading the body. aiohttp then reads what is left and throws it away,
+        for ``lingering_time`` at most, and closes the connection: memory stays flat."""
+        return _response(refusal)
+
+    def _close_session(self, eio_sid: str | None, why: codes.Disconnect) -> None:
+        sid = self.gateway.manager.sid_from_eio_sid(eio_sid, NAMESPACE) if eio_sid else None
+        if sid is None or sid not in self.gateway.conns:
+            return
+        task = asyncio.get_running_loop().create_task(self.gateway.close(sid, why))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _response(refusal: codes.HttpRefusal) -> web.Response:
+    return web.json_response(refusal.body(), status=refusal.status)
+
+
+class _Body:
+    """A polling body already read (bounded, within its deadline), handed to python-engineio."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    async def read(self, n: int = -1) -> bytes:
+        data, self._data = (self._data, b"") if n < 0 else (self._data[:n], self._data[n:])
+        return data
+
+
+def install(eio_server: Any) -> None:
+    """Make python-engineio read a polling body from what the guard has read already."""
+    original = eio_server._async["translate_request"]
+
+    def translate_request(request: web.Request) -> dict[str, Any]:
+        environ: dict[str, Any] = original(request)
+        body = request.get(BODY)
+        if body is not None:
+            environ["wsgi.input"] = _Body(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+        return environ
+
+    eio_server._async = {**eio_server._async, "translate_request": translate_request}
