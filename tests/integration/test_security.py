@@ -8,9 +8,13 @@ are in ``test_auth.py``; expiry, refresh and revocation in their own files.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
+import json
 import logging
+import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -19,9 +23,11 @@ import pytest
 import socketio
 
 from server.app import PARTS
+from server.auth import mint
 from server.limits import Limit
-from tests.conftest import TEST_SECRET, Gateway, Player, eventually, refusal
+from tests.conftest import TEST_SECRET, Gateway, GatewayProcess, Player, eventually, free_port, make_settings, refusal
 from tests.integration.test_auth import assert_refused, claims, craft, hs256, refused_with, session_of, write_key_pair
+from tests.rawclient import RawWebSocket, client_frame
 
 GatewayFactory = Callable[..., Awaitable[Gateway]]
 Players = Callable[..., Awaitable[Player]]
@@ -227,3 +233,205 @@ async def test_an_action_over_its_size_is_counted(gateway: Gateway, players: Pla
 
 async def _true(value: bool) -> bool:
     return value
+
+
+# -- message size ------------------------------------------------------------------------------
+
+
+def padded_join(size: int, ack_id: int) -> str:
+    """An Engine.IO message of exactly ``size`` bytes: a ``join`` with an ack id and padding."""
+    bare = f'42/game,{ack_id}["join",{{"room":"r","pad":""}}]'
+    message = bare.replace('"pad":""', '"pad":"' + "x" * (size - len(bare)) + '"')
+    assert len(message.encode()) == size
+    return message
+
+
+async def test_a_frame_at_the_limit_is_taken(gateway_factory: GatewayFactory) -> None:
+    gw = await gateway_factory(max_message_bytes=8192)
+    ws = await RawWebSocket.connect(gw.url)
+    try:
+        await ws.join_game(gw.token("alice"))
+        ws.send_text(padded_join(8192, ack_id=7))
+        ack = json.loads((await ws.recv_text()).removeprefix("43/game,7"))[0]
+        assert ack["ok"] is True and ack["room"] == "r"
+        assert metric(gw, "gamegw_limit_hits_total", limit="message_size") == 0
+    finally:
+        ws.close()
+
+
+async def test_a_frame_one_byte_over_the_limit_closes_with_4413_and_1009(gateway_factory: GatewayFactory,
+                                                                      players: Players) -> None:
+    gw = await gateway_factory(max_message_bytes=8192)
+    ws = await RawWebSocket.connect(gw.url)
+    try:
+        await ws.join_game(gw.token("alice"))
+        assert (await ws.call("join", {"room": "r"}, ack_id=1))["ok"] is True
+        ws.send_text(padded_join(8193, ack_id=2))
+        texts, code = await ws.closed_with()
+    finally:
+        ws.close()
+    assert code == 1009
+    [reason] = [json.loads(t[len("42/game,"):])[1] for t in texts if "disconnect_reason" in t]
+    assert reason == {"code": 4413, "reason": "message_too_big", "reconnect": True}
+    assert not any(t.startswith("43/game,2") for t in texts)  # the message was never handled
+    assert metric(gw, "gamegw_limit_hits_total", limit="message_size") == 1
+    await eventually(lambda: _true(metric(gw, "gamegw_disconnects_total", reason="message_too_big") == 1))
+    # a drop: the session waits in grace
+    back = await players(gw.url, gw.token("alice"))
+    assert (await session_of(back))["rooms"] == ["r"]
+
+
+async def test_an_oversized_frame_is_refused_from_its_header(gateway_factory: GatewayFactory) -> None:
+    """A frame that announces 50 MB is refused before any of its payload is read: the server
+    closes with 1009 while the 50 MB have not been sent."""
+    gw = await gateway_factory()
+    ws = await RawWebSocket.connect(gw.url)
+    try:
+        await ws.join_game(gw.token("alice"))
+        ws.writer.write(client_frame(b'42/game,["join",', length=50 * 2**20))
+        _, code = await ws.closed_with()
+    finally:
+        ws.close()
+    assert code == 1009
+    assert metric(gw, "gamegw_limit_hits_total", limit="message_size") == 1
+
+
+@pytest.fixture
+async def process_gateway() -> AsyncIterator[Callable[..., Awaitable[GatewayProcess]]]:
+    """``gamectl serve`` in its own process (in-memory state), to watch its memory alone."""
+    started: list[GatewayProcess] = []
+
+    async def start(**settings: str) -> GatewayProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GAMEGW_")}
+        env.update({"GAMEGW_JWT_SECRET": TEST_SECRET, "GAMEGW_INSTANCE_ID": "mem-1", "GAMEGW_LOG_LEVEL": "error"})
+        env.update({f"GAMEGW_{k.upper()}": v for k, v in settings.items()})
+        proc = GatewayProcess(env, free_port(), "mem-1")
+        started.append(proc)
+        await proc.ready()
+        return proc
+
+    yield start
+    for proc in started:
+        proc.close()
+
+
+def peak_rss_mb(proc: GatewayProcess) -> float:
+    """The process's high-water mark of resident memory (VmHWM), in MB."""
+    for line in Path(f"/proc/{proc.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+async def polling_session(http: aiohttp.ClientSession, url: str, token: str) -> str:
+    """An Engine.IO long-polling session joined to /game; returns its Engine.IO sid."""
+    async with http.get(url + "/socket.io/?EIO=4&transport=polling") as resp:
+        opened = await resp.text()
+    sid = json.loads(opened[1:])["sid"]
+    async with http.post(f"{url}/socket.io/?EIO=4&transport=polling&sid={sid}",
+                         data=("40/game," + json.dumps({"token": token})).encode()) as resp:
+        assert resp.status == 200, await resp.text()
+    async with http.get(f"{url}/socket.io/?EIO=4&transport=polling&sid={sid}") as resp:
+        assert '"session"' in await resp.text()
+    return sid
+
+
+HUGE = 50 * 2**20
+
+
+async def chunks(total: int, size: int = 2**20) -> AsyncIterator[bytes]:
+    block = b"x" * size
+    for _ in range(total // size):
+        yield block
+
+
+async def test_a_huge_polling_body_is_refused_unread_and_memory_stays_flat(
+        process_gateway: Callable[..., Awaitable[GatewayProcess]]) -> None:
+    gw = await process_gateway(ping_interval_s="1", ping_timeout_s="2")
+    token = mint(make_settings(), "alice")
+    async with aiohttp.ClientSession() as http:
+        await polling_session(http, gw.url, mint(make_settings(), "warm-up"))
+        peaks = [peak_rss_mb(gw)]
+        for _ in range(4):
+            sid = await polling_session(http, gw.url, token)
+            post = f"{gw.url}/socket.io/?EIO=4&transport=polling&sid={sid}"
+            async with http.post(post, data=io.BytesIO(b"x" * HUGE)) as resp:  # Content-Length: 50 MB
+                assert resp.status == 413
+                assert (await resp.json())["error"]["code"] == "payload_too_large"
+            # the session was closed with the reason (a drop: 4413 is under 4500)
+            async with http.get(post) as resp:
+                polled = await resp.text()
+            assert '"disconnect_reason",{"code":4413,"reason":"message_too_big","reconnect":true}' in polled
+            async with http.post(post, data=chunks(HUGE)) as resp:  # chunked: no length given
+                assert resp.status == 411
+                assert (await resp.json())["error"]["code"] == "length_required"
+            peaks.append(peak_rss_mb(gw))
+        async with http.get(gw.url + "/metrics") as resp:
+            text = await resp.text()
+    assert 'gamegw_limit_hits_total{limit="message_size"} 4.0' in text
+    # 400 MB of bodies moved the peak by little more than a few read buffers
+    assert peaks[-1] - peaks[0] < 16, peaks
+
+
+async def test_oversized_frames_over_and_over_leave_memory_flat(
+        process_gateway: Callable[..., Awaitable[GatewayProcess]]) -> None:
+    gw = await process_gateway()
+    settings = make_settings()
+    warm = await RawWebSocket.connect(gw.url)
+    await warm.join_game(mint(settings, "warm-up"))
+    baseline = peak_rss_mb(gw)
+    for round_ in range(5):
+        ws = await RawWebSocket.connect(gw.url)
+        try:
+            await ws.join_game(mint(settings, f"p{round_}"))
+            ws.writer.write(client_frame(b"42/game,", length=HUGE))
+            with contextlib.suppress(ConnectionError):
+                for _ in range(16):  # try to push 16 MB of the 50 MB announced
+                    ws.writer.write(b"x" * 2**20)
+                    await ws.writer.drain()
+            _, code = await ws.closed_with()
+            assert code in (1009, None)  # None: the close frame was lost in the reset
+        finally:
+            ws.close()
+    warm.close()
+    assert peak_rss_mb(gw) - baseline < 16
+    async with aiohttp.ClientSession() as http, http.get(gw.url + "/metrics") as resp:
+        assert 'gamegw_limit_hits_total{limit="message_size"} 5.0' in await resp.text()
+
+
+# -- origins -----------------------------------------------------------------------------------
+
+ALLOWED = "https://game.example"
+FOREIGN = "https://evil.example"
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_a_foreign_origin_is_refused_before_any_session(gateway_factory: GatewayFactory, players: Players,
+                                                              transport: str) -> None:
+    gw = await gateway_factory(cors_allowed_origins=ALLOWED, ping_interval_s=0.2, ping_timeout_s=0.8)
+    parts = gw.app[PARTS]
+    path = f"/socket.io/?EIO=4&transport={transport}"
+    async with aiohttp.ClientSession() as http:
+        if transport == "websocket":
+            with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+                await http.ws_connect(gw.url + path, headers={"Origin": FOREIGN})
+            assert info.value.status == 403
+        else:
+            async with http.get(gw.url + path, headers={"Origin": FOREIGN}) as resp:
+                assert resp.status == 403
+                assert (await resp.json())["error"]["code"] == "origin_not_allowed"
+    # a stock client from that origin is refused too, with its token and all
+    client = socketio.AsyncClient(reconnection=False)
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await client.connect(gw.url, namespaces=["/game"], transports=[transport], auth={"token": gw.token("eve")},
+                             headers={"Origin": FOREIGN}, wait_timeout=5)
+    await client.shutdown()
+    if client.eio.http is not None:  # python-engineio keeps its HTTP session after a failed connect
+        await client.eio.http.close()
+    assert parts.sio.eio.sockets == {} and parts.gateway.conns == {}
+    assert await parts.registry.list() == []
+    assert metric(gw, "gamegw_refusals_total", code="origin_not_allowed") == 2
+    # the allowlisted origin, and a client that sends none (not a browser), get in
+    ok = await players(gw.url, gw.token("alice"), transports=[transport], headers={"Origin": ALLOWED})
+    assert (await session_of(ok))["user"] == "alice"
+    assert (await session_of(await players(gw.url, gw.token("bob"), transports=[transport])))["user"] == "bob"

@@ -1,0 +1,126 @@
+"""A websocket client on a bare TCP socket, for what stock clients won't do.
+
+It speaks just enough RFC 6455 and Engine.IO/Socket.IO to join ``/game``, and then lets a test
+misbehave: send a frame of an exact size, announce a frame and never send it, or stop reading
+altogether while the server writes to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import struct
+from typing import Any
+from urllib.parse import urlparse
+
+CLOSE = 0x8
+
+
+def client_frame(payload: bytes, opcode: int = 0x1, *, length: int | None = None) -> bytes:
+    """A masked, final frame. ``length`` announces another length than the payload's."""
+    n = len(payload) if length is None else length
+    head = bytes((0x80 | opcode,))
+    if n < 126:
+        head += bytes((0x80 | n,))
+    elif n < 65536:
+        head += struct.pack("!BH", 0x80 | 126, n)
+    else:
+        head += struct.pack("!BQ", 0x80 | 127, n)
+    mask = os.urandom(4)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+class RawWebSocket:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, url: str, *, rcvbuf: int | None = None, path: str = "/socket.io/?EIO=4&transport=websocket",
+                      headers: dict[str, str] | None = None) -> RawWebSocket:
+        parsed = urlparse(url)
+        sock = socket.socket()
+        if rcvbuf is not None:  # before connect, so that the TCP window stays small
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (parsed.hostname, parsed.port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=2**20)
+        key = base64.b64encode(os.urandom(16)).decode()
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        writer.write((f"GET {path} HTTP/1.1\r\nHost: {parsed.netloc}\r\nUpgrade: websocket\r\n"
+                      f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                      f"{extra}\r\n").encode())
+        status = await reader.readline()
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        if b" 101 " not in status:
+            writer.close()
+            raise ConnectionError(status.decode().strip())
+        return cls(reader, writer)
+
+    async def recv(self, timeout: float = 5) -> tuple[int, bytes]:
+        """The next frame: (opcode, payload). A close frame's payload starts with its code."""
+        async def read() -> tuple[int, bytes]:
+            b0, b1 = await self.reader.readexactly(2)
+            n = b1 & 0x7F
+            if n == 126:
+                n = struct.unpack("!H", await self.reader.readexactly(2))[0]
+            elif n == 127:
+                n = struct.unpack("!Q", await self.reader.readexactly(8))[0]
+            return b0 & 0x0F, await self.reader.readexactly(n)
+
+        return await asyncio.wait_for(read(), timeout)
+
+    async def recv_text(self, timeout: float = 5) -> str:
+        """The next text frame, answering Engine.IO pings on the way."""
+        while True:
+            opcode, payload = await self.recv(timeout)
+            if opcode == CLOSE:
+                raise ConnectionError(f"closed with {struct.unpack('!H', payload[:2])[0] if payload else None}")
+            text = payload.decode()
+            if text == "2":
+                self.send_text("3")
+                continue
+            return text
+
+    def send_text(self, text: str) -> None:
+        self.writer.write(client_frame(text.encode()))
+
+    async def join_game(self, token: str) -> dict[str, Any]:
+        """Engine.IO open, Socket.IO CONNECT to /game; returns the ``session`` event's payload."""
+        opened = await self.recv_text()
+        assert opened.startswith("0"), opened
+        self.send_text("40/game," + json.dumps({"token": token}))
+        connected = await self.recv_text()
+        assert connected.startswith("40/game,"), connected
+        session = await self.recv_text()
+        name, payload = json.loads(session[len("42/game,"):])
+        assert name == "session", session
+        return dict(payload)
+
+    async def call(self, event: str, data: Any, ack_id: int) -> Any:
+        """Emit with an ack id and wait for that ack (other packets are skipped)."""
+        self.send_text(f"42/game,{ack_id}" + json.dumps([event, data]))
+        prefix = f"43/game,{ack_id}"
+        while True:
+            text = await self.recv_text()
+            if text.startswith(prefix):
+                return json.loads(text[len(prefix):])[0]
+
+    async def closed_with(self, timeout: float = 5) -> tuple[list[str], int | None]:
+        """Read until the server closes: the text frames on the way, and the close code (None: cut)."""
+        texts: list[str] = []
+        try:
+            while True:
+                opcode, payload = await self.recv(timeout)
+                if opcode == CLOSE:
+                    return texts, struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
+                texts.append(payload.decode(errors="replace"))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return texts, None
+
+    def close(self) -> None:
+        self.writer.transport.abort()
