@@ -113,12 +113,13 @@ def token(
 
 
 def _register() -> None:
-    from . import ops
+    from . import loadtest, ops
 
     app.add_typer(ops.connections_app, name="connections")
     app.command("kick")(ops.kick)
     app.command("simulate-drop")(ops.simulate_drop)
     app.command("revoke")(ops.revoke)
+    app.command("loadtest")(loadtest.loadtest)
 
 
 _register()

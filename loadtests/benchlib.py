@@ -130,7 +130,7 @@ def free_port_block(n: int) -> int:
     for _ in range(50):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
+            base = int(s.getsockname()[1])
         if base + n < 65000 and all(free(base + k) for k in range(n)):
             return base
     raise SetupError("no block of free ports on 127.0.0.1")
@@ -207,11 +207,12 @@ class NodeProc:
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self) -> None:
+        assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self._lines.put(line)
         self._lines.put(None)
 
-    def read(self, phase: str, timeout: float) -> dict:
+    def read(self, phase: str, timeout: float) -> dict[str, Any]:
         end = time.monotonic() + timeout
         while True:
             try:
@@ -221,13 +222,14 @@ class NodeProc:
             if line is None:
                 raise SetupError(f"{self.name} exited ({self.proc.wait()}) before its '{phase}' line")
             try:
-                msg = json.loads(line)
+                msg: dict[str, Any] = json.loads(line)
             except ValueError:
                 continue
             if msg.get("phase") == phase:
                 return msg
 
     def send(self, command: str) -> None:
+        assert self.proc.stdin is not None
         try:
             self.proc.stdin.write(command + "\n")
             self.proc.stdin.flush()

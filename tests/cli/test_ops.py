@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
-from pathlib import Path
 
-from tests.conftest import TEST_SECRET, eventually
+from tests.cli.run import gamectl
+from tests.conftest import eventually
 
 
 def _disconnected(player):
@@ -16,19 +14,6 @@ def _disconnected(player):
         return not player.client.connected
 
     return check
-
-GAMECTL = str(Path(sys.executable).with_name("gamectl"))
-
-
-async def gamectl(*args: str, **env: str) -> tuple[int, str, str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("GAMEGW_")}
-    environ.update({"GAMEGW_JWT_SECRET": TEST_SECRET, "COLUMNS": "200", **env})
-    proc = await asyncio.create_subprocess_exec(GAMECTL, *args, env=environ, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
 
 async def test_connections_ls_lists_the_cluster(cluster_factory, players, redis_server, redis_prefix):
     a_gw, b_gw = await cluster_factory(2)

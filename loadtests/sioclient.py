@@ -1,0 +1,333 @@
+"""A lean Socket.IO client for load generation: websocket only, namespace ``/game``, under gevent.
+
+Why not python-socketio's client: a Locust worker must hold at least a thousand players, each
+receiving ten ``move`` events a second. python-socketio's sync client runs two threads per
+connection and parses each frame with several small reads; this one is one greenlet per
+connection reading whole buffers (every complete frame in a read is handled in one pass), with
+orjson for payloads. It speaks just what the load test needs of Engine.IO v4 / Socket.IO v5:
+
+* the websocket upgrade (``/socket.io/?EIO=4&transport=websocket``), the ``open`` packet and
+  ping/pong;
+* ``CONNECT`` with an auth payload, ``CONNECT_ERROR``, ``EVENT``, ``ACK`` and ``DISCONNECT`` on
+  ``/game``;
+* :meth:`GameSocket.drop`, which cuts the TCP connection without a close frame or a
+  ``DISCONNECT`` packet, as a network fault would, so that the gateway sees a *drop*.
+
+Blocking calls (:meth:`connect`, :meth:`call`) wait on gevent primitives, so a Locust user's
+greenlet yields while it waits. Outside gevent nothing here works cooperatively; it is only
+used inside Locust.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import gevent
+import orjson
+from gevent.event import AsyncResult
+from gevent.lock import Semaphore
+
+NAMESPACE = "/game"
+_NS_PREFIX = NAMESPACE + ","
+_OP_CONT, _OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+
+EventHandler = Callable[[str, Any], None]
+
+
+class Refused(Exception):
+    """The gateway answered ``CONNECT`` with ``connect_error``: ``message`` is the contract's code."""
+
+    def __init__(self, message: str, data: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+
+class Closed(Exception):
+    """The connection ended (by the server, the network or :meth:`GameSocket.drop`)."""
+
+
+def _mask(payload: bytes, key: bytes) -> bytes:
+    n = len(payload)
+    if n == 0:
+        return payload
+    repeated = (key * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(n, "big")
+
+
+def _frame(opcode: int, payload: bytes) -> bytes:
+    """A client frame: FIN set, masked as RFC 6455 requires of clients."""
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+    key = os.urandom(4)
+    return header + key + _mask(payload, key)
+
+
+class GameSocket:
+    """One player's connection to ``/game``.
+
+    ``on_event(name, data)`` runs in the reader greenlet for every server event; it must not
+    block. ``on_close(reason)`` runs once when the connection ends for any reason but
+    :meth:`close`/:meth:`drop`; ``reason`` is the server's ``disconnect_reason`` payload when
+    one came, else a short text.
+    """
+
+    def __init__(self, url: str, *, on_event: EventHandler | None = None,
+                 on_close: Callable[[Any], None] | None = None, timeout_s: float = 10.0) -> None:
+        parts = urlsplit(url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or (443 if parts.scheme in ("https", "wss") else 80)
+        if parts.scheme in ("https", "wss"):
+            raise ValueError("TLS is not supported by the load-test client; point it at the gateway's plain port")
+        self.path = (parts.path.rstrip("/") or "") + "/socket.io/?EIO=4&transport=websocket"
+        self.on_event = on_event
+        self.on_close = on_close
+        self.timeout_s = timeout_s
+        self.session: dict[str, Any] | None = None
+        self.bytes_in = 0
+        self._sock: socket.socket | None = None
+        self._reader: gevent.Greenlet | None = None
+        self._send_lock = Semaphore()
+        self._acks: dict[int, AsyncResult] = {}
+        self._next_ack = 0
+        self._connected: AsyncResult = AsyncResult()
+        self._closing = False
+        self._fragments: list[bytes] = []
+        self._last_reason: Any = None  # the latest disconnect_reason payload
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def connect(self, auth: dict[str, Any]) -> dict[str, Any]:
+        """Open the websocket, join ``/game`` with ``auth`` and return the ``session`` event's
+        payload. Raises :class:`Refused` for a ``connect_error``, :class:`Closed` or ``OSError``
+        for transport failures, ``gevent.Timeout`` after ``timeout_s``."""
+        with gevent.Timeout(self.timeout_s):
+            sock = socket.create_connection((self.host, self.port))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._sock = sock
+            key = base64.b64encode(os.urandom(16)).decode()
+            request = (f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
+                       f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            sock.sendall(request.encode())
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise Closed("the gateway closed the connection during the websocket handshake")
+                buf += chunk
+            head, _, rest = buf.partition(b"\r\n\r\n")
+            status = head.split(b"\r\n", 1)[0]
+            if b" 101 " not in status + b" ":
+                raise Closed(f"websocket upgrade refused: {status.decode(errors='replace')}")
+            self._reader = gevent.spawn(self._read_loop, bytearray(rest))
+            self._send_text("40" + _NS_PREFIX + orjson.dumps(auth).decode())
+            result: dict[str, Any] = self._connected.get()
+            return result
+
+    def close(self) -> None:
+        """Leave politely: a ``DISCONNECT`` packet and a close frame (the gateway ends the session)."""
+        if self._sock is None or self._closing:
+            return
+        try:
+            self._send_text("41" + _NS_PREFIX)
+            self._send(_frame(_OP_CLOSE, struct.pack("!H", 1000)))
+        except OSError:
+            pass
+        self._shutdown()
+
+    def drop(self) -> None:
+        """Cut the TCP connection with no close frame: the gateway sees a transport failure."""
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._closing = True
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+            sock.close()
+        self._fail_pending(Closed("connection closed"))
+        reader = self._reader
+        if reader is not None and reader is not gevent.getcurrent():
+            reader.kill(block=False)
+
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None and not self._closing
+
+    # -- events ------------------------------------------------------------------------------
+
+    def call(self, event: str, data: Any, timeout_s: float | None = None) -> Any:
+        """Emit ``event`` and wait for its ack; returns the ack's payload."""
+        return self.wait(self.emit(event, data), timeout_s)
+
+    def emit(self, event: str, data: Any) -> tuple[int, AsyncResult]:
+        """Emit ``event`` asking for an ack; :meth:`wait` on what this returns."""
+        if not self.connected:
+            raise Closed("not connected")
+        ack_id = self._next_ack
+        self._next_ack += 1
+        waiter: AsyncResult = AsyncResult()
+        self._acks[ack_id] = waiter
+        try:
+            self._send_text(f"42{_NS_PREFIX}{ack_id}" + orjson.dumps([event, data]).decode())
+        except BaseException:
+            self._acks.pop(ack_id, None)
+            raise
+        return ack_id, waiter
+
+    def wait(self, pending: tuple[int, AsyncResult], timeout_s: float | None = None) -> Any:
+        ack_id, waiter = pending
+        try:
+            return waiter.get(timeout=timeout_s or self.timeout_s)
+        finally:
+            if waiter.ready():
+                self._acks.pop(ack_id, None)
+
+    def _send_text(self, text: str) -> None:
+        self._send(_frame(_OP_TEXT, text.encode()))
+
+    def _send(self, frame: bytes) -> None:
+        sock = self._sock
+        if sock is None:
+            raise Closed("not connected")
+        with self._send_lock:
+            sock.sendall(frame)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _read_loop(self, buf: bytearray) -> None:
+        reason: Any = "transport closed"
+        try:
+            while True:
+                self._parse(buf)
+                sock = self._sock
+                if sock is None:
+                    return
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                self.bytes_in += len(chunk)
+                buf += chunk
+        except _ServerClosed as exc:
+            reason = exc.reason
+        except OSError as exc:
+            reason = f"transport error: {exc}"
+        if self._closing:
+            return
+        self._closing = True
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+        self._fail_pending(Closed(str(reason)))
+        if self.on_close is not None:
+            self.on_close(reason)
+
+    def _parse(self, buf: bytearray) -> None:
+        """Handle every complete frame in ``buf`` and remove them from it."""
+        pos, size = 0, len(buf)
+        while size - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            length = b1 & 0x7F
+            start = pos + 2
+            if length == 126:
+                if size - start < 2:
+                    break
+                length = int.from_bytes(buf[start:start + 2], "big")
+                start += 2
+            elif length == 127:
+                if size - start < 8:
+                    break
+                length = int.from_bytes(buf[start:start + 8], "big")
+                start += 8
+            if b1 & 0x80:  # servers never mask; skip a key if one came
+                start += 4
+            end = start + length
+            if end > size:
+                break
+            self._frame_in(b0 & 0x0F, bool(b0 & 0x80), bytes(buf[start:end]))
+            pos = end
+        if pos:
+            del buf[:pos]
+
+    def _frame_in(self, opcode: int, fin: bool, payload: bytes) -> None:
+        if opcode in (_OP_TEXT, _OP_CONT):
+            if not fin or self._fragments:
+                self._fragments.append(payload)
+                if not fin:
+                    return
+                payload = b"".join(self._fragments)
+                self._fragments = []
+            self._packet(payload.decode())
+        elif opcode == _OP_PING:
+            self._send(_frame(_OP_PONG, payload))
+        elif opcode == _OP_CLOSE:
+            raise _ServerClosed(self._last_reason or "server closed the websocket")
+
+    def _packet(self, text: str) -> None:
+        kind = text[0]
+        if kind == "4":  # Engine.IO message: a Socket.IO packet
+            self._sio_packet(text[1], text[2:])
+        elif kind == "2":  # ping
+            self._send_text("3" + text[1:])
+        elif kind == "1":  # Engine.IO close
+            raise _ServerClosed(self._last_reason or "server closed the session")
+        # "0" (open) carries the heartbeat; the server drives ping/pong, so nothing to do.
+
+    def _sio_packet(self, kind: str, body: str) -> None:
+        if not body.startswith(_NS_PREFIX):
+            if body.startswith(NAMESPACE) and len(body) == len(NAMESPACE):
+                body = ""
+            else:
+                return  # another namespace: not ours
+        else:
+            body = body[len(_NS_PREFIX):]
+        i = 0
+        while i < len(body) and body[i].isdigit():
+            i += 1
+        ack_id = int(body[:i]) if i else None
+        data = orjson.loads(body[i:]) if i < len(body) else None
+        if kind == "2":  # EVENT
+            if data and data[0] == "session":
+                self.session = data[1]
+                self._connected.set(data[1])
+            elif data and data[0] == "disconnect_reason":
+                self._last_reason = data[1]
+            if self.on_event is not None and data:
+                self.on_event(data[0], data[1] if len(data) > 1 else None)
+        elif kind == "3" and ack_id is not None:  # ACK
+            waiter = self._acks.get(ack_id)
+            if waiter is not None:
+                waiter.set(data[0] if data else None)
+        elif kind == "4":  # CONNECT_ERROR
+            message = data.get("message", "refused") if isinstance(data, dict) else str(data)
+            self._connected.set_exception(Refused(message, data.get("data") if isinstance(data, dict) else None))
+        elif kind == "1":  # DISCONNECT from the server
+            raise _ServerClosed(self._last_reason or "server disconnected the namespace")
+        # "0" (CONNECT ok) is followed by the ``session`` event, which is what connect() waits for.
+
+    def _fail_pending(self, exc: Exception) -> None:
+        if not self._connected.ready():
+            self._connected.set_exception(exc)
+        for waiter in list(self._acks.values()):
+            if not waiter.ready():
+                waiter.set_exception(exc)
+
+
+class _ServerClosed(Exception):
+    def __init__(self, reason: Any) -> None:
+        super().__init__(str(reason))
+        self.reason = reason
