@@ -111,6 +111,7 @@ def create_app(
     sio.eio.async_handlers = False
     transports = websocket.install(sio.eio, compress=settings.websocket_compression,
                                    max_outbound_bytes=settings.max_outbound_bytes)
+    sio.on_bad_event = guards.bad_event
     transports.on_slow_consumer = guards.slow_consumer
     transports.on_message_too_big = guards.message_too_big
     install_guards(sio.eio)

@@ -119,6 +119,12 @@ class Guards:
         text: str = pkt.encode()
         return text
 
+    def bad_event(self, sid: str, name: Any) -> None:
+        """A client sent ``connect``/``disconnect`` or a name that is not a string: a bad_request ack."""
+        self.metrics.for_event("unknown")[0].inc()
+        self.metrics.ack("unknown", "bad_request").inc()
+        self.throttle.log(logger, "bad_event", logging.WARNING, sid=sid, event_name=repr(name)[:64])
+
     def handshake_timeout(self, eio_sid: str, environ: dict[str, Any] | None) -> None:
         self.hit(Limit.HANDSHAKE_TIMEOUT, eio_sid=eio_sid, address=address_of(environ or {}),
                  handshake_timeout_s=self.settings.handshake_timeout_s)

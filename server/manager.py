@@ -21,6 +21,8 @@ from engineio import packet as eio_packet
 from socketio import packet
 from socketio.async_manager import AsyncManager
 
+from .codes import AckCode
+from .errors import ActionError
 from .websocket import Transports, text_frame
 
 ConnectedHook = Callable[[str, str], Awaitable[None]]
@@ -36,6 +38,7 @@ class GameServer(socketio.AsyncServer):  # type: ignore[misc]
         self.transports: Transports | None = None
         self.handshake_timeout_s = handshake_timeout_s  # Engine.IO sessions must join a namespace by then
         self.on_handshake_timeout = on_handshake_timeout
+        self.on_bad_event: Callable[[str, Any], None] | None = None
         self._handshake_timers: dict[str, asyncio.TimerHandle] = {}
         self._closing: set[asyncio.Task[Any]] = set()
         super().__init__(*args, **kwargs)
@@ -63,6 +66,22 @@ class GameServer(socketio.AsyncServer):  # type: ignore[misc]
         if timer is not None:
             timer.cancel()
         await super()._handle_eio_disconnect(eio_sid, reason)
+
+    async def _handle_event_internal(self, server: Any, sid: str, eio_sid: str, data: Any, namespace: str,
+                                     id: int | None) -> None:
+        """Client events only: python-socketio would hand a client's ``connect`` or ``disconnect``
+        event to ``on_connect``/``on_disconnect`` with the client's own arguments (a forged
+        environ, a fake close), and fails on an event name that is not a string."""
+        name = data[0] if isinstance(data, list) and data else None
+        if not isinstance(name, str) or name in self.reserved_events:
+            if self.on_bad_event is not None:
+                self.on_bad_event(sid, name)
+            if id is not None:
+                error = ActionError(AckCode.BAD_REQUEST, "an event name must be a string and not a reserved one")
+                await server._send_packet(eio_sid, self.packet_class(packet.ACK, namespace=namespace, id=id,
+                                                                     data=[error.ack()]))
+            return
+        await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
 
     async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
         ws = self.transports.writable(eio_sid) if self.transports is not None else None

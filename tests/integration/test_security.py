@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import jwt
@@ -435,3 +436,35 @@ async def test_a_foreign_origin_is_refused_before_any_session(gateway_factory: G
     ok = await players(gw.url, gw.token("alice"), transports=[transport], headers={"Origin": ALLOWED})
     assert (await session_of(ok))["user"] == "alice"
     assert (await session_of(await players(gw.url, gw.token("bob"), transports=[transport])))["user"] == "bob"
+
+
+# -- events a stock client would never send ----------------------------------------------------
+
+
+async def test_a_client_cannot_fake_the_servers_connect_or_disconnect(gateway: Gateway) -> None:
+    """python-socketio hands a client event named ``connect``/``disconnect`` to the namespace's
+    on_connect/on_disconnect, with the client's arguments: a forged environ (another address,
+    another token) or a fake close. They must be plain refused events."""
+    parts = gateway.app[PARTS]
+    ws = await RawWebSocket.connect(gateway.url)
+    try:
+        session = await ws.join_game(gateway.token("alice"))
+        forged_environ = {"REMOTE_ADDR": "6.6.6.6", "HTTP_AUTHORIZATION": f"Bearer {gateway.token('mallory')}"}
+        for ack_id, packet in enumerate([["disconnect", "client namespace disconnect"],
+                                         ["connect", forged_environ, {"token": gateway.token("mallory")}],
+                                         [["not", "a", "name"]], [{"x": 1}], [7]]):
+            ack = await _raw_call(ws, packet, ack_id)
+            assert ack["ok"] is False and ack["error"]["code"] == "bad_request", (packet, ack)
+        assert (await ws.call("join", {"room": "r"}, 99))["ok"] is True
+    finally:
+        ws.close()
+    [conn] = parts.gateway.conns.values()
+    assert (conn.sid, conn.claims.user_id, conn.address) == (session["sid"], "alice", "127.0.0.1")
+
+
+async def _raw_call(ws: RawWebSocket, packet: list[Any], ack_id: int) -> Any:
+    ws.send_text(f"42/game,{ack_id}" + json.dumps(packet))
+    prefix = f"43/game,{ack_id}"
+    while not (text := await ws.recv_text()).startswith(prefix):
+        pass
+    return json.loads(text[len(prefix):])[0]
