@@ -57,9 +57,19 @@ class GameServer(socketio.AsyncServer):  # type: ignore[misc]
                 self.manager.sid_from_eio_sid(eio_sid, ns) for ns in list(self.manager.get_namespaces())):
             if self.on_handshake_timeout is not None:
                 self.on_handshake_timeout(eio_sid, self.environ.get(eio_sid))
-            task = asyncio.get_running_loop().create_task(self.eio.disconnect(eio_sid))
+            task = asyncio.get_running_loop().create_task(self._close_unjoined(eio_sid))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
+
+    async def _close_unjoined(self, eio_sid: str) -> None:
+        """Close without waiting for the CLOSE packet to be fetched: python-engineio's
+        ``disconnect`` waits for that, which a long-polling client that never polls again never
+        does (the session stayed in ``eio.sockets`` until a ping-timeout sweep found it)."""
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is None:
+            return
+        await socket.close(wait=False, reason=self.reason.SERVER_DISCONNECT)
+        self.eio.sockets.pop(eio_sid, None)
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any = None) -> None:
         timer = self._handshake_timers.pop(eio_sid, None)

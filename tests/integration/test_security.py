@@ -468,3 +468,127 @@ async def _raw_call(ws: RawWebSocket, packet: list[Any], ack_id: int) -> Any:
     while not (text := await ws.recv_text()).startswith(prefix):
         pass
     return json.loads(text[len(prefix):])[0]
+
+
+# -- floods, half-open handshakes, slow consumers ------------------------------------------------
+
+
+async def test_a_flood_from_one_client_leaves_other_players_moves_unaffected(
+        gateway_factory: GatewayFactory, players: Players) -> None:
+    # abuse_max_rate_limited=0: the flood is never cut off, it lasts the whole test
+    gw = await gateway_factory(abuse_max_rate_limited=0)
+    flooder = await RawWebSocket.connect(gw.url)
+    await flooder.join_game(gw.token("flooder"))
+    others = [await players(gw.url, gw.token(f"p{i}")) for i in range(3)]
+    for p in others:
+        assert (await p.call("join", {"room": "r"}))["ok"] is True
+    frame = client_frame(b'42/game,1["move",{"room":"r","action":{"spam":true}}]')
+    stop = asyncio.Event()
+
+    async def flood() -> int:
+        sent = 0
+        while not stop.is_set():
+            flooder.writer.write(frame * 200)
+            sent += 200
+            await flooder.writer.drain()
+        return sent
+
+    async def drain_acks() -> None:  # read what the server answers, so this is not a slow consumer
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+            while True:
+                await flooder.recv(timeout=10)
+
+    flooding, reading = asyncio.create_task(flood()), asyncio.create_task(drain_acks())
+    latencies = []
+    try:
+        await asyncio.sleep(0.2)  # the flood is on
+        for n in range(20):
+            for p in others:
+                started = time.perf_counter()
+                ack = await p.call("move", {"room": "r", "action": {"n": n}})
+                latencies.append(time.perf_counter() - started)
+                assert ack["ok"] is True, ack
+    finally:
+        stop.set()
+        sent = await flooding
+        reading.cancel()
+        flooder.close()
+    refused = metric(gw, "gamegw_limit_hits_total", limit="events")
+    assert sent > 2000 and refused > 1000  # it really was a flood, and it was refused
+    latencies.sort()
+    assert latencies[len(latencies) // 2] < 0.05 and latencies[-1] < 0.5, latencies
+    # every player saw every accepted move, in order
+    moves = await others[0].wait_for("move", count=60)
+    assert [m["seq"] for m in moves] == list(range(moves[0]["seq"], moves[0]["seq"] + 60))
+
+
+async def test_two_thousand_half_open_handshakes_are_reaped(gateway_factory: GatewayFactory,
+                                                            players: Players) -> None:
+    gw = await gateway_factory(handshake_timeout_s=1.0)
+    parts = gw.app[PARTS]
+    host, port = gw.url.removeprefix("http://").split(":")
+    # 1000 Engine.IO sessions that never join /game
+    connector = aiohttp.TCPConnector(limit=50)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        async def open_engineio() -> None:
+            async with http.get(gw.url + "/socket.io/?EIO=4&transport=polling") as resp:
+                assert (await resp.text()).startswith("0{")
+
+        await asyncio.gather(*(open_engineio() for _ in range(1000)))
+    # 1000 TCP connections that send half an HTTP request and then nothing
+    streams = []
+    for _ in range(1000):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n")
+        streams.append((reader, writer))
+    started = time.monotonic()
+    assert len(parts.sio.eio.sockets) >= 900  # the first ones may have been reaped already
+    try:
+        ends = await asyncio.gather(*(asyncio.wait_for(r.read(), 5) for r, _ in streams))
+    finally:
+        for _, w in streams:
+            w.transport.abort()
+    assert all(end == b"" for end in ends)  # closed by the server, without an answer
+    await eventually(lambda: _true(not parts.sio.eio.sockets), timeout=5)
+    assert time.monotonic() - started < 4
+    assert metric(gw, "gamegw_limit_hits_total", limit="handshake_timeout") == 1000
+    assert metric(gw, "gamegw_transports") == 0 and metric(gw, "gamegw_connections") == 0
+    assert parts.gateway.conns == {} and await parts.registry.list() == []
+    # and the gateway still serves
+    assert (await session_of(await players(gw.url, gw.token("alice"))))["user"] == "alice"
+
+
+async def test_a_client_that_stops_reading_is_cut_off(
+        process_gateway: Callable[..., Awaitable[GatewayProcess]], players: Players) -> None:
+    gw = await process_gateway(max_outbound_bytes=str(256 * 1024), max_action_bytes="60000",
+                               max_events_per_s="0")
+    settings = make_settings()
+    reader = await RawWebSocket.connect(gw.url, rcvbuf=4096)
+    await reader.join_game(mint(settings, "sleepy"))
+    assert (await reader.call("join", {"room": "r"}, ack_id=1))["ok"] is True
+    mover = await players(gw.url, mint(settings, "mover"))
+    assert (await mover.call("join", {"room": "r"}))["ok"] is True
+    baseline = peak_rss_mb(gw)
+    # the sleepy client reads nothing from here on; 50 KB moves are broadcast to it
+    big = {"pad": "x" * 50_000}
+    sent = 0
+    async with aiohttp.ClientSession() as http:
+        async def cut() -> bool:
+            async with http.get(gw.url + "/metrics") as resp:
+                return 'gamegw_limit_hits_total{limit="slow_consumer"} 1.0' in await resp.text()
+
+        while not await cut():
+            assert sent < 400, "never cut off"  # 20 MB
+            for _ in range(10):
+                assert (await mover.call("move", {"room": "r", "action": big}))["ok"] is True
+                sent += 1
+        async with http.get(gw.url + "/metrics") as resp:
+            text = await resp.text()
+    assert 'gamegw_disconnects_total{reason="slow_consumer"} 1.0' in text
+    # the mover carries on; memory grew by what the kernel and one bounded buffer hold, not by 20 MB
+    for _ in range(50):
+        assert (await mover.call("move", {"room": "r", "action": big}))["ok"] is True
+    assert peak_rss_mb(gw) - baseline < 16
+    _, code = await reader.closed_with(timeout=10)
+    assert code is None  # cut at the TCP level: nothing could be announced to a client that does not read
+    reader.close()
