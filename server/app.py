@@ -28,7 +28,7 @@ from .guards import Guards, origin_checker
 from .guards import install as install_guards
 from .http import admin_routes, routes
 from .keys import Keys
-from .logs import log
+from .logs import library_logger, log
 from .manager import GameManager, GameServer
 from .metrics import Metrics
 from .pipe import RedisPipe
@@ -98,7 +98,7 @@ def create_app(
         max_http_buffer_size=settings.max_message_bytes,
         http_compression=True,
         logger=False,
-        engineio_logger=False,
+        engineio_logger=library_logger("engineio"),
         async_handlers=False,
         json=jsoncodec,
         transports=["websocket"] if settings.websocket_only else ["polling", "websocket"],
@@ -112,6 +112,7 @@ def create_app(
     transports = websocket.install(sio.eio, compress=settings.websocket_compression,
                                    max_outbound_bytes=settings.max_outbound_bytes)
     sio.on_bad_event = guards.bad_event
+    sio.on_bad_packet = guards.bad_packet
     transports.on_slow_consumer = guards.slow_consumer
     transports.on_message_too_big = guards.message_too_big
     install_guards(sio.eio)

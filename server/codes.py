@@ -71,6 +71,9 @@ FLOODING = Disconnect(4029, "rate_limited")
 # with 1009 (Message Too Big). Under 4500: the session is kept for grace, the client may resume
 # (without resending the message).
 MESSAGE_TOO_BIG = Disconnect(4413, "message_too_big")
+# A packet that is not Socket.IO (it does not parse). A stock client never sends one; like Node's
+# server, the connection is closed. Under 4500: a drop, as for any transport error.
+BAD_PACKET = Disconnect(4400, "bad_packet")
 REVOKED = Disconnect(4500, "token_invalid")  # revoked, or a refresh for another user; don't reconnect
 KICKED = Disconnect(4503, "kicked")  # an operator's kick; don't reconnect
 SESSION_REPLACED = Disconnect(4504, "session_replaced")  # the user connected elsewhere; don't reconnect
@@ -80,7 +83,8 @@ SESSION_REPLACED = Disconnect(4504, "session_replaced")  # the user connected el
 # are cut at the TCP level; the first is a drop, the second never had a session.
 
 DISCONNECTS: dict[str, Disconnect] = {
-    d.reason: d for d in (SHUTDOWN, EXPIRED, FLOODING, MESSAGE_TOO_BIG, REVOKED, KICKED, SESSION_REPLACED)
+    d.reason: d for d in (SHUTDOWN, EXPIRED, FLOODING, BAD_PACKET, MESSAGE_TOO_BIG, REVOKED, KICKED,
+                          SESSION_REPLACED)
 }
 
 

@@ -125,6 +125,23 @@ class Guards:
         self.metrics.ack("unknown", "bad_request").inc()
         self.throttle.log(logger, "bad_event", logging.WARNING, sid=sid, event_name=repr(name)[:64])
 
+    def bad_packet(self, eio_sid: str, why: str) -> None:
+        """A packet that does not parse (4400), or binary attachments over the limit (4413)."""
+        sid, fields = self._conn_fields(eio_sid)
+        if why == "too_big":
+            self.hit(Limit.MESSAGE_SIZE, transport="binary_attachments",
+                     max_message_bytes=self.settings.max_message_bytes, **fields)
+            why_code = codes.MESSAGE_TOO_BIG
+        else:
+            self.metrics.bad_packets.inc()
+            self.throttle.log(logger, "bad_packet", logging.WARNING, **fields)
+            why_code = codes.BAD_PACKET
+        conn = self.gateway.conns.get(sid) if sid else None
+        if conn is not None:
+            self.gateway.close_soon(conn, why_code)
+        else:
+            self.gateway.server.close_transport(eio_sid)
+
     def handshake_timeout(self, eio_sid: str, environ: dict[str, Any] | None) -> None:
         self.hit(Limit.HANDSHAKE_TIMEOUT, eio_sid=eio_sid, address=address_of(environ or {}),
                  handshake_timeout_s=self.settings.handshake_timeout_s)

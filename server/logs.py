@@ -60,6 +60,39 @@ class Throttle:
         return True
 
 
+class ThrottleFilter(logging.Filter):
+    """A logging filter with :class:`Throttle`'s rule, keyed by the message's format string: for
+    libraries that log a traceback per bad packet (python-engineio's "Unknown receive error")."""
+
+    def __init__(self, *, rate: float = 1.0, burst: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._rate = rate
+        self._burst = burst
+        self._clock = clock
+        self._state: dict[str, list[float]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = self._clock()
+        state = self._state.setdefault(str(record.msg)[:200], [self._burst, now])
+        state[0] = min(self._burst, state[0] + (now - state[1]) * self._rate)
+        state[1] = now
+        if state[0] < 1.0:
+            return False
+        state[0] -= 1.0
+        return True
+
+
+def library_logger(name: str) -> logging.Logger:
+    """A logger for python-engineio: warnings and errors only (its info lines are per packet and
+    carry payloads), and no more than a trickle of each."""
+    library = logging.getLogger(f"gamegw.{name}")
+    library.setLevel(logging.WARNING)
+    if not any(isinstance(f, ThrottleFilter) for f in library.filters):
+        library.addFilter(ThrottleFilter())
+    return library
+
+
 def _text_value(value: Any) -> str:
     text = str(value)
     if text == "" or any(c in text for c in ' "=\n'):

@@ -39,6 +39,8 @@ class GameServer(socketio.AsyncServer):  # type: ignore[misc]
         self.handshake_timeout_s = handshake_timeout_s  # Engine.IO sessions must join a namespace by then
         self.on_handshake_timeout = on_handshake_timeout
         self.on_bad_event: Callable[[str, Any], None] | None = None
+        self.on_bad_packet: Callable[[str, str], None] | None = None  # (eio_sid, "malformed" or "too_big")
+        self._binary_bytes: dict[str, int] = {}  # eio_sid -> bytes of a binary packet's attachments so far
         self._handshake_timers: dict[str, asyncio.TimerHandle] = {}
         self._closing: set[asyncio.Task[Any]] = set()
         super().__init__(*args, **kwargs)
@@ -57,16 +59,20 @@ class GameServer(socketio.AsyncServer):  # type: ignore[misc]
                 self.manager.sid_from_eio_sid(eio_sid, ns) for ns in list(self.manager.get_namespaces())):
             if self.on_handshake_timeout is not None:
                 self.on_handshake_timeout(eio_sid, self.environ.get(eio_sid))
-            task = asyncio.get_running_loop().create_task(self._close_unjoined(eio_sid))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            self.close_transport(eio_sid)
+
+    def close_transport(self, eio_sid: str) -> None:
+        """Close an Engine.IO session that has no /game connection to announce anything to."""
+        task = asyncio.get_running_loop().create_task(self._close_unjoined(eio_sid))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def _close_unjoined(self, eio_sid: str) -> None:
         """Close without waiting for the CLOSE packet to be fetched: python-engineio's
         ``disconnect`` waits for that, which a long-polling client that never polls again never
         does (the session stayed in ``eio.sockets`` until a ping-timeout sweep found it)."""
         socket = self.eio.sockets.get(eio_sid)
-        if socket is None:
+        if socket is None or socket.closed:
             return
         await socket.close(wait=False, reason=self.reason.SERVER_DISCONNECT)
         self.eio.sockets.pop(eio_sid, None)
@@ -75,7 +81,33 @@ class GameServer(socketio.AsyncServer):  # type: ignore[misc]
         timer = self._handshake_timers.pop(eio_sid, None)
         if timer is not None:
             timer.cancel()
+        self._binary_bytes.pop(eio_sid, None)
         await super()._handle_eio_disconnect(eio_sid, reason)
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        """A packet python-socketio cannot parse is a protocol violation, not a server error
+        (the library logged a traceback per packet: a log flood anyone could start). Binary
+        attachments count against ``max_message_bytes`` as a whole: the library would collect any
+        number of them for a packet that announces a million."""
+        if eio_sid in self._binary_packet:
+            size = self._binary_bytes.get(eio_sid, 0) + len(data)
+            if size > self.eio.max_http_buffer_size:
+                self._binary_packet.pop(eio_sid, None)
+                self._binary_bytes.pop(eio_sid, None)
+                if self.on_bad_packet is not None:
+                    self.on_bad_packet(eio_sid, "too_big")
+                return
+            self._binary_bytes[eio_sid] = size
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            self._binary_packet.pop(eio_sid, None)
+            self._binary_bytes.pop(eio_sid, None)
+            if self.on_bad_packet is not None:
+                self.on_bad_packet(eio_sid, "malformed")
+            return
+        if eio_sid not in self._binary_packet:
+            self._binary_bytes.pop(eio_sid, None)
 
     async def _handle_event_internal(self, server: Any, sid: str, eio_sid: str, data: Any, namespace: str,
                                      id: int | None) -> None:

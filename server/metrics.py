@@ -45,6 +45,8 @@ class Metrics:
         self.deliveries = Counter("gamegw_deliveries", "move events sent to players", registry=r)
         self.limit_hits = Counter("gamegw_limit_hits", "Times a limit was hit, by limit", ["limit"], registry=r)
         self._limit_children = {limit: self.limit_hits.labels(str(limit)) for limit in Limit}
+        self.bad_packets = Counter("gamegw_bad_packets", "Packets that were not Socket.IO; their connection was "
+                                   "closed with 4400", registry=r)
         self.transports = Gauge("gamegw_transports", "Open Engine.IO sessions, whether or not they joined /game",
                                 registry=r)
 

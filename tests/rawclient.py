@@ -110,6 +110,13 @@ class RawWebSocket:
             if text.startswith(prefix):
                 return json.loads(text[len(prefix):])[0]
 
+    async def until(self, prefix: str, timeout: float = 5) -> list[str]:
+        """Text frames up to and with the first that starts with ``prefix`` (e.g. ``41/game``)."""
+        texts = [await self.recv_text(timeout)]
+        while not texts[-1].startswith(prefix):
+            texts.append(await self.recv_text(timeout))
+        return texts
+
     async def closed_with(self, timeout: float = 5) -> tuple[list[str], int | None]:
         """Read until the server closes: the text frames on the way, and the close code (None: cut)."""
         texts: list[str] = []

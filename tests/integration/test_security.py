@@ -592,3 +592,36 @@ async def test_a_client_that_stops_reading_is_cut_off(
     _, code = await reader.closed_with(timeout=10)
     assert code is None  # cut at the TCP level: nothing could be announced to a client that does not read
     reader.close()
+
+
+async def test_a_packet_that_does_not_parse_closes_with_4400(gateway: Gateway, players: Players) -> None:
+    ws = await RawWebSocket.connect(gateway.url)
+    try:
+        await ws.join_game(gateway.token("alice"))
+        ws.send_text('42/game,1["join",1e400]')  # a number JSON cannot hold
+        texts = await ws.until("41/game")  # Socket.IO's DISCONNECT for /game
+    finally:
+        ws.close()
+    [reason] = [json.loads(t[len("42/game,"):])[1] for t in texts if "disconnect_reason" in t]
+    assert reason == {"code": 4400, "reason": "bad_packet", "reconnect": True}
+    assert metric(gateway, "gamegw_bad_packets_total") == 1
+    back = await players(gateway.url, gateway.token("alice"))  # a drop: the session is kept
+    assert (await session_of(back))["resumed"] is True
+
+
+async def test_binary_attachments_count_against_the_message_size(gateway_factory: GatewayFactory) -> None:
+    """A packet may announce a million attachments; python-socketio would keep every one."""
+    gw = await gateway_factory(max_message_bytes=100_000)
+    ws = await RawWebSocket.connect(gw.url)
+    try:
+        await ws.join_game(gw.token("alice"))
+        ws.send_text('451000000-/game,["join",{"_placeholder":true,"num":0}]')
+        for _ in range(3):  # 3 x 40 KB: each fits, together they do not
+            ws.writer.write(client_frame(b"4" + b"\0" * 40_000, opcode=0x2))
+        texts = await ws.until("41/game")
+    finally:
+        ws.close()
+    [reason] = [json.loads(t[len("42/game,"):])[1] for t in texts if "disconnect_reason" in t]
+    assert reason["code"] == 4413
+    assert metric(gw, "gamegw_limit_hits_total", limit="message_size") == 1
+    assert gw.app[PARTS].sio._binary_packet == {}
