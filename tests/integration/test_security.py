@@ -625,3 +625,20 @@ async def test_binary_attachments_count_against_the_message_size(gateway_factory
     assert reason["code"] == 4413
     assert metric(gw, "gamegw_limit_hits_total", limit="message_size") == 1
     assert gw.app[PARTS].sio._binary_packet == {}
+
+
+async def test_a_polling_body_that_never_arrives_gets_408(gateway_factory: GatewayFactory) -> None:
+    gw = await gateway_factory(handshake_timeout_s=0.5)
+    host, port = gw.url.removeprefix("http://").split(":")
+    async with aiohttp.ClientSession() as http:
+        sid = await polling_session(http, gw.url, gw.token("alice"))
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: x\r\n"
+                     "Content-Length: 100\r\n\r\n42/game,".encode())  # 8 bytes of the 100, and then nothing
+        started = time.monotonic()
+        status = await asyncio.wait_for(reader.readline(), 5)
+    finally:
+        writer.transport.abort()
+    assert b" 408 " in status and time.monotonic() - started < 2
+    assert metric(gw, "gamegw_limit_hits_total", limit="slow_request") == 1
