@@ -16,6 +16,8 @@ from typing import Any
 import socketio
 from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from . import jsoncodec, websocket
 from .auth import Verifier
@@ -127,7 +129,10 @@ def create_app(
         pool = BlockingConnectionPool.from_url(
             settings.redis_url, decode_responses=True, max_connections=settings.redis_max_connections,
             timeout=settings.redis_timeout_s, socket_timeout=settings.redis_timeout_s,
-            socket_connect_timeout=settings.redis_timeout_s)
+            socket_connect_timeout=settings.redis_timeout_s,
+            # one immediate retry (a pooled connection that died with a restarted Redis), not
+            # redis-py's default of three with backoff, which hides an outage for seconds
+            retry=Retry(NoBackoff(), 1))
         redis = Redis.from_pool(pool)  # the client owns the pool: aclose() closes its connections
         keys = Keys(settings.redis_prefix)
         redis_registry = RedisRegistry(redis, keys, settings.instance_id)
@@ -185,9 +190,35 @@ def create_app(
             state="redis" if redis is not None else "memory")
 
     async def on_shutdown(app: web.Application) -> None:
-        log(logger, "drain", instance=settings.instance_id, connections=len(gateway.conns))
-        for sid in list(gateway.conns):
-            await gateway.close(sid, SHUTDOWN)
+        """The listener is already closed (aiohttp stops its sites first): every client gets
+        ``4000 shutdown`` and its session stays, as a drop, for another instance to resume."""
+        started = time.monotonic()
+        sids = list(gateway.conns)
+        log(logger, "drain", instance=settings.instance_id, connections=len(sids), drain_s=settings.drain_s)
+        limit = asyncio.Semaphore(64)
+
+        async def close(sid: str) -> None:
+            async with limit:
+                await gateway.close(sid, SHUTDOWN)
+
+        try:
+            await asyncio.wait_for(asyncio.gather(*(close(sid) for sid in sids), return_exceptions=True),
+                                   max(0.1, settings.drain_s - 1.0))
+        except TimeoutError:
+            log(logger, "drain_timeout", logging.WARNING, left=len(gateway.conns))
+        # Closing /game leaves the Engine.IO transports open (a client may hold other
+        # namespaces); nothing else is served here, so close them too, and cut after a moment
+        # those whose clients do not close their end: their handlers would hold the exit.
+        try:
+            await asyncio.wait_for(asyncio.gather(*(sio.eio.disconnect(eio_sid) for eio_sid in list(sio.eio.sockets)),
+                                                  return_exceptions=True), 1.0)
+        except TimeoutError:
+            log(logger, "drain_timeout", logging.WARNING, transports=len(sio.eio.sockets))
+        if transports is not None:
+            await asyncio.sleep(0.2)
+            transports.abort_all()
+        log(logger, "drained", instance=settings.instance_id, closed=len(sids) - len(gateway.conns),
+            took_ms=int((time.monotonic() - started) * 1000))
 
     async def on_cleanup(app: web.Application) -> None:
         await sio.shutdown()
@@ -224,6 +255,6 @@ def run(settings: Settings) -> None:
 
     app.on_startup.append(ready)
     web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None, loop=loop,
-                handle_signals=True, shutdown_timeout=5, reuse_port=settings.reuse_port or None,
+                handle_signals=True, shutdown_timeout=settings.drain_s, reuse_port=settings.reuse_port or None,
                 # a connect storm must not overflow the listen queue (aiohttp: 128)
                 backlog=4096, **server_options(settings))

@@ -14,6 +14,11 @@ channel start with one letter:
   that does not hear it while Redis answers is restarted).
 
 The listener never awaits a fan-out: writing to a local socket only queues the packet.
+
+Moves reach local members in ``seq`` order with no gaps and no repeats even when pub/sub loses
+messages (a listener that reconnects misses what was published meanwhile): a move whose
+``seq`` is not the next one of its room is held while the missing ones are read from the
+room's log, and one already delivered is dropped.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from engineio import packet as eio_packet
@@ -35,6 +40,9 @@ from .manager import GameManager
 from .metrics import Metrics
 from .rooms import MoveEvent
 from .subscriber import SUBSCRIBED, subscribe
+
+if TYPE_CHECKING:
+    from .rooms_redis import RedisRoomStore
 
 NAMESPACE = "/game"
 logger = logging.getLogger("gamegw.bus")
@@ -109,9 +117,93 @@ class RedisBus:
         self._probes: dict[str, asyncio.Future[None]] = {}
         self._prober: asyncio.Task[None] | None = None
         self.probe_interval_s = 2.0
+        self.rooms: RedisRoomStore | None = None  # for the log (gap filling) and what it learns
+        self.on_resubscribed: Callable[[], None] | None = None  # after a lost subscription came back
+        self._delivered: dict[str, int] = {}  # room -> last seq delivered here
+        self._filling: dict[str, dict[int, str]] = {}  # room -> moves held while a gap is read
 
     async def publish_move(self, room: str, event: MoveEvent) -> None:
         return None  # the move's Lua script has already published it to the room's instances
+
+    async def deliver_local(self, room: str, event: MoveEvent) -> None:
+        """A move accepted while Redis is away (the room has no members elsewhere)."""
+        self._metrics.offline_moves.inc()
+        await self._deliver(room, event.seq, event.json)
+
+    async def _deliver(self, room: str, seq: int, event_json: str) -> None:
+        last = self._delivered.get(room)
+        held = self._filling.get(room)
+        if held is not None:
+            if last is None or seq > last:
+                held[seq] = event_json
+            return
+        if last is not None and seq != last + 1:
+            if seq <= last:
+                self._metrics.duplicate_moves.inc()
+                return  # delivered already (read from the log while filling a gap)
+            self._metrics.move_gaps.inc()
+            self._filling[room] = {seq: event_json}
+            self._spawn(self._fill(room, last))
+            return
+        self._delivered[room] = seq
+        await self._send_move(room, seq, event_json)
+
+    async def _send_move(self, room: str, seq: int, event_json: str) -> None:
+        m = self._manager
+        sent = await m.send_encoded(NAMESPACE, room, m.encode_json(NAMESPACE, "move", event_json), seq=seq)
+        self._metrics.deliveries.inc(sent)
+        if self.rooms is not None:
+            self.rooms.note_delivered(room, seq, remote=False)
+
+    async def _fill(self, room: str, last: int) -> None:
+        """Deliver the moves after ``last`` that pub/sub lost, from the room's log, then the held ones."""
+        fetched: dict[int, str] = {}
+        first, missing = last + 1, 0
+        held = self._filling.get(room, {})
+        try:
+            if self.rooms is not None:  # with Redis away, this fails within its timeout
+                try:
+                    events, _ = await asyncio.wait_for(self.rooms.events_after(room, last), self._timeout_s)
+                    fetched = {e.seq: e.json for e in events}
+                except Exception as exc:  # whatever happens, the held moves must go out
+                    log(logger, "gap_unfilled", logging.WARNING, room=room, error=type(exc).__name__)
+            while ready := {**fetched, **held}:
+                fetched = {}
+                held.clear()
+                for seq in sorted(ready):
+                    if seq <= last:
+                        continue
+                    missing += seq - last - 1
+                    last = seq
+                    self._delivered[room] = seq
+                    await self._send_move(room, seq, ready[seq])
+        finally:
+            self._filling.pop(room, None)
+        self._metrics.moves_missing.inc(missing)
+        log(logger, "gap_filled", logging.WARNING if missing else logging.INFO, room=room, from_seq=first,
+            to_seq=last, missing=missing)
+
+    def forget_room(self, room: str) -> None:
+        """No member here any more: whoever joins next starts from its own join or resume."""
+        self._delivered.pop(room, None)
+
+    async def resync(self, rooms: list[str]) -> int:
+        """After an outage: for each room with members here, deliver what pub/sub missed."""
+        started = 0
+        for room in rooms:
+            last = self._delivered.get(room)
+            if last is None or room in self._filling or self.rooms is None:
+                continue
+            if await self.rooms.seq(room) > last:
+                self._filling[room] = {}
+                self._spawn(self._fill(room, last))
+                started += 1
+        return started
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def emit_room(self, room: str, event: str, data: Any, skip_sid: str | None = None) -> None:
         text = self._manager.encode(NAMESPACE, event, data)[0].data
@@ -154,10 +246,20 @@ class RedisBus:
                 continue  # deaf only if Redis itself answers; an outage is the listener's own retry loop
             log(logger, "listener_deaf", logging.WARNING, action="restart")
             self._metrics.listener_restarts.inc()
-            if self._task is not None:
-                await stop_task(self._task)
-            self.subscribed.clear()
-            self._task = asyncio.create_task(self._listen(), name="gamegw-bus-listener")
+            await self._restart()
+
+    async def _restart(self) -> None:
+        """A new listener; what was published to us meanwhile is caught up once it subscribes."""
+        if self._task is not None:
+            await stop_task(self._task)
+        self.subscribed.clear()
+        self._task = asyncio.create_task(self._listen(lost=True), name="gamegw-bus-listener")
+
+    async def ensure_listening(self) -> None:
+        """Redis is back: subscribe now rather than at the end of the listener's backoff."""
+        if not self.subscribed.is_set():
+            await self._restart()
+            await asyncio.wait_for(self.subscribed.wait(), self._timeout_s)
 
     async def _store_reachable(self) -> bool:
         try:
@@ -171,7 +273,7 @@ class RedisBus:
         await asyncio.wait_for(self.subscribed.wait(), 10)
         self._prober = asyncio.create_task(self._probe_loop(), name="gamegw-bus-probe")
 
-    async def _listen(self) -> None:
+    async def _listen(self, *, lost: bool = False) -> None:
         backoff = 0.1
         channel = self._k.channel(self._instance_id)
         while True:
@@ -181,12 +283,18 @@ class RedisBus:
                         if message == SUBSCRIBED:
                             self.subscribed.set()
                             backoff = 0.1
+                            if lost:
+                                log(logger, "listener_back", logging.WARNING)
+                                if self.on_resubscribed is not None:
+                                    self.on_resubscribed()
+                            lost = False
                         else:
                             await self._handle(message)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis went away: resubscribe with capped backoff
                 self.subscribed.clear()
+                lost = True
                 log(logger, "listener_lost", logging.WARNING, error=str(exc), retry_in_s=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -196,15 +304,14 @@ class RedisBus:
         m = self._manager
         if kind == "M":
             room, seq, event_json = data[1:].split("\n", 2)
-            self._metrics.deliveries.inc(
-                await m.send_encoded(NAMESPACE, room, m.encode_json(NAMESPACE, "move", event_json), seq=int(seq)))
+            await self._deliver(room, int(seq), event_json)
         elif kind == "E":
             room, skip_sid, text = data[1:].split("\n", 2)
+            if skip_sid and self.rooms is not None and skip_sid not in m.rooms.get(NAMESPACE, {}).get(room, {}):
+                self.rooms.note_delivered(room, 0, remote=True)  # another instance has members here
             await m.send_encoded(NAMESPACE, room, [eio_packet.Packet(eio_packet.MESSAGE, text)], skip_sid or None)
         elif kind == "C":
-            task = asyncio.create_task(self._answer(orjson.loads(data[1:])))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._spawn(self._answer(orjson.loads(data[1:])))
         elif kind == "P":
             probe = self._probes.get(data[1:])
             if probe is not None and not probe.done():

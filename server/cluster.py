@@ -143,7 +143,12 @@ class RedisCluster:
         self._iid = gateway.settings.instance_id
         self._started = clock()
         self._tasks: list[asyncio.Task[None]] = []
+        self._recover_needed = False
         bus.on_control = self._on_control
+        bus.on_resubscribed = self._lost_redis
+        bus.rooms = rooms
+        rooms.on_offline_move = bus.deliver_local
+        rooms.on_room_left = bus.forget_room
 
     # -- operations on users ----------------------------------------------------------------
 
@@ -238,8 +243,51 @@ class RedisCluster:
             await asyncio.sleep(self._interval)
             try:
                 await self._beat()
+                if self._recover_needed or self._rooms.down:
+                    await self.recover()
             except Exception as exc:
-                log(logger, "heartbeat_failed", logging.WARNING, error=str(exc))
+                if not self._recover_needed:
+                    log(logger, "redis_lost", logging.WARNING, error=str(exc) or type(exc).__name__)
+                self._lost_redis()
+
+    def _lost_redis(self) -> None:
+        """Until :meth:`recover` has run, no move gets a seq from Redis: it may have come back
+        empty, and a room's seq must never start again from 0."""
+        self._recover_needed = True
+        self._rooms.down = True
+
+    async def recover(self) -> dict[str, int]:
+        """Redis is back (maybe empty): re-assert what this instance holds, then catch up.
+
+        Registry entries of live connections are written again and stale ones of this instance
+        deleted; connections that ended during the outage become drops; the sessions of live
+        connections, their rooms' seats, routing and ``seq``, and the moves played offline are
+        written back; rooms whose moves pub/sub lost are caught up from their logs."""
+        started = time.monotonic()
+        gateway = self._gateway
+        await self._bus.ensure_listening()
+        lost = await self._registry.reassert(set(gateway.conns))
+        for conn in lost:
+            session = await gateway.sessions.get(conn.session_id)
+            if session is None or session.sid != conn.sid or session.state != "connected":
+                self._registry.disown(conn.sid)
+                await self._registry.forget(conn)
+            else:
+                await gateway.drop(session, "outage")
+        seats: dict[str, set[str]] = {}
+        for live in list(gateway.conns.values()):
+            await gateway.sessions.put(live.session)
+            for room in live.session.rooms:
+                seats.setdefault(room, set()).add(live.claims.user_id)
+        written = await self._rooms.reassert(seats)
+        resyncing = await self._bus.resync(sorted(self._rooms.local_rooms()))
+        self._recover_needed = False
+        figures = {"connections": len(gateway.conns), "lost": len(lost), "rooms": len(written),
+                   "offline_moves": sum(written.values()), "rooms_resyncing": resyncing,
+                   "took_ms": int((time.monotonic() - started) * 1000)}
+        self._gateway.metrics.recoveries.inc()
+        log(logger, "redis_recovered", logging.WARNING, **figures)
+        return figures
 
     async def _reaper_loop(self) -> None:
         while True:

@@ -65,6 +65,7 @@ class Settings:
     heartbeat_interval_s: float = 1.0
     bus_probe_interval_s: float = 2.0  # a deaf pub/sub listener is restarted within this + redis_timeout_s
     heartbeat_ttl_s: float = 5.0  # a silent instance is dead after this long; its entries go then
+    drain_s: float = 10.0  # on SIGTERM: stop accepting, close every client with 4000, exit within this
 
     grace_s: float = 30.0
     grace_sweep_interval_s: float = 0.25  # how often an instance ends sessions whose grace ran out
@@ -310,7 +311,7 @@ def validate(s: Settings) -> None:
     if s.heartbeat_ttl_s <= s.heartbeat_interval_s:
         raise ConfigError("heartbeat_ttl_s: must be longer than heartbeat_interval_s")
     for name in ("grace_s", "ping_interval_s", "ping_timeout_s", "redis_timeout_s", "heartbeat_interval_s",
-                 "grace_sweep_interval_s", "bus_probe_interval_s"):
+                 "grace_sweep_interval_s", "bus_probe_interval_s", "drain_s"):
         if getattr(s, name) < 0 or (name != "grace_s" and getattr(s, name) == 0):
             raise ConfigError(f"{name}: {getattr(s, name)} must be positive")
     if "*" in s.cors_allowed_origins and not s.dev:

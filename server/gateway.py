@@ -285,6 +285,13 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         cause = closing.reason if closing else conn.cut or reason.replace(" ", "_")
         self.metrics.disconnects.labels(cause).inc()
         log(logger, "disconnect", user=conn.claims.user_id, sid=sid, address=conn.address, reason=cause)
+        try:
+            await self._disconnected(conn, sid, closing, cause, reason)
+        except (RedisError, OSError, TimeoutError) as exc:
+            # Redis is away: the cluster's recovery turns this connection into a drop once it is back
+            self._store_trouble("disconnect", exc)
+
+    async def _disconnected(self, conn: Conn, sid: str, closing: Disconnect | None, cause: str, reason: str) -> None:
         for room in conn.rooms:
             await self.rooms.detach(room, sid)
         current = await self.sessions.get(conn.session.session_id)

@@ -42,6 +42,16 @@ class Metrics:
         self.listener_restarts = Counter("gamegw_listener_restarts", "Pub/sub listeners restarted because "
                                          "they went deaf", registry=r)
         self.moves = Counter("gamegw_moves", "Moves accepted", registry=r)
+        self.offline_moves = Counter("gamegw_offline_moves", "Moves accepted while Redis was away (rooms "
+                                     "with members on this instance only)", registry=r)
+        self.move_gaps = Counter("gamegw_move_gaps", "Moves that arrived out of order and waited for the "
+                                 "missing ones to be read from the room's log", registry=r)
+        self.moves_missing = Counter("gamegw_moves_missing", "Moves neither pub/sub nor the log could "
+                                     "deliver here", registry=r)
+        self.duplicate_moves = Counter("gamegw_duplicate_moves", "Moves dropped because they had been "
+                                       "delivered here already", registry=r)
+        self.recoveries = Counter("gamegw_redis_recoveries", "Times this instance re-asserted its state "
+                                  "after losing Redis", registry=r)
         self.deliveries = Counter("gamegw_deliveries", "move events sent to players", registry=r)
         self.limit_hits = Counter("gamegw_limit_hits", "Times a limit was hit, by limit", ["limit"], registry=r)
         self._limit_children = {limit: self.limit_hits.labels(str(limit)) for limit in Limit}

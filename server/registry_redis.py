@@ -7,6 +7,7 @@ heartbeat) rather than once per event, so in Redis it lags by at most one heartb
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 from typing import Any
 
@@ -114,6 +115,37 @@ class RedisRegistry:
         if self._dirty_seen:
             batch, self._dirty_seen = self._dirty_seen, {}
             await self._r.hset(self._k.seen, mapping=batch)
+
+    async def reassert(self, live: set[str]) -> builtins.list[Connection]:
+        """After an outage (Redis may be back empty): write this instance's entries again and
+        delete those of its own that Redis has and this instance does not. Returns the entries
+        still marked connected whose connection ended meanwhile (``live`` are the sids still
+        open), for the caller to turn into drops."""
+        lost = [c for sid, c in self._own.items() if sid not in live and c.state == "connected"]
+        in_redis = set(await self._r.smembers(self._k.inst_sids(self._instance_id)))
+        stale = sorted(in_redis - set(self._own))
+        stale_raw = await self._r.mget([self._k.conn(sid) for sid in stale]) if stale else []
+        async with self._r.pipeline(transaction=False) as pipe:
+            for conn in self._own.values():
+                pipe.set(self._k.conn(conn.sid), _dump(conn))
+                pipe.zadd(self._k.user(conn.user_id), {conn.sid: conn.connected_at})
+                pipe.sadd(self._k.inst_sids(conn.instance_id), conn.sid)
+                pipe.hset(self._k.seen, conn.sid, conn.last_seen)
+            pipe.sadd(self._k.instances, self._instance_id)
+            for sid, raw in zip(stale, stale_raw, strict=True):
+                old = _load(raw, None)
+                if old is not None:
+                    pipe.zrem(self._k.user(old.user_id), sid)
+                pipe.delete(self._k.conn(sid))
+                pipe.srem(self._k.inst_sids(self._instance_id), sid)
+                pipe.hdel(self._k.seen, sid)
+            await pipe.execute()
+        return lost
+
+    def disown(self, sid: str) -> None:
+        """Forget a connection locally only (Redis will be told by :meth:`reassert`)."""
+        self._own.pop(sid, None)
+        self._dirty_seen.pop(sid, None)
 
     async def aclose(self) -> None:
         self._own.clear()

@@ -9,23 +9,34 @@ them, which is ``seq`` order, with no gaps and no repeats.
 Games whose moves change the state (``stateless_moves = False``) read the state, let the rules
 apply the move in Python and write it back with a compare-and-set on the state's version,
 retrying on conflict.
+
+When Redis is away, a room whose members are all on this instance keeps playing: its moves get
+the next ``seq`` from this instance (nobody else can issue one: no other instance has members
+there, and joining needs Redis) and are delivered locally; :meth:`RedisRoomStore.reassert`
+writes them back, with the room's membership, routing and ``seq`` when Redis returns, also
+empty. A room that spans instances cannot get a cluster-wide ``seq`` and answers ``unavailable``.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from .codes import AckCode
-from .errors import ActionError
+from .errors import ActionError, StoreUnavailable
 from .keys import Keys
+from .logs import log
 from .pipe import RedisPipe
-from .rooms import Joined, MoveEvent, move_prefix, move_suffix
+from .rooms import Joined, MoveEvent, move_json, move_prefix, move_suffix
 from .rules import Rules, State
 
 CAS_RETRIES = 20
+logger = logging.getLogger("gamegw.rooms")
 
 # KEYS: seq log users   ARGV: user max_members
 JOIN = """
@@ -57,10 +68,11 @@ return {last, 0}
 
 # KEYS: seq log users insts state ver
 # ARGV: prefix suffix log_size user channel_prefix room expected_ver new_state
+# returns seq (-1: not a member, -2: the state changed) * 1024 + the number of instances in the room
 MOVE = """
-if redis.call('HEXISTS', KEYS[3], ARGV[4]) == 0 then return -1 end
+if redis.call('HEXISTS', KEYS[3], ARGV[4]) == 0 then return -1024 end
 if ARGV[7] ~= '' then
-  if (redis.call('GET', KEYS[6]) or '0') ~= ARGV[7] then return -2 end
+  if (redis.call('GET', KEYS[6]) or '0') ~= ARGV[7] then return -2048 end
   redis.call('SET', KEYS[5], ARGV[8])
   redis.call('INCR', KEYS[6])
 end
@@ -68,10 +80,40 @@ local seq = redis.call('INCR', KEYS[1])
 local ev = ARGV[1] .. seq .. ARGV[2]
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], seq .. '-1', 'e', ev)
 local msg = 'M' .. ARGV[6] .. '\\n' .. seq .. '\\n' .. ev
-for _, i in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+local insts = redis.call('SMEMBERS', KEYS[4])
+for _, i in ipairs(insts) do
   redis.call('PUBLISH', ARGV[5] .. i, msg)
 end
-return seq
+return seq * 1024 + math.min(#insts, 1023)
+"""
+
+# KEYS: seq log users insts inst_rooms   ARGV: instance room log_size last_seq n_users user.. [seq event]..
+# Puts back what this instance knows of a room after an outage: the seats of its users that
+# Redis lost, its routing, a seq never lower than one already given out, and the moves it
+# accepted alone while Redis was away. Returns the seq the room had in Redis before.
+REASSERT = """
+local before = tonumber(redis.call('GET', KEYS[1]) or '0')
+local n = tonumber(ARGV[5])
+for i = 1, n do
+  redis.call('HSETNX', KEYS[3], ARGV[5 + i], 1)
+end
+if ARGV[1] ~= '' then
+  redis.call('SADD', KEYS[4], ARGV[1])
+  redis.call('SADD', KEYS[5], ARGV[2])
+end
+local top = before
+local i = 6 + n
+while i < #ARGV do
+  local seq = tonumber(ARGV[i])
+  if seq > top then
+    redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], seq .. '-1', 'e', ARGV[i + 1])
+    top = seq
+  end
+  i = i + 2
+end
+if tonumber(ARGV[4]) > top then top = tonumber(ARGV[4]) end
+if top > before then redis.call('SET', KEYS[1], top) end
+return before
 """
 
 # KEYS: state ver   ARGV: expected_ver new_state
@@ -93,17 +135,25 @@ class RedisRoomStore:
         self._log_size = str(log_size)
         self._max_members = str(max_members)
         self._local: dict[str, set[str]] = {}  # room -> this instance's sids in it
+        self._spans: dict[str, bool] = {}  # room -> other instances have members too (as last seen)
+        self._last_seq: dict[str, int] = {}  # room -> the highest seq this instance has seen given out
+        self._offline: dict[str, list[MoveEvent]] = {}  # moves accepted while Redis was away
+        self.down = False  # Redis failed us and nothing has been re-asserted since
+        self.on_offline_move: Callable[[str, MoveEvent], Awaitable[None]] | None = None
+        self.on_room_left: Callable[[str], None] | None = None  # the last local member detached
         self._join = redis.register_script(JOIN)
         self._leave = redis.register_script(LEAVE)
         self._move = redis.register_script(MOVE)
         self._pipe = pipe
         self._set_state = redis.register_script(SET_STATE)
+        self._reassert = redis.register_script(REASSERT)
 
     async def join(self, room: str, user_id: str, member_id: str) -> Joined:
         out = await self._join(keys=self._k.room_keys(room)[:3], args=[user_id, self._max_members])
         if int(out[0]) < 0:
             raise ActionError(AckCode.ROOM_FULL, f"room {room!r} has {self._max_members} members")
         first = bool(int(out[1]))
+        self._saw_seq(room, int(out[0]))
         if first:
             try:
                 await self._update_state(room, lambda s: self._rules.on_join(s, user_id))
@@ -126,7 +176,9 @@ class RedisRoomStore:
             async with self._r.pipeline(transaction=False) as pipe:
                 pipe.sadd(self._k.room(room, "insts"), self._instance_id)
                 pipe.sadd(self._k.inst_rooms(self._instance_id), room)
-                await pipe.execute()
+                pipe.scard(self._k.room(room, "insts"))
+                out = await pipe.execute()
+            self._spans[room] = int(out[2]) > 1
 
     async def detach(self, room: str, sid: str) -> None:
         local = self._local.get(room)
@@ -135,6 +187,11 @@ class RedisRoomStore:
         local.discard(sid)
         if not local:
             del self._local[room]
+            self._spans.pop(room, None)
+            if self.on_room_left is not None:
+                self.on_room_left(room)
+            if room not in self._offline:
+                self._last_seq.pop(room, None)
             async with self._r.pipeline(transaction=False) as pipe:
                 pipe.srem(self._k.room(room, "insts"), self._instance_id)
                 pipe.srem(self._k.inst_rooms(self._instance_id), room)
@@ -152,28 +209,88 @@ class RedisRoomStore:
         return await self._move(keys=keys, args=args)
 
     async def move(self, room: str, user_id: str, action: dict[str, Any], action_json: str, ts: int) -> MoveEvent:
+        if self.down or room in self._offline:
+            return await self._move_offline(room, user_id, action, action_json, ts)
+        try:
+            return await self._move_online(room, user_id, action, action_json, ts)
+        except (RedisError, OSError, TimeoutError):
+            self.down = True
+            return await self._move_offline(room, user_id, action, action_json, ts)
+
+    async def _move_online(self, room: str, user_id: str, action: dict[str, Any], action_json: str,
+                           ts: int) -> MoveEvent:
         keys = self._k.room_keys(room)
         prefix = move_prefix(room)
         fixed = [self._log_size, user_id, self._k.channel_prefix, room]
         if self._rules.stateless_moves:
             self._rules.apply({}, user_id, action)
-            seq = await self._run_move(keys, [prefix, move_suffix(user_id, action_json, ts), *fixed, "", ""])
+            out = await self._run_move(keys, [prefix, move_suffix(user_id, action_json, ts), *fixed, "", ""])
         else:
             for _ in range(CAS_RETRIES):
                 state, ver = await self._read_state(room)
                 applied = self._rules.apply(state, user_id, action)
                 aj = action_json if applied is action else orjson.dumps(applied).decode()
-                seq = await self._run_move(keys, [prefix, move_suffix(user_id, aj, ts), *fixed, ver,
+                out = await self._run_move(keys, [prefix, move_suffix(user_id, aj, ts), *fixed, ver,
                                                   orjson.dumps(state).decode()])
-                if int(seq) != -2:
+                if int(out) != -2048:
                     action_json = aj
                     break
             else:
                 raise ActionError(AckCode.UNAVAILABLE, "the room is too busy, retry")
-        seq = int(seq)
+        seq, insts = divmod(int(out), 1024)
         if seq == -1:
             raise ActionError(AckCode.NOT_IN_ROOM, f"not in room {room!r}")
+        self._spans[room] = insts > 1
+        self._saw_seq(room, seq)
         return MoveEvent(seq, prefix + str(seq) + move_suffix(user_id, action_json, ts))
+
+    async def _move_offline(self, room: str, user_id: str, action: dict[str, Any], action_json: str,
+                            ts: int) -> MoveEvent:
+        """Redis is away: play on if this instance alone has the room, else ``unavailable``."""
+        if room not in self._local or self._spans.get(room, True) or not self._rules.stateless_moves:
+            raise StoreUnavailable()
+        self._rules.apply({}, user_id, action)
+        seq = self._last_seq.get(room, 0) + 1
+        self._last_seq[room] = seq
+        event = MoveEvent(seq, move_json(room, seq, user_id, action_json, ts))
+        self._offline.setdefault(room, []).append(event)
+        if self.on_offline_move is not None:
+            await self.on_offline_move(room, event)
+        return event
+
+    def local_rooms(self) -> list[str]:
+        return list(self._local)
+
+    def _saw_seq(self, room: str, seq: int) -> None:
+        if seq > self._last_seq.get(room, 0):
+            self._last_seq[room] = seq
+
+    def note_delivered(self, room: str, seq: int, *, remote: bool) -> None:
+        """The bus delivered ``seq`` of ``room`` here; ``remote`` when another instance caused it."""
+        self._saw_seq(room, seq)
+        if remote:
+            self._spans[room] = True
+
+    async def reassert(self, seats: dict[str, set[str]]) -> dict[str, int]:
+        """After an outage: put back this instance's rooms (``seats``: room -> users seated through
+        live connections here), their routing and ``seq``, and the moves accepted offline.
+        Returns, per room, how many offline moves were written back."""
+        written: dict[str, int] = {}
+        for room in sorted(set(seats) | set(self._local) | set(self._offline)):
+            users = sorted(seats.get(room, ()))
+            offline = self._offline.get(room, [])
+            pairs = [x for e in offline for x in (str(e.seq), e.json)]
+            keys = [*self._k.room_keys(room)[:4], self._k.inst_rooms(self._instance_id)]
+            args = [self._instance_id if room in self._local else "", room, self._log_size,
+                    str(self._last_seq.get(room, 0)), str(len(users)), *users, *pairs]
+            before = int(await self._reassert(keys=keys, args=args))
+            if offline and before > offline[0].seq - 1:
+                log(logger, "offline_conflict", logging.WARNING, room=room, redis_seq=before,
+                    offline_from=offline[0].seq)
+            self._offline.pop(room, None)
+            written[room] = len(offline)
+        self.down = False
+        return written
 
     async def events_after(self, room: str, after_seq: int) -> tuple[list[MoveEvent], bool]:
         seq = int(await self._r.get(self._k.room(room, "seq")) or 0)

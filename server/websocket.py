@@ -25,6 +25,7 @@ N players that is N task wake-ups, N framings and N compressions of the same byt
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +38,7 @@ from engineio.async_drivers.aiohttp import WebSocket as EngineioWebSocket
 # default): a blackholed client must turn into a drop within ping interval + timeout, not 10 s
 # later. A live client has the close frame long before.
 CLOSE_WAIT_S = 0.1
+logger = logging.getLogger("gamegw.websocket")
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -77,7 +79,10 @@ class Transports:
     def flush(self) -> None:
         dirty, self._dirty = self._dirty, []
         for ws in dirty:
-            ws.flush()
+            try:
+                ws.flush()
+            except Exception:  # one broken socket must not leave the others unflushed for good
+                logger.exception("websocket flush failed")
 
     def add(self, eio_sid: str, ws: GameWebSocketBase) -> None:
         self._by_eio_sid[eio_sid] = ws
@@ -104,6 +109,11 @@ class Transports:
             return False
         transport.abort()
         return True
+
+    def abort_all(self) -> int:
+        """At the end of a drain: cut what clients have not closed themselves."""
+        self.flush()
+        return sum(self.abort(eio_sid) for eio_sid in list(self._by_eio_sid))
 
     def slow(self, eio_sid: str) -> None:
         if self.abort(eio_sid) and self.on_slow_consumer is not None:
