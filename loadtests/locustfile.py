@@ -24,6 +24,13 @@ What is recorded, as Locust request type ``sio``:
 ``replayed``   a missed ``move`` replayed after a resume (latency = its age)
 ``resume``     reconnect after a drop until the ``session`` event; ``resumed: false`` fails
 ``lost``       the gateway closed the connection (a failure; the player reconnects)
+``silent``     a player in a room (moving, or in a room with others that move) has received no
+               ``move`` event for ``max(5 s, 5 / --move-rate)`` while connected, not even the
+               echo of its own moves (a failure, once per silence; latency = the silence so far)
+``drop``       ``--drop-at``: this player's connection was cut (latency = how long after the
+               drop moment its cut came)
+``recovery``   ``--drop-at``: from the mass drop until this player's ``session`` event with
+               ``resumed: true`` (retries included); ``resumed: false`` fails
 =============  ===========================================================================
 
 Scenarios (``--scenario``):
@@ -34,6 +41,22 @@ Scenarios (``--scenario``):
   process drops at the same moment) all players cut their connection without a goodbye and
   reconnect with ``auth.last_seq``; the gateway must resume them and replay what they missed.
 * ``idle``: join one room and only answer heartbeats (memory and heartbeat cost).
+
+In any scenario, ``--drop-at EPOCH`` cuts every player's connection once, at that wall-clock
+time (all of a process's sockets in one pass, no goodbye), and each player resumes right away
+(or after a random 0..``--drop-reconnect-delay`` s) with ``auth.last_seq``; ``recovery`` records
+how long each one took. ``--hosts URL1,URL2`` spreads the players over several gateways: player
+*n* (numbered across workers) connects to the (*n* mod count)-th URL, so rooms of consecutive
+players span them all.
+
+With ``--progress-file``, the master (or only) process appends a JSON line of live stats every
+second (what ``gamectl loadtest`` follows) and a ``{"final": ...}`` line at the end. Every
+``--window-s`` seconds (default 60) from ``--window-origin`` (default: the test's start; samples
+before a later origin make window 0), and again at ``--drop-at``, the progress line written at
+that moment also carries ``"minute": {...}``: the window's exact count, failures and
+p50/p90/p99/max per request name, from the difference of Locust's cumulative response-time
+tables (Locust rounds times above 100 ms to 2 significant digits). The final line lists them
+all, the last partial window included, under ``"minutes"``.
 
 Move timers start at a random phase, so moves arrive spread over each second rather than as one
 burst. Broadcast latency compares clocks across processes: on several machines, keep them synced.
@@ -47,6 +70,7 @@ import random
 import shlex
 import subprocess
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +80,7 @@ from gevent import GreenletExit
 from locust import User, events, runners, task
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
-from locust.stats import CSV_STATS_INTERVAL_SEC
+from locust.stats import CSV_STATS_INTERVAL_SEC, calculate_response_time_percentile
 
 from loadtests.sioclient import Closed, GameSocket, Refused
 
@@ -95,6 +119,10 @@ class Lost(Exception):
     """The gateway ended the connection."""
 
 
+class Silent(Exception):
+    """A connected player in a room gets no room events any more."""
+
+
 @events.init_command_line_parser.add_listener
 def _add_options(parser: Any) -> None:
     group = parser.add_argument_group("gamegw", "Options of the gamegw players (loadtests/locustfile.py)")
@@ -120,6 +148,17 @@ def _add_options(parser: Any) -> None:
                        help="Prefix of user ids and room names (default: random per run)")
     group.add_argument("--progress-file", default="", env_var="GAMEGW_LT_PROGRESS",
                        help="Master/standalone: append a JSON line of stats here every second")
+    group.add_argument("--hosts", default="", env_var="GAMEGW_LT_HOSTS",
+                       help="Comma-separated gateway URLs: player n connects to the (n mod count)-th "
+                            "(default: --host)")
+    group.add_argument("--drop-at", type=float, default=0.0, env_var="GAMEGW_LT_DROP_AT",
+                       help="Unix time (s) of one mass drop: every player cuts its connection and resumes")
+    group.add_argument("--drop-reconnect-delay", type=float, default=0.0, env_var="GAMEGW_LT_DROP_RECONNECT_DELAY",
+                       help="--drop-at: each player resumes after a random 0..this many seconds (default 0)")
+    group.add_argument("--window-s", type=float, default=60.0, env_var="GAMEGW_LT_WINDOW_S",
+                       help="--progress-file: length of the windows with exact per-window percentiles")
+    group.add_argument("--window-origin", type=float, default=0.0, env_var="GAMEGW_LT_WINDOW_ORIGIN",
+                       help="--progress-file: Unix time the first window starts (default: the test's start)")
 
 
 class Swarm:
@@ -134,6 +173,12 @@ class Swarm:
         self.drop_every = max(1.0, float(getattr(opts, "drop_every", 20.0)))
         self.reconnect_delay = max(0.0, float(getattr(opts, "reconnect_delay", 1.0)))
         self.token_cmd: str = getattr(opts, "token_cmd", "")
+        self.hosts = [h.strip().rstrip("/") for h in (getattr(opts, "hosts", "") or "").split(",") if h.strip()]
+        self.drop_at = float(getattr(opts, "drop_at", 0.0) or 0.0)
+        self.drop_reconnect_delay = max(0.0, float(getattr(opts, "drop_reconnect_delay", 0.0) or 0.0))
+        self.dropped = False  # the --drop-at drop has happened in this process
+        self.drop_started = 0.0
+        self.players: weakref.WeakSet[Player] = weakref.WeakSet()
         self.run_id: str = getattr(opts, "run_id", "") or f"lt{os.getpid()}"
         runner = environment.runner
         self.worker_index = runner.worker_index if isinstance(runner, WorkerRunner) and runner.worker_index >= 0 else 0
@@ -146,10 +191,22 @@ class Swarm:
         if not self.token_cmd:
             self._settings = _load_settings(getattr(opts, "gw_config", ""))
 
-    def next_player(self) -> tuple[str, str]:
-        """A user id and its home room, unique across workers; rooms span workers."""
+    def next_player(self) -> tuple[str, str, str | None]:
+        """A user id, its home room and its gateway (None: --host), unique across workers;
+        rooms span workers (and gateways, with --hosts)."""
         n = next(self._numbers) * self.worker_count + self.worker_index
-        return f"{self.run_id}-p{n}", self.room_name(n // self.room_size)
+        host = self.hosts[n % len(self.hosts)] if self.hosts else None
+        return f"{self.run_id}-p{n}", self.room_name(n // self.room_size), host
+
+    def drop_due(self) -> bool:
+        return bool(self.drop_at) and not self.dropped and time.time() >= self.drop_at
+
+    def mass_drop(self) -> None:
+        """--drop-at: cut every connected player's connection now, in one pass."""
+        self.dropped = True
+        self.drop_started = time.time()
+        for player in list(self.players):
+            player.cut(self.drop_started)
 
     def room_name(self, index: int) -> str:
         return f"{self.run_id}-r{index}"
@@ -192,7 +249,9 @@ class Player(User):
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
         self.swarm = swarm(environment)
-        self.user_id, self.room = self.next_identity()
+        self.user_id, self.room, host = self.next_identity()
+        if host:
+            self.host = host
         self.sock: GameSocket | None = None
         self.token = ""
         # room -> last seq seen; a room being joined maps to the moves that came before its ack
@@ -202,11 +261,20 @@ class Player(User):
         self.lost: Any = None
         self.session_id: str | None = None
         self.replay_before_ms = 0.0
+        self.last_event_at = time.monotonic()  # the last move event (or join/resume): see ``silent``
+        self.silent = False
         self.drop_epoch = int(time.time() // self.swarm.drop_every)
         period = self.period()
         self.next_tick = time.monotonic() + random.uniform(0, period)
+        # --drop-at: when this player's connection was cut (Unix time) until it has resumed,
+        # the socket that was cut, and when to resume (monotonic)
+        self.recovering_from: float | None = None
+        self.cut_sock: GameSocket | None = None
+        self.resume_due: float | None = None
+        self.woke_early = False
+        self.swarm.players.add(self)
 
-    def next_identity(self) -> tuple[str, str]:
+    def next_identity(self) -> tuple[str, str, str | None]:
         return self.swarm.next_player()
 
     # -- recording ---------------------------------------------------------------------------
@@ -239,8 +307,33 @@ class Player(User):
         return 1.0 / self.swarm.move_rate
 
     def wait_time(self) -> float:
-        self.next_tick = max(self.next_tick + self.period(), time.monotonic() - self.period())
-        return max(0.0, self.next_tick - time.monotonic())
+        now = time.monotonic()
+        if self.resume_due is not None and self.sock is None:  # cut by --drop-at: resume now
+            return max(0.0, self.resume_due - now)
+        if self.woke_early:  # the last wake-up was the drop's, not a tick's: keep the schedule
+            self.woke_early = False
+        else:
+            self.next_tick = max(self.next_tick + self.period(), now - self.period())
+        wait = max(0.0, self.next_tick - now)
+        if self.swarm.drop_at and not self.swarm.dropped:  # wake up for the drop, on time
+            until_drop = max(0.0, self.swarm.drop_at - time.time())
+            if until_drop < wait:
+                self.woke_early = True
+                wait = until_drop
+        return wait
+
+    def cut(self, moment: float) -> None:
+        """--drop-at: cut this player's connection without a goodbye; it resumes on its next step."""
+        if not self.session_id:
+            return  # never got in: nothing to resume
+        if self.recovering_from is None:
+            self.recovering_from = moment
+        self.record("drop", None, ms=max(0.0, time.time() - (self.swarm.drop_at or moment)) * 1000)
+        self.resume_due = time.monotonic() + random.uniform(0, self.swarm.drop_reconnect_delay)
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            self.cut_sock = sock
+            sock.drop()
 
     def open(self, name: str, auth: dict[str, Any]) -> bool:
         """Connect (or reconnect) and record it as ``name``; False when refused or failed."""
@@ -257,20 +350,30 @@ class Player(User):
             return False
         self.sock, self.lost = sock, None
         self.session_id = session.get("session_id")
+        recovering, self.recovering_from = self.recovering_from, None
+        self.last_event_at = time.monotonic()
         if name == "resume" and not session.get("resumed"):
             self.record(name, started, exc=AckError("not_resumed"))
+            if recovering is not None:
+                self.record("recovery", None, ms=(time.time() - recovering) * 1000, exc=AckError("not_resumed"))
             self.last_seq.clear()
             self.joining.clear()
             self.join(self.room)
             return True
         self.record(name, started)
+        if recovering is not None:
+            self.record("recovery", None, ms=(time.time() - recovering) * 1000)
         return True
 
     # -- the scenario's step -----------------------------------------------------------------
 
     @task
     def tick(self) -> None:
+        if self.swarm.drop_due():
+            self.swarm.mass_drop()
         if self.sock is None or not self.sock.connected:
+            if self.resume_due is not None and self.resume_due > time.monotonic():
+                return  # cut by --drop-at, resuming after its random delay
             self.reconnect()
             return
         scenario = self.swarm.scenario
@@ -285,15 +388,26 @@ class Player(User):
                 gevent.sleep(random.uniform(0, self.swarm.reconnect_delay))
                 self.reconnect()
                 return
+        self.check_silence()
         if scenario == "churn" and self.moves and self.moves % self.swarm.churn_every == 0:
             self.moves += 1
             self.change_room()
             return
         self.move()
 
+    def check_silence(self) -> None:
+        """A player that moves gets at least its own moves back: a long silence is a failure."""
+        if self.silent or self.room not in self.last_seq or self.joining:
+            return
+        quiet = time.monotonic() - self.last_event_at
+        if quiet > max(5.0, 5 * self.period()):
+            self.silent = True
+            self.record("silent", None, ms=quiet * 1000, exc=Silent(f"no move event for over {quiet:.0f} s"))
+
     def reconnect(self) -> None:
         """After a drop (ours or the network's): resume with what this player has seen."""
         self.sock = None
+        self.resume_due = None
         if not self.session_id:  # never got in: this is another first connect
             if self.open("connect", {"token": self.token}):
                 self.join(self.room)
@@ -318,6 +432,7 @@ class Player(User):
         self.record("join", started)
         self.room = room
         self.last_seq[room] = int(ack.get("seq", 0))
+        self.last_event_at = time.monotonic()
         for event in early:
             self.on_move(event)
 
@@ -335,20 +450,23 @@ class Player(User):
         self.join(self.swarm.room_name(random.choice(others)) if others else self.room)
 
     def move(self) -> None:
-        assert self.sock is not None
+        sock = self.sock
+        assert sock is not None
         self.moves += 1
         action = {"t": time.time() * 1000, "n": self.moves}
         started = time.perf_counter()
         try:
-            pending = self.sock.emit("move", {"room": self.room, "action": action})
+            pending = sock.emit("move", {"room": self.room, "action": action})
             try:
-                ack = self.sock.wait(pending)
+                ack = sock.wait(pending)
             except GreenletExit:
                 # Locust can stop a player just as it wakes up for a move; the gateway may
                 # already have it, so its ack is recorded before the player goes.
-                self.record_move(started, self.sock.wait(pending, 2.0))
+                self.record_move(started, sock.wait(pending, 2.0))
                 raise
         except (Closed, gevent.Timeout) as exc:
+            if isinstance(exc, Closed) and sock is self.cut_sock:
+                return  # --drop-at cut this ack off on purpose: neither a success nor a failure
             self.record("move", started, exc=Closed(str(exc) or type(exc).__name__))
             return
         self.record_move(started, ack)
@@ -372,6 +490,8 @@ class Player(User):
         last = self.last_seq.get(room)  # type: ignore[arg-type]
         if last is None or not isinstance(seq, int):
             return  # a room this player has left
+        self.last_event_at = time.monotonic()
+        self.silent = False
         now_ms = time.time() * 1000
         action = data.get("action")
         sent = action.get("t") if isinstance(action, dict) else None
@@ -411,9 +531,100 @@ def _entry(stats: Any, name: str) -> dict[str, Any]:
     }
 
 
+WINDOW_NAMES = ("connect", "join", "leave", "move", "broadcast", "drop", "resume", "recovery", "replayed", "lost",
+                "silent")
+
+
+class Windows:
+    """Exact percentiles per window of the run (see the module docstring): each window is the
+    difference between two snapshots of Locust's cumulative per-name response-time tables."""
+
+    # the window before a drop ends this much before it, so that no player's cut (they wake up
+    # for it at the same moment as this writer) falls in it
+    DROP_LEAD_S = 0.02
+
+    def __init__(self, environment: Environment, length_s: float, origin: float, drop_at: float) -> None:
+        self.environment = environment
+        self.length_s = max(1.0, length_s)
+        now = time.time()
+        self.origin = origin if origin > 0 else now
+        self.drop_at = drop_at if drop_at > now else 0.0
+        self.index = 0 if self.origin > now else 1
+        self.start = now if self.origin > now else self.origin
+        self.records: list[dict[str, Any]] = []
+        self.snapshot = self._snapshot()
+        self.next_cut = self._next_cut()
+
+    def _next_cut(self) -> float:
+        if self.index == 0:
+            cut = self.origin
+        else:
+            cut = self.start + self.length_s
+        if self.drop_at and self.start < self.drop_at - self.DROP_LEAD_S < cut:
+            cut = self.drop_at - self.DROP_LEAD_S
+        return cut
+
+    def _snapshot(self) -> dict[str, tuple[dict[int, int], int, int]]:
+        out = {}
+        for name in WINDOW_NAMES:
+            entry = self.environment.stats.entries.get((name, REQUEST_TYPE))
+            if entry is not None:
+                out[name] = (dict(entry.response_times), entry.num_requests, entry.num_failures)
+        return out
+
+    def due(self) -> bool:
+        return time.time() >= self.next_cut
+
+    def close(self, partial: bool = False) -> dict[str, Any]:
+        """End the current window now and return its record (also kept in ``records``)."""
+        now = time.time()
+        snap = self._snapshot()
+        names: dict[str, Any] = {}
+        for name, (times, count, failures) in snap.items():
+            old_times, old_count, old_failures = self.snapshot.get(name, ({}, 0, 0))
+            diff = {k: v - old_times.get(k, 0) for k, v in times.items() if v > old_times.get(k, 0)}
+            n = count - old_count
+            if n <= 0 and failures == old_failures:
+                continue
+            timed = sum(diff.values())
+            names[name] = {
+                "count": n, "failures": failures - old_failures,
+                "p50": calculate_response_time_percentile(diff, timed, 0.5) if timed else None,
+                "p90": calculate_response_time_percentile(diff, timed, 0.9) if timed else None,
+                "p99": calculate_response_time_percentile(diff, timed, 0.99) if timed else None,
+                "max": max(diff) if diff else None,
+            }
+        record = {"index": self.index, "from": round(self.start, 3), "to": round(now, 3),
+                  "seconds": round(now - self.start, 3),
+                  "after_drop": bool(self.drop_at) and self.start >= self.drop_at - self.DROP_LEAD_S - 0.001,
+                  "partial": partial, "names": names}
+        self.records.append(record)
+        self.snapshot, self.start, self.index = snap, now, self.index + 1
+        self.next_cut = self._next_cut()
+        return record
+
+
+_windows: Windows | None = None
+
+
 def _progress_loop(environment: Environment, path: str) -> None:
+    global _windows
+    opts = environment.parsed_options
+    windows = _windows = Windows(environment, float(getattr(opts, "window_s", 60.0) or 60.0),
+                                 float(getattr(opts, "window_origin", 0.0) or 0.0),
+                                 float(getattr(opts, "drop_at", 0.0) or 0.0))
     with open(path, "ab", buffering=0) as out:
+        next_line = time.monotonic()
         while True:
+            # a line every second, and one at each window's end (which carries the window)
+            wait = min(next_line - time.monotonic(), windows.next_cut - time.time())
+            if wait > 0:
+                gevent.sleep(wait)
+            window = windows.close() if windows.due() else None
+            if window is None and time.monotonic() < next_line:
+                continue
+            if time.monotonic() >= next_line:
+                next_line = max(next_line + 1.0, time.monotonic() - 1.0)
             runner = environment.runner
             stats = environment.stats
             line = {
@@ -425,10 +636,12 @@ def _progress_loop(environment: Environment, path: str) -> None:
                 "requests": stats.total.num_requests,
                 "failures": stats.total.num_failures,
                 "names": {name: _entry(stats, name) for name in
-                          ("connect", "join", "move", "broadcast", "resume", "replayed", "leave", "lost")},
+                          ("connect", "join", "move", "broadcast", "resume", "replayed", "leave", "lost",
+                           "drop", "recovery", "silent")},
             }
+            if window is not None:
+                line["minute"] = window
             out.write(orjson.dumps(line) + b"\n")
-            gevent.sleep(1.0)
 
 
 @events.test_start.add_listener
@@ -479,5 +692,7 @@ def _final_stats(environment: Environment, **_: Any) -> None:
         "start": stats.total.start_time,
         "end": stats.total.last_request_timestamp,
     }
+    if _windows is not None:
+        final["minutes"] = [*_windows.records, _windows.close(partial=True)]
     with open(path, "ab") as out:
         out.write(orjson.dumps({"final": final}) + b"\n")
