@@ -143,7 +143,7 @@ class RedisBus:
                 return  # delivered already (read from the log while filling a gap)
             self._metrics.move_gaps.inc()
             self._filling[room] = {seq: event_json}
-            self._spawn(self._fill(room, last))
+            self._spawn(self._fill(room))
             return
         self._delivered[room] = seq
         await self._send_move(room, seq, event_json)
@@ -155,18 +155,27 @@ class RedisBus:
         if self.rooms is not None:
             self.rooms.note_delivered(room, seq, remote=False)
 
-    async def _fill(self, room: str, last: int) -> None:
-        """Deliver the moves after ``last`` that pub/sub lost, from the room's log, then the held ones."""
+    async def _fill(self, room: str) -> None:
+        """Deliver the moves that pub/sub lost, from the room's log, then the held ones.
+
+        Runs while ``_filling[room]`` holds whatever arrives, so ``_delivered[room]`` cannot move
+        under it. The log read gets ``redis_timeout_s`` and is not waited for beyond that (a
+        cancelled redis-py call can take its time to unwind): the held moves must go out."""
+        last = self._delivered.get(room, 0)
         fetched: dict[int, str] = {}
         first, missing = last + 1, 0
         held = self._filling.get(room, {})
         try:
             if self.rooms is not None:  # with Redis away, this fails within its timeout
-                try:
-                    events, _ = await asyncio.wait_for(self.rooms.events_after(room, last), self._timeout_s)
-                    fetched = {e.seq: e.json for e in events}
-                except Exception as exc:  # whatever happens, the held moves must go out
-                    log(logger, "gap_unfilled", logging.WARNING, room=room, error=type(exc).__name__)
+                read = asyncio.ensure_future(self.rooms.events_after(room, last))
+                done, _ = await asyncio.wait({read}, timeout=self._timeout_s)
+                if read in done and not read.cancelled() and read.exception() is None:
+                    fetched = {e.seq: e.json for e in read.result()[0]}
+                else:
+                    read.cancel()
+                    read.add_done_callback(_consume)
+                    log(logger, "gap_unfilled", logging.WARNING, room=room,
+                        error=type(read.exception()).__name__ if read.done() and not read.cancelled() else "timeout")
             while ready := {**fetched, **held}:
                 fetched = {}
                 held.clear()
@@ -191,12 +200,13 @@ class RedisBus:
         """After an outage: for each room with members here, deliver what pub/sub missed."""
         started = 0
         for room in rooms:
-            last = self._delivered.get(room)
-            if last is None or room in self._filling or self.rooms is None:
+            if self._delivered.get(room) is None or room in self._filling or self.rooms is None:
                 continue
-            if await self.rooms.seq(room) > last:
+            seq = await self.rooms.seq(room)
+            last = self._delivered.get(room)
+            if last is not None and room not in self._filling and seq > last:
                 self._filling[room] = {}
-                self._spawn(self._fill(room, last))
+                self._spawn(self._fill(room))
                 started += 1
         return started
 
@@ -338,3 +348,9 @@ class RedisBus:
             await stop_task(self._task)
         for task in list(self._background):
             await stop_task(task)
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned task's outcome, so that asyncio does not warn about it."""
+    if not task.cancelled():
+        task.exception()

@@ -290,14 +290,31 @@ class RedisCluster:
         return figures
 
     async def _reaper_loop(self) -> None:
+        """Reap an instance once this one has seen its heartbeat missing for ``heartbeat_ttl_s``
+        while Redis was up. After an outage every heartbeat key has expired: the others must get
+        to beat again before anyone counts them dead (or their live players would become drops
+        and their rooms' routing would go)."""
+        missing_since: dict[str, float] = {}
         while True:
             await asyncio.sleep(self._interval)
+            if self._recover_needed:
+                missing_since.clear()
+                continue
             try:
+                now = time.monotonic()
+                seen = set()
                 for iid in await self._r.smembers(self._k.instances):
-                    if iid != self._iid and not await self._r.exists(self._k.alive(iid)):
-                        if await self._r.set(self._k.reap(iid), self._iid, nx=True, ex=max(2, int(self._ttl))):
-                            await self.reap(iid)
+                    if iid == self._iid or await self._r.exists(self._k.alive(iid)):
+                        continue
+                    seen.add(iid)
+                    if now - missing_since.setdefault(iid, now) < self._ttl:
+                        continue
+                    if await self._r.set(self._k.reap(iid), self._iid, nx=True, ex=max(2, int(self._ttl))):
+                        await self.reap(iid)
+                for iid in set(missing_since) - seen:
+                    del missing_since[iid]
             except Exception as exc:
+                missing_since.clear()
                 log(logger, "reaper_failed", logging.WARNING, error=str(exc))
 
     async def reap(self, iid: str) -> int:

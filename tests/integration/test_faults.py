@@ -1,5 +1,5 @@
 """Faults under load, with real processes: Redis stopped (and back with or without its data),
-an instance SIGKILLed, an instance SIGTERMed.
+its pub/sub connections killed, an instance SIGKILLed, an instance SIGTERMed.
 
 Every test runs seats (a player in a room, moving every 50 ms) on two ``gamectl serve``
 processes, causes the fault, lets play go on, and then checks what the contract promises:
@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis as redis_sync
 import socketio
 
 from server.auth import mint
@@ -273,3 +274,37 @@ async def test_an_instance_dies_under_load_and_its_players_resume(process_factor
     check_registry(await registry(survivor.url), users, {"connected"})
     print(f"\n{sig.name}: {len(moved)} players resumed on the survivor in {max(resume_s):.2f} s "
           f"(all back {since_kill:.2f} s after the signal{exit_note}), {figures}")
+
+
+async def test_pubsub_connections_killed_under_load(process_factory, players, own_redis) -> None:
+    """``CLIENT KILL TYPE pubsub``: what was published while the listeners were away is read
+    from the rooms' logs; nobody misses a move or sees one twice."""
+    env = {"GAMEGW_REDIS_URL": own_redis.url, "GAMEGW_BUS_PROBE_INTERVAL_S": "0.5"}
+    a = await process_factory("inst-a", **env)
+    b = await process_factory("inst-b", **env)
+    table = Table(players)
+    for i in range(6):
+        await table.seat(f"p{i}", f"room{i % 2}", (a.url, b.url)[i % 2 == 0 and i < 4])
+    table.start()
+    await asyncio.sleep(1.5)
+    killer = redis_sync.Redis(port=own_redis.port)
+    try:
+        killed = time.monotonic()
+        assert killer.client_kill_filter(_type="pubsub") >= 2  # both instances' listeners
+    finally:
+        killer.close()
+    await eventually(lambda: _ready(a.url, b.url), timeout=10)
+    back_s = time.monotonic() - killed
+    await asyncio.sleep(2.0)
+    await table.finish()
+
+    figures = table.check_sequences()
+    gaps = 0
+    for gw in (a, b):
+        for line in (await text(gw.url, "/metrics")).splitlines():
+            if line.startswith("gamegw_move_gaps_total "):
+                gaps += int(float(line.split()[1]))
+            assert not line.startswith("gamegw_moves_missing_total ") or float(line.split()[1]) == 0
+    check_registry(await registry(a.url), {s.user for s in table.seats}, {"connected"})
+    print(f"\nCLIENT KILL TYPE pubsub: listeners back and proven in {back_s:.2f} s, {gaps} gaps filled from "
+          f"the logs, {figures}")
