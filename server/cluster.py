@@ -246,6 +246,10 @@ class RedisCluster:
                 if self._recover_needed or self._rooms.down:
                     await self.recover()
             except Exception as exc:
+                if not self._recover_needed and await self._rooms.reachable():
+                    # Redis answers on another connection: a busy pool, not an outage
+                    log(logger, "heartbeat_failed", logging.WARNING, error=str(exc) or type(exc).__name__)
+                    continue
                 if not self._recover_needed:
                     log(logger, "redis_lost", logging.WARNING, error=str(exc) or type(exc).__name__)
                 self._lost_redis()

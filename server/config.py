@@ -61,7 +61,7 @@ class Settings:
     redis_url: str = ""
     redis_prefix: str = "gamegw"
     redis_timeout_s: float = 2.0  # every Redis call gives up after this long
-    redis_max_connections: int = 32  # per instance; commands queue for a free one
+    redis_max_connections: int = 128  # per instance; commands queue for a free one (a mass reconnect needs many)
     heartbeat_interval_s: float = 1.0
     bus_probe_interval_s: float = 2.0  # a deaf pub/sub listener is restarted within this + redis_timeout_s
     heartbeat_ttl_s: float = 5.0  # a silent instance is dead after this long; its entries go then

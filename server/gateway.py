@@ -255,21 +255,30 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         if not conn.resumed:
             return
         self.manager.pause(sid)
-        for room in conn.rooms:
-            await self.rooms.attach(room, sid)
-            await self.server.enter_room(sid, room, namespace=NAMESPACE)
         replayed: dict[str, int] = {}
-        eio_sid = self.manager.eio_sid_from_sid(sid, NAMESPACE)
-        for room, after in conn.last_seq.items():
-            if room not in conn.rooms:
-                continue
-            events, _complete = await self.rooms.events_after(room, after)
-            pkts = [p for e in events for p in self.manager.encode_json(NAMESPACE, "move", e.json)]
-            for p in pkts:
-                await self.server._send_eio_packet(eio_sid, p)
-            replayed[room] = events[-1].seq if events else after
-            self.metrics.replayed.inc(len(events))
-        await self.manager.unpause(NAMESPACE, sid, replayed)
+        try:
+            for room in conn.rooms:
+                await self.rooms.attach(room, sid)
+                await self.server.enter_room(sid, room, namespace=NAMESPACE)
+            eio_sid = self.manager.eio_sid_from_sid(sid, NAMESPACE)
+            for room, after in conn.last_seq.items():
+                if room not in conn.rooms:
+                    continue
+                events, _complete = await self.rooms.events_after(room, after)
+                pkts = [p for e in events for p in self.manager.encode_json(NAMESPACE, "move", e.json)]
+                for p in pkts:
+                    await self.server._send_eio_packet(eio_sid, p)
+                replayed[room] = events[-1].seq if events else after
+                self.metrics.replayed.inc(len(events))
+        except (RedisError, OSError, TimeoutError) as exc:
+            # the resume could not be finished: the client comes back and tries again (a drop)
+            self._store_trouble("resume", exc)
+            self.manager.paused.pop(sid, None)
+            self.close_soon(conn, codes.SHUTDOWN, "state store unavailable, reconnect")
+            return
+        finally:
+            if sid in self.manager.paused:
+                await self.manager.unpause(NAMESPACE, sid, replayed)
         if conn.from_grace:
             for room in sorted(conn.rooms):
                 await self.bus.emit_room(room, "player_reconnected", {"room": room, "user": user_id}, skip_sid=sid)
@@ -510,14 +519,17 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         if room in conn.rooms:  # joining twice is harmless
             members = await self.rooms.members(room)
             return {"ok": True, "room": room, "seq": await self.rooms.seq(room), "members": members}
+        # Routed here and in the room before the join script fixes the seq the player starts
+        # after: a move just after it can no longer reach this instance before the player does.
         await self.rooms.attach(room, conn.sid)
+        await self.server.enter_room(conn.sid, room, namespace=NAMESPACE)
         try:
             joined = await self.rooms.join(room, user_id, conn.session.session_id)
         except BaseException:
+            await self.server.leave_room(conn.sid, room, namespace=NAMESPACE)
             await self.rooms.detach(room, conn.sid)
             raise
         conn.rooms[room] = joined.seq
-        await self.server.enter_room(conn.sid, room, namespace=NAMESPACE)
         await self.registry.add_room(conn.sid, room)
         await self.sessions.put(conn.session)
         if joined.first:

@@ -319,6 +319,17 @@ class RedisRoomStore:
                 return
         raise ActionError(AckCode.UNAVAILABLE, "the room is too busy, retry")
 
+    async def reachable(self) -> bool:
+        """Whether Redis answers on the move path's own connection (not the shared pool)."""
+        try:
+            if self._pipe is not None:
+                await self._pipe.call("PING")
+            else:
+                await self._r.ping()
+            return True
+        except (RedisError, OSError, TimeoutError):
+            return False
+
     async def ping(self) -> None:
         await self._r.ping()
 
