@@ -325,7 +325,10 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         for room in session.rooms:
             session.rooms[room] = await self.rooms.seq(room)
         session.state, session.dropped_at, session.cause = "grace", now, cause
-        await self.sessions.drop(session, now + self.settings.grace_s)
+        if not await self.sessions.drop(session, now + self.settings.grace_s):
+            # taken over by a new connection while this drop was handled: nothing was lost
+            await self.registry.remove(session.sid)
+            return
         await self.registry.mark(session.sid, "grace")
         for room in sorted(session.rooms):
             await self.bus.emit_room(room, "player_disconnected",

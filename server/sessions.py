@@ -54,8 +54,9 @@ class SessionStore(Protocol):
         """The user's sessions, oldest first."""
         ...
 
-    async def drop(self, session: Session, grace_until: float) -> None:
-        """Put a session into grace (it must be ``state="grace"`` with its rooms recorded)."""
+    async def drop(self, session: Session, grace_until: float) -> bool:
+        """Put a session into grace (it must be ``state="grace"`` with its rooms recorded).
+        False, and nothing written, when another connection holds the session now."""
         ...
 
     async def claim(self, session_id: str, sid: str, instance_id: str) -> Session | None:
@@ -88,9 +89,13 @@ class MemorySessionStore:
         found = [s for s in self._by_id.values() if s.user_id == user_id]
         return [dataclasses.replace(s, rooms=dict(s.rooms)) for s in sorted(found, key=lambda s: s.created_at)]
 
-    async def drop(self, session: Session, grace_until: float) -> None:
+    async def drop(self, session: Session, grace_until: float) -> bool:
+        current = self._by_id.get(session.session_id)
+        if current is not None and current.sid != session.sid:
+            return False
         session.state, session.grace_until = "grace", grace_until
         self._by_id[session.session_id] = dataclasses.replace(session, rooms=dict(session.rooms))
+        return True
 
     async def claim(self, session_id: str, sid: str, instance_id: str) -> Session | None:
         s = self._by_id.get(session_id)

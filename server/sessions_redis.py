@@ -24,6 +24,18 @@ redis.call('SET', KEYS[1], out)
 return out
 """
 
+# KEYS: sess user_sessions grace   ARGV: sid session_json ttl_s created_at session_id grace_until
+# Only the connection that holds the session may put it in grace: a new connection may have
+# taken it over while the old one's drop was being handled.
+DROP = """
+local raw = redis.call('GET', KEYS[1])
+if raw and cjson.decode(raw)['sid'] ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5])
+return 1
+"""
+
 # KEYS: grace   ARGV: now session_key_prefix
 EXPIRE_DUE = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 200)
@@ -49,6 +61,7 @@ class RedisSessionStore:
         self._k = keys
         self._claim = redis.register_script(CLAIM)
         self._expire = redis.register_script(EXPIRE_DUE)
+        self._drop = redis.register_script(DROP)
 
     async def put(self, session: Session) -> None:
         async with self._r.pipeline(transaction=True) as pipe:
@@ -70,14 +83,13 @@ class RedisSessionStore:
             await self._r.zrem(self._k.user_sessions(user_id), *gone)
         return [Session.loads(raw) for raw in raws if raw is not None]
 
-    async def drop(self, session: Session, grace_until: float) -> None:
+    async def drop(self, session: Session, grace_until: float) -> bool:
         session.state, session.grace_until = "grace", grace_until
         ttl_s = max(1, int(grace_until - session.created_at) + KEEP_AFTER_GRACE_S)
-        async with self._r.pipeline(transaction=True) as pipe:
-            pipe.set(self._k.session(session.session_id), session.dumps(), ex=ttl_s)
-            pipe.zadd(self._k.user_sessions(session.user_id), {session.session_id: session.created_at})
-            pipe.zadd(self._k.grace, {session.session_id: grace_until})
-            await pipe.execute()
+        keys = [self._k.session(session.session_id), self._k.user_sessions(session.user_id), self._k.grace]
+        args = [session.sid, session.dumps(), str(ttl_s), repr(session.created_at), session.session_id,
+                repr(grace_until)]
+        return bool(int(await self._drop(keys=keys, args=args)))
 
     async def claim(self, session_id: str, sid: str, instance_id: str) -> Session | None:
         raw = await self._claim(keys=[self._k.session(session_id), self._k.grace], args=[session_id, sid, instance_id])
