@@ -9,7 +9,8 @@ held one answered. :class:`LocalCluster` is the same surface for a single in-mem
 Heartbeats: every ``heartbeat_interval_s`` an instance refreshes ``{p}:inst:{iid}:alive`` with
 a TTL of ``heartbeat_ttl_s``. A survivor that finds an instance's heartbeat gone takes the
 instance's reap lock and turns its connections into drops, within at most
-``heartbeat_ttl_s + heartbeat_interval_s`` seconds: the rooms hear ``player_disconnected``, the
+``2 * heartbeat_ttl_s + heartbeat_interval_s`` seconds (the key expires, then a survivor watches
+it stay missing for one more TTL): the rooms hear ``player_disconnected``, the
 sessions wait in grace for their users to come back on any instance, and when grace ends
 (``grace_s`` later) the last entries go. No connected entry of a dead instance remains.
 """
