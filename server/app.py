@@ -214,9 +214,8 @@ def create_app(
                                                   return_exceptions=True), 1.0)
         except TimeoutError:
             log(logger, "drain_timeout", logging.WARNING, transports=len(sio.eio.sockets))
-        if transports is not None:
-            await asyncio.sleep(0.2)
-            transports.abort_all()
+        await asyncio.sleep(0.2)
+        transports.abort_all()
         log(logger, "drained", instance=settings.instance_id, closed=len(sids) - len(gateway.conns),
             took_ms=int((time.monotonic() - started) * 1000))
 

@@ -152,8 +152,6 @@ class RedisBus:
         m = self._manager
         sent = await m.send_encoded(NAMESPACE, room, m.encode_json(NAMESPACE, "move", event_json), seq=seq)
         self._metrics.deliveries.inc(sent)
-        if self.rooms is not None:
-            self.rooms.note_delivered(room, seq, remote=False)
 
     async def _fill(self, room: str) -> None:
         """Deliver the moves that pub/sub lost, from the room's log, then the held ones.
@@ -191,6 +189,10 @@ class RedisBus:
         self._metrics.moves_missing.inc(missing)
         log(logger, "gap_filled", logging.WARNING if missing else logging.INFO, room=room, from_seq=first,
             to_seq=last, missing=missing)
+
+    def delivered(self) -> dict[str, int]:
+        """Room -> the last seq delivered here (what a recovery must not let Redis fall below)."""
+        return dict(self._delivered)
 
     def forget_room(self, room: str) -> None:
         """No member here any more: whoever joins next starts from its own join or resume."""
@@ -318,7 +320,7 @@ class RedisBus:
         elif kind == "E":
             room, skip_sid, text = data[1:].split("\n", 2)
             if skip_sid and self.rooms is not None and skip_sid not in m.rooms.get(NAMESPACE, {}).get(room, {}):
-                self.rooms.note_delivered(room, 0, remote=True)  # another instance has members here
+                self.rooms.note_remote(room)
             await m.send_encoded(NAMESPACE, room, [eio_packet.Packet(eio_packet.MESSAGE, text)], skip_sid or None)
         elif kind == "C":
             self._spawn(self._answer(orjson.loads(data[1:])))

@@ -284,7 +284,7 @@ class RedisCluster:
             await gateway.sessions.put(live.session)
             for room in live.session.rooms:
                 seats.setdefault(room, set()).add(live.claims.user_id)
-        written = await self._rooms.reassert(seats)
+        written = await self._rooms.reassert(seats, self._bus.delivered())
         resyncing = await self._bus.resync(sorted(self._rooms.local_rooms()))
         self._recover_needed = False
         figures = {"connections": len(gateway.conns), "lost": len(lost), "rooms": len(written),

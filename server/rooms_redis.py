@@ -136,7 +136,7 @@ class RedisRoomStore:
         self._max_members = str(max_members)
         self._local: dict[str, set[str]] = {}  # room -> this instance's sids in it
         self._spans: dict[str, bool] = {}  # room -> other instances have members too (as last seen)
-        self._last_seq: dict[str, int] = {}  # room -> the highest seq this instance has seen given out
+        self._last_seq: dict[str, int] = {}  # room -> the highest seq its joins and moves here returned
         self._offline: dict[str, list[MoveEvent]] = {}  # moves accepted while Redis was away
         self.down = False  # Redis failed us and nothing has been re-asserted since
         self.on_offline_move: Callable[[str, MoveEvent], Awaitable[None]] | None = None
@@ -265,16 +265,15 @@ class RedisRoomStore:
         if seq > self._last_seq.get(room, 0):
             self._last_seq[room] = seq
 
-    def note_delivered(self, room: str, seq: int, *, remote: bool) -> None:
-        """The bus delivered ``seq`` of ``room`` here; ``remote`` when another instance caused it."""
-        self._saw_seq(room, seq)
-        if remote:
-            self._spans[room] = True
+    def note_remote(self, room: str) -> None:
+        """Another instance has members in ``room`` (the bus heard it from there)."""
+        self._spans[room] = True
 
-    async def reassert(self, seats: dict[str, set[str]]) -> dict[str, int]:
+    async def reassert(self, seats: dict[str, set[str]], delivered: dict[str, int]) -> dict[str, int]:
         """After an outage: put back this instance's rooms (``seats``: room -> users seated through
-        live connections here), their routing and ``seq``, and the moves accepted offline.
-        Returns, per room, how many offline moves were written back."""
+        live connections here), their routing and ``seq`` (never below what the joins and moves
+        here returned, nor below ``delivered``: the last seq the bus delivered here, per room),
+        and the moves accepted offline. Returns, per room, how many offline moves were written back."""
         written: dict[str, int] = {}
         for room in sorted(set(seats) | set(self._local) | set(self._offline)):
             users = sorted(seats.get(room, ()))
@@ -282,7 +281,7 @@ class RedisRoomStore:
             pairs = [x for e in offline for x in (str(e.seq), e.json)]
             keys = [*self._k.room_keys(room)[:4], self._k.inst_rooms(self._instance_id)]
             args = [self._instance_id if room in self._local else "", room, self._log_size,
-                    str(self._last_seq.get(room, 0)), str(len(users)), *users, *pairs]
+                    str(max(self._last_seq.get(room, 0), delivered.get(room, 0))), str(len(users)), *users, *pairs]
             before = int(await self._reassert(keys=keys, args=args))
             if offline and before > offline[0].seq - 1:
                 log(logger, "offline_conflict", logging.WARNING, room=room, redis_seq=before,
