@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from benchlib import (
+    REPO,
     Gateway,
     NodeProc,
     SetupError,
@@ -47,10 +48,7 @@ from benchlib import (
     tree,
 )
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 LOADGEN = REPO.parent / "shared" / "peer-bench" / "node" / "loadgen.js"
-TICKS = os.sysconf("SC_CLK_TCK")
 NAME = "bench_capacity"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 

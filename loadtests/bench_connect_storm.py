@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 from benchlib import (
+    HERE,
+    REPO,
     Gateway,
     NodeProc,
     SetupError,
@@ -39,10 +41,7 @@ from benchlib import (
     tree,
 )
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 NODE_HELPER = HERE / "node" / "clients.js"
-TICKS = os.sysconf("SC_CLK_TCK")
 NAME = "bench_connect_storm"
 
 

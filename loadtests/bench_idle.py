@@ -27,6 +27,8 @@ import urllib.request
 from pathlib import Path
 
 from benchlib import (
+    HERE,
+    REPO,
     Gateway,
     NodeProc,
     SetupError,
@@ -40,10 +42,7 @@ from benchlib import (
     table,
 )
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 NODE_HELPER = HERE / "node" / "clients.js"
-TICKS = os.sysconf("SC_CLK_TCK")
 NAME = "bench_idle"
 
 

@@ -52,6 +52,8 @@ from pathlib import Path
 from typing import Any
 
 from benchlib import (
+    HERE,
+    REPO,
     Gateway,
     SetupError,
     cpu_ms,
@@ -63,8 +65,6 @@ from benchlib import (
     tree,
 )
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 LOCUSTFILE = HERE / "locustfile.py"
 NAME = "bench_soak"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")

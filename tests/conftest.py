@@ -209,17 +209,24 @@ class GatewayProcess:
             self.proc.stderr.close()
 
 
+def process_env(instance_id: str, **variables: str) -> dict[str, str]:
+    """The environment of a ``gamectl serve`` process: no GAMEGW_ variable of ours, the test
+    key, ``instance_id``, then ``variables``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GAMEGW_")}
+    env.update({"GAMEGW_JWT_SECRET": TEST_SECRET, "GAMEGW_INSTANCE_ID": instance_id, **variables})
+    return env
+
+
 @pytest.fixture
 async def process_factory(redis_server: RedisServer, redis_prefix: str
                           ) -> AsyncIterator[Callable[..., Awaitable[GatewayProcess]]]:
     started: list[GatewayProcess] = []
 
     async def factory(instance_id: str, **env_overrides: str) -> GatewayProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GAMEGW_")}
-        env.update({"GAMEGW_JWT_SECRET": TEST_SECRET, "GAMEGW_INSTANCE_ID": instance_id,
-                    "GAMEGW_REDIS_URL": redis_server.url, "GAMEGW_REDIS_PREFIX": redis_prefix,
-                    "GAMEGW_HEARTBEAT_INTERVAL_S": "0.2", "GAMEGW_HEARTBEAT_TTL_S": "1.0",
-                    "GAMEGW_LOG_LEVEL": "warning", **env_overrides})
+        env = process_env(instance_id, **{
+            "GAMEGW_REDIS_URL": redis_server.url, "GAMEGW_REDIS_PREFIX": redis_prefix,
+            "GAMEGW_HEARTBEAT_INTERVAL_S": "0.2", "GAMEGW_HEARTBEAT_TTL_S": "1.0", "GAMEGW_LOG_LEVEL": "warning",
+            **env_overrides})
         proc = GatewayProcess(env, free_port(), instance_id)
         started.append(proc)
         await proc.ready()

@@ -12,7 +12,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -26,7 +25,17 @@ import socketio
 from server.app import PARTS
 from server.auth import mint
 from server.limits import Limit
-from tests.conftest import TEST_SECRET, Gateway, GatewayProcess, Player, eventually, free_port, make_settings, refusal
+from tests.conftest import (
+    TEST_SECRET,
+    Gateway,
+    GatewayProcess,
+    Player,
+    eventually,
+    free_port,
+    make_settings,
+    process_env,
+    refusal,
+)
 from tests.integration.test_auth import assert_refused, claims, craft, hs256, refused_with, session_of, write_key_pair
 from tests.rawclient import RawWebSocket, client_frame
 
@@ -303,9 +312,8 @@ async def process_gateway() -> AsyncIterator[Callable[..., Awaitable[GatewayProc
     started: list[GatewayProcess] = []
 
     async def start(**settings: str) -> GatewayProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GAMEGW_")}
-        env.update({"GAMEGW_JWT_SECRET": TEST_SECRET, "GAMEGW_INSTANCE_ID": "mem-1", "GAMEGW_LOG_LEVEL": "error"})
-        env.update({f"GAMEGW_{k.upper()}": v for k, v in settings.items()})
+        env = process_env("mem-1", GAMEGW_LOG_LEVEL="error",
+                          **{f"GAMEGW_{k.upper()}": v for k, v in settings.items()})
         proc = GatewayProcess(env, free_port(), "mem-1")
         started.append(proc)
         await proc.ready()
