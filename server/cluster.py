@@ -71,7 +71,10 @@ class Cluster(Protocol):
 
     async def drop(self, user_id: str, block_s: float) -> Outcome: ...
 
-    async def close_sid(self, sid: str, why: Disconnect) -> bool: ...
+    async def close_sid(self, sid: str, why: Disconnect, instance_id: str | None = None) -> bool:
+        """Close one connection wherever it is (``instance_id`` when the caller knows it: a
+        connection whose connect is under way has no registry entry yet)."""
+        ...
 
     async def is_blocked(self, user_id: str) -> bool: ...
 
@@ -105,7 +108,7 @@ class LocalCluster:
             self._blocked_until[user_id] = self._clock() + block_s
         return self._here(user_id, await self._gateway.drop_local(user_id))
 
-    async def close_sid(self, sid: str, why: Disconnect) -> bool:
+    async def close_sid(self, sid: str, why: Disconnect, instance_id: str | None = None) -> bool:
         return await self._gateway.close(sid, why)
 
     async def is_blocked(self, user_id: str) -> bool:
@@ -165,15 +168,17 @@ class RedisCluster:
             await self._r.set(self._k.block(user_id), "1", px=max(1, int(block_s * 1000)))
         return await self._fan_out(user_id, {"op": "drop", "user": user_id})
 
-    async def close_sid(self, sid: str, why: Disconnect) -> bool:
-        if sid in self._gateway.conns:
+    async def close_sid(self, sid: str, why: Disconnect, instance_id: str | None = None) -> bool:
+        if instance_id is None:
+            conn = await self._registry.get(sid)
+            if conn is None:
+                return False
+            instance_id = conn.instance_id
+        if instance_id == self._iid:
             return await self._gateway.close(sid, why)
-        conn = await self._registry.get(sid)
-        if conn is None:
-            return False
-        if not await self._r.exists(self._k.alive(conn.instance_id)):
+        if not await self._r.exists(self._k.alive(instance_id)):
             return False  # its instance is gone: so is the connection (the reaper cleans the entry)
-        reply = await self._bus.request(conn.instance_id, {"op": "close", "sid": sid, "reason": why.reason},
+        reply = await self._bus.request(instance_id, {"op": "close", "sid": sid, "reason": why.reason},
                                         REQUEST_TIMEOUT_S)
         return bool(reply and reply.get("count"))
 
@@ -279,11 +284,12 @@ class RedisCluster:
                 await self._registry.forget(conn)
             else:
                 await gateway.drop(session, "outage")
-        seats: dict[str, set[str]] = {}
+        seats: dict[str, dict[str, str]] = {}
         for live in list(gateway.conns.values()):
-            await gateway.sessions.put(live.session)
+            if not await gateway.sessions.reassert(live.session):
+                continue  # another connection holds the session now
             for room in live.session.rooms:
-                seats.setdefault(room, set()).add(live.claims.user_id)
+                seats.setdefault(room, {})[live.session.session_id] = live.claims.user_id
         written = await self._rooms.reassert(seats, self._bus.delivered())
         resyncing = await self._bus.resync(sorted(self._rooms.local_rooms()))
         self._recover_needed = False

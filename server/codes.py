@@ -114,8 +114,9 @@ class AckCode(StrEnum):
     BAD_REQUEST = "bad_request"  # the payload does not match the event's model
     NOT_IN_ROOM = "not_in_room"  # move/sync/state/leave for a room the connection has not joined
     ROOM_FULL = "room_full"  # the room (or the game) has no seat left
+    ROOM_LIMIT = "room_limit"  # the connection is in max_rooms_per_connection rooms already
     INVALID_ACTION = "invalid_action"  # the game's rules refused the action
-    RATE_LIMITED = "rate_limited"  # too many events from this connection
+    RATE_LIMITED = "rate_limited"  # too many events from this user (across its connections and reconnects)
     PAYLOAD_TOO_LARGE = "payload_too_large"  # the action is over the configured size
     UNAVAILABLE = "unavailable"  # the state store cannot be reached right now; retry
     FORBIDDEN = "forbidden"  # e.g. a refresh token for another user

@@ -69,6 +69,7 @@ class Settings:
 
     grace_s: float = 30.0
     grace_sweep_interval_s: float = 0.25  # how often an instance ends sessions whose grace ran out
+    seat_sweep_interval_s: float = 30.0  # how often room seats of sessions that no longer exist are removed
     ping_interval_s: float = 10.0
     ping_timeout_s: float = 5.0
     cors_allowed_origins: tuple[str, ...] = ()
@@ -78,6 +79,7 @@ class Settings:
     game: str = "relay"
     max_action_bytes: int = 4096
     max_room_members: int = 100
+    max_rooms_per_connection: int = 50  # more joins get a `room_limit` ack
     move_log_size: int = 1000
     arena_width: int = 16
     arena_height: int = 16
@@ -85,7 +87,7 @@ class Settings:
     websocket_compression: bool = False
     websocket_only: bool = False  # refuse long-polling (set for `serve --workers N`)
     reuse_port: bool = False  # bind with SO_REUSEPORT (set for `serve --workers N`)
-    max_events_per_s: float = 30.0  # per connection; excess events get `rate_limited` acks (0: no limit)
+    max_events_per_s: float = 30.0  # per user, across reconnects; excess events get `rate_limited` acks (0: off)
     max_events_burst: int = 60
     # sustained abuse: more rate_limited acks than this within abuse_window_s closes the connection
     # with 4029 (a token bucket: that many at once, refilled at that many per window; 0: never)
@@ -311,7 +313,7 @@ def validate(s: Settings) -> None:
     if s.heartbeat_ttl_s <= s.heartbeat_interval_s:
         raise ConfigError("heartbeat_ttl_s: must be longer than heartbeat_interval_s")
     for name in ("grace_s", "ping_interval_s", "ping_timeout_s", "redis_timeout_s", "heartbeat_interval_s",
-                 "grace_sweep_interval_s", "bus_probe_interval_s", "drain_s"):
+                 "grace_sweep_interval_s", "seat_sweep_interval_s", "bus_probe_interval_s", "drain_s"):
         if getattr(s, name) < 0 or (name != "grace_s" and getattr(s, name) == 0):
             raise ConfigError(f"{name}: {getattr(s, name)} must be positive")
     if "*" in s.cors_allowed_origins and not s.dev:
@@ -322,8 +324,9 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"on_connection_limit: {s.on_connection_limit!r} must be 'replace' or 'refuse'")
     if s.game not in GAMES:
         raise ConfigError(f"game: {s.game!r} is not a known game ({', '.join(GAMES)})")
-    for name in ("max_action_bytes", "max_room_members", "move_log_size", "arena_width", "arena_height",
-                 "max_message_bytes", "jwt_max_token_bytes", "redis_max_connections", "max_outbound_bytes"):
+    for name in ("max_action_bytes", "max_room_members", "max_rooms_per_connection", "move_log_size",
+                 "arena_width", "arena_height", "max_message_bytes", "jwt_max_token_bytes", "redis_max_connections",
+                 "max_outbound_bytes"):
         if getattr(s, name) < 1:
             raise ConfigError(f"{name}: must be at least 1")
     for name in ("abuse_max_rate_limited", "abuse_window_s", "max_events_per_s", "handshake_timeout_s"):

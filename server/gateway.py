@@ -9,6 +9,7 @@ state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -28,7 +29,7 @@ from .config import Settings
 from .errors import ActionError, AuthError, StoreUnavailable
 from .expiry import TokenClock
 from .guards import Guards, address_of
-from .limits import AddressLimiter, Bucket, Limit
+from .limits import AddressLimiter, Budget, Limit, UserBudgets
 from .logs import log, stop_task
 from .manager import GameManager
 from .metrics import Metrics
@@ -63,10 +64,9 @@ class Conn:
     last_seq: dict[str, int] = field(default_factory=dict)  # auth.last_seq: what the client has seen
     touched: float = 0.0
     closing: Disconnect | None = None  # set when the server closes the connection on purpose
+    deferred: tuple[Disconnect, str] | None = None  # a close that came while the connect was under way
     cut: str = ""  # why the server cut the transport without a word: simulated_drop, slow_consumer
-    bucket: Bucket | None = None  # events per second
-    abuse: Bucket | None = None  # rate_limited acks per abuse_window_s
-    limited: bool = False  # the last event was refused with rate_limited
+    budget: Budget | None = None  # the user's events per second and abuse counter (shared, see limits.py)
 
     @property
     def rooms(self) -> dict[str, int]:
@@ -129,6 +129,11 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         self.guards = guards
         self.clock = clock
         self.conns: dict[str, Conn] = {}
+        # sids whose connect handler is under way -> a close that arrived meanwhile (see close())
+        self._connecting: dict[str, tuple[Disconnect, str] | None] = {}
+        self.budgets = UserBudgets(settings.max_events_per_s, settings.max_events_burst,
+                                   settings.abuse_max_rate_limited, settings.abuse_window_s)
+        self._seats_swept = 0.0
         # wired by create_app once they exist (they need the gateway too)
         self.bus: Bus
         self.cluster: Cluster
@@ -160,72 +165,82 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
             if exc.limit is not None:
                 self.guards.hit(exc.limit, address=address, max_bytes=self.settings.jwt_max_token_bytes)
             self._refuse(sid, address, exc.refusal, exc.detail)
-        if await self.revocations.is_revoked(claims):
-            self._refuse(sid, address, codes.TOKEN_INVALID, "token revoked")
         user_id = claims.user_id
-        if await self.cluster.is_blocked(user_id):
+        try:
+            revoked = await self.revocations.is_revoked(claims)
+            blocked = not revoked and await self.cluster.is_blocked(user_id)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._store_trouble("connect", exc)
+            self._refuse(sid, address, codes.UNAVAILABLE, "state store unavailable")
+        if revoked:
+            self._refuse(sid, address, codes.TOKEN_INVALID, "token revoked")
+        if blocked:
             # simulate-drop --block: behave like an unreachable network, not like a refusal
             log(logger, "blocked", user=user_id, sid=sid, address=address)
             await self._cut(sid)
             raise socketio.exceptions.ConnectionRefusedError("unavailable", codes.UNAVAILABLE.data("blocked"))
-        now = self.clock()
-        iid = self.settings.instance_id
-        session, previous_sid, replaced = await self._find_session(sid, user_id, address, now)
-        if session is None:
-            session = Session(session_id=uuid.uuid4().hex, user_id=user_id, sid=sid, instance_id=iid, created_at=now)
-        from_grace = session.state == "grace" or (previous_sid is not None and not replaced)
-        session.sid, session.instance_id, session.state = sid, iid, "connected"
-        session.dropped_at = session.grace_until = None
-        await self.sessions.put(session)
-        conn = Conn(sid=sid, claims=claims, address=address, session=session, resumed=previous_sid is not None,
-                    from_grace=from_grace, last_seq=_last_seq(auth), touched=now)
-        if self.settings.max_events_per_s > 0:
-            conn.bucket = Bucket(self.settings.max_events_per_s, self.settings.max_events_burst, time.perf_counter())
-            if self.settings.abuse_max_rate_limited > 0 and self.settings.abuse_window_s > 0:
-                most = self.settings.abuse_max_rate_limited
-                conn.abuse = Bucket(most / self.settings.abuse_window_s, most, time.perf_counter())
-        if from_grace and previous_sid is not None:
-            await self.registry.remove(previous_sid)
-        self.conns[sid] = conn
-        await self.registry.add(Connection(
-            sid=sid, user_id=user_id, instance_id=iid, address=address, connected_at=now, last_seen=now,
-            session_id=session.session_id, transport=str(environ.get("HTTP_UPGRADE", "") or "polling").lower(),
-            resumed=conn.resumed, rooms=set(session.rooms)))
-        for old_sid in replaced:
-            await self.cluster.close_sid(old_sid, codes.SESSION_REPLACED)
+        self._connecting[sid] = None
+        try:
+            conn = await self._seat(sid, claims, address, auth, environ)
+        finally:
+            deferred = self._connecting.pop(sid, None)
+        conn.deferred = deferred
         self.metrics.connects.inc()
         self.metrics.connections.inc()
-        log(logger, "connect", user=user_id, sid=sid, address=address, session=session.session_id,
+        log(logger, "connect", user=user_id, sid=sid, address=address, session=conn.session.session_id,
             resumed=conn.resumed)
 
-    async def _find_session(self, sid: str, user_id: str, address: str, now: float
-                            ) -> tuple[Session | None, str | None, list[str]]:
-        """The session this connection continues, if any: (session, its previous sid, sids to replace).
-
-        A session in grace is claimed (the newest drop first). Otherwise, at the per-user limit,
-        the ``replace`` policy takes over the oldest live session (its connection is closed with
-        4504 and the rooms see nothing), and ``refuse`` refuses.
-        """
-        sessions = await self.sessions.of_user(user_id)
-        for candidate in sorted((s for s in sessions if s.state == "grace"),
-                                key=lambda s: s.dropped_at or 0, reverse=True):
-            claimed = await self.sessions.claim(candidate.session_id, sid, self.settings.instance_id)
-            if claimed is not None:
-                self.metrics.resumes.labels("resumed").inc()
-                self.metrics.resume_seconds.observe(max(0.0, now - (candidate.dropped_at or now)))
-                return claimed, candidate.sid, []
+    async def _seat(self, sid: str, claims: Claims, address: str, auth: Any, environ: Mapping[str, Any]) -> Conn:
+        """The seat decision (one atomic step of the session store), then the registry entry,
+        the budget, and the closes the decision calls for."""
+        user_id, iid, now = claims.user_id, self.settings.instance_id, self.clock()
+        most = self.settings.max_connections_per_user
+        try:
+            seat = await self.sessions.seat(user_id=user_id, sid=sid, instance_id=iid, now=now,
+                                            new_session_id=uuid.uuid4().hex, max_live=most,
+                                            policy=self.settings.on_connection_limit)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._store_trouble("connect", exc)
+            self._refuse(sid, address, codes.UNAVAILABLE, "state store unavailable")
+        if seat.outcome in ("takeover", "refused") or seat.evicted:
+            self.guards.hit(Limit.CONNECTIONS_PER_USER, user=user_id, address=address, live=seat.live,
+                            policy=self.settings.on_connection_limit)
+        if seat.outcome == "refused" or seat.session is None:
+            self._refuse(sid, address, codes.CONNECTION_LIMIT, f"user has {seat.live} of {most} connections")
+        session, last_seq = seat.session, _last_seq(auth)
+        if seat.outcome == "resumed":
+            self.metrics.resumes.labels("resumed").inc()
+            self.metrics.resume_seconds.observe(max(0.0, now - (seat.dropped_at or now)))
+        elif seat.outcome == "new" and last_seq:  # the client came back to resume, but grace was over
             self.metrics.resumes.labels("too_late").inc()
-        live = [s for s in sessions if s.state == "connected"]
-        excess = len(live) - self.settings.max_connections_per_user + 1
-        if excess <= 0:
-            return None, None, []
-        self.guards.hit(Limit.CONNECTIONS_PER_USER, user=user_id, address=address, live=len(live),
-                        policy=self.settings.on_connection_limit)
-        if self.settings.on_connection_limit == "refuse":
-            self._refuse(sid, address, codes.CONNECTION_LIMIT,
-                         f"user has {len(live)} of {self.settings.max_connections_per_user} connections")
-        victims = live[:excess]
-        return victims[0], victims[0].sid, [v.sid for v in victims]
+        conn = Conn(sid=sid, claims=claims, address=address, session=session,
+                    resumed=seat.outcome in ("resumed", "takeover"), from_grace=seat.outcome == "resumed",
+                    last_seq=last_seq, touched=now)
+        if self.budgets.enabled:
+            conn.budget = self.budgets.acquire(user_id, now, seat.budget)
+        self.conns[sid] = conn
+        try:
+            if seat.outcome == "resumed" and seat.previous_sid is not None:
+                await self.registry.remove(seat.previous_sid)
+            await self.registry.add(Connection(
+                sid=sid, user_id=user_id, instance_id=iid, address=address, connected_at=now, last_seen=now,
+                session_id=session.session_id,
+                transport=str(environ.get("HTTP_UPGRADE", "") or "polling").lower(),
+                resumed=conn.resumed, rooms=set(session.rooms)))
+            if seat.outcome == "takeover" and seat.previous_sid is not None:
+                await self.cluster.close_sid(seat.previous_sid, codes.SESSION_REPLACED, seat.previous_instance)
+            for evicted in seat.evicted:  # ended to make room: closed with 4504, their rooms hear player_left
+                await self.cluster.close_sid(evicted.sid, codes.SESSION_REPLACED, evicted.instance_id)
+                await self._end(evicted, LeftReason.LEFT, stored=False)
+        except (RedisError, OSError, TimeoutError) as exc:
+            # the seat is ours but the rest could not be written: a drop, so that the user resumes
+            self._store_trouble("connect", exc)
+            self.conns.pop(sid, None)
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await self._release_budget(conn)
+                await self.drop(session, "connect_failed")
+            self._refuse(sid, address, codes.UNAVAILABLE, "state store unavailable")
+        return conn
 
     def _refuse(self, sid: str, address: str, refusal: codes.Refusal, detail: str) -> NoReturn:
         self.metrics.refusals.labels(refusal.name).inc()
@@ -238,6 +253,9 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         """Runs once the CONNECT packet is queued: ``session`` first, then the replay, then live."""
         conn = self.conns.get(sid)
         if conn is None:
+            return
+        if conn.deferred is not None:  # replaced (or kicked) while its connect was under way
+            await self.close(sid, *conn.deferred)
             return
         user_id = conn.claims.user_id
         # ``session`` goes out before the connection is in any room, so nothing can precede it;
@@ -303,10 +321,9 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
     async def _disconnected(self, conn: Conn, sid: str, closing: Disconnect | None, cause: str, reason: str) -> None:
         for room in conn.rooms:
             await self.rooms.detach(room, sid)
-        current = await self.sessions.get(conn.session.session_id)
-        if current is None or current.sid != sid:  # taken over by a newer connection: nothing ends
-            await self.registry.remove(sid)
-            return
+        await self._release_budget(conn)
+        # the ends below change the session only while this connection holds it: one taken over
+        # (or evicted) meanwhile ends nothing, and the registry entry just goes
         if closing is codes.KICKED:
             await self._end(conn.session, LeftReason.KICKED)
         elif closing in (codes.REVOKED, codes.SESSION_REPLACED) or (
@@ -336,15 +353,31 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         log(logger, "drop", user=session.user_id, sid=session.sid, session=session.session_id, cause=cause,
             grace_s=self.settings.grace_s)
 
-    async def _end(self, session: Session, reason: LeftReason, *, stored: bool = True) -> None:
-        """A final end: the rooms get ``player_left`` (once), the session and its entry go.
+    async def _release_budget(self, conn: Conn) -> None:
+        """The connection ends: its user's budget is kept for the next connect, on any instance."""
+        if conn.budget is None:
+            return
+        kept = self.budgets.release(conn.claims.user_id, self.clock())
+        conn.budget = None
+        if kept is not None:
+            await self.sessions.save_budget(conn.claims.user_id, *kept)
 
-        ``stored=False`` for a session the store already handed over and deleted (grace expiry).
+    async def _end(self, session: Session, reason: LeftReason, *, stored: bool = True) -> None:
+        """A final end: the session goes (only if ``session.sid`` still holds it), then its rooms
+        get ``player_left`` (once) and its registry entry goes.
+
+        ``stored=False`` for a session the store already ended and handed over (grace expiry,
+        eviction). A crash between the two steps leaves seats of a session that no longer
+        exists: :meth:`sweep_seats` removes them.
         """
+        if stored:
+            ended = await self.sessions.end(session)
+            if ended is None:  # another connection holds it now, or it ended already
+                await self.registry.remove(session.sid)
+                return
+            session = ended
         for room in sorted(session.rooms):
             await self._unseat(session, room, reason)
-        if stored:
-            await self.sessions.delete(session)
         await self.registry.remove(session.sid)
 
     async def expire_grace(self) -> int:
@@ -356,11 +389,27 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
             log(logger, "grace_expired", user=session.user_id, session=session.session_id)
         return len(expired)
 
+    async def sweep_seats(self) -> int:
+        """Unseat the room seats of sessions that no longer exist (see :meth:`_end`)."""
+        removed = await self.rooms.sweep(self.sessions.exists)
+        for room, user_id, last in removed:
+            if last:
+                await self.bus.emit_room(room, "player_left",
+                                         {"room": room, "user": user_id, "reason": str(LeftReason.TIMEOUT)})
+        if removed:
+            log(logger, "seats_swept", logging.WARNING, seats=len(removed))
+        return len(removed)
+
     async def _grace_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.grace_sweep_interval_s)
             try:
                 await self.expire_grace()
+                now = self.clock()
+                self.budgets.prune(now)
+                if now - self._seats_swept >= self.settings.seat_sweep_interval_s:
+                    self._seats_swept = now
+                    await self.sweep_seats()
             except Exception as exc:  # the store is away: try again at the next tick
                 log(logger, "grace_sweep_failed", logging.WARNING, error=str(exc))
 
@@ -373,7 +422,14 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
             await stop_task(self._grace_task)
 
     async def close(self, sid: str, why: Disconnect, message: str = "") -> bool:
-        """Close one local connection on purpose: ``disconnect_reason`` first, then the close."""
+        """Close one local connection on purpose: ``disconnect_reason`` first, then the close.
+
+        A connection whose connect handler is still under way (it may have just been replaced
+        by a racing connect elsewhere) is closed as soon as its connect completes."""
+        if sid in self._connecting:
+            if self._connecting[sid] is None:
+                self._connecting[sid] = (why, message)
+            return True
         conn = self.conns.get(sid)
         if conn is None or conn.closing is not None:
             return False
@@ -466,15 +522,16 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         counted.inc()
         conn = self.conns.get(sid)
         try:
-            if handler is None:
-                raise ActionError(AckCode.BAD_REQUEST, f"unknown event {event!r}")
             if conn is None:
                 raise ActionError(AckCode.UNAVAILABLE, "connection is closing")
-            if conn.bucket is not None:
-                if not conn.bucket.take(started):
-                    self._rate_limited(conn, started)
-                conn.limited = False
             now = self.clock()
+            budget = conn.budget
+            if budget is not None:  # every event counts, unknown ones too
+                if not budget.events.take(now):
+                    self._rate_limited(conn, budget, now)
+                budget.limited = False
+            if handler is None:
+                raise ActionError(AckCode.BAD_REQUEST, f"unknown event {event!r}")
             if now - conn.touched >= TOUCH_EVERY_S:
                 conn.touched = now
                 await self.registry.touch(sid, now)
@@ -495,12 +552,12 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         timed.observe(time.perf_counter() - started)
         return ack
 
-    def _rate_limited(self, conn: Conn, now: float) -> NoReturn:
-        """Refuse an event over the rate; close the connection if that goes on (4029)."""
-        self.guards.hit(Limit.EVENTS, log=not conn.limited, user=conn.claims.user_id, sid=conn.sid,
+    def _rate_limited(self, conn: Conn, budget: Budget, now: float) -> NoReturn:
+        """Refuse an event over the user's rate; close the connection if that goes on (4029)."""
+        self.guards.hit(Limit.EVENTS, log=not budget.limited, user=conn.claims.user_id, sid=conn.sid,
                         address=conn.address, max_per_s=self.settings.max_events_per_s)
-        conn.limited = True
-        if conn.abuse is not None and not conn.abuse.take(now) and conn.closing is None:
+        budget.limited = True
+        if budget.abuse is not None and not budget.abuse.take(now) and conn.closing is None:
             self.guards.hit(Limit.ABUSE_DISCONNECT, user=conn.claims.user_id, sid=conn.sid, address=conn.address,
                             max_rate_limited=self.settings.abuse_max_rate_limited,
                             window_s=self.settings.abuse_window_s)
@@ -522,6 +579,14 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         if room in conn.rooms:  # joining twice is harmless
             members = await self.rooms.members(room)
             return {"ok": True, "room": room, "seq": await self.rooms.seq(room), "members": members}
+        most = self.settings.max_rooms_per_connection
+        if len(conn.rooms) >= most:
+            self.guards.hit(Limit.ROOMS, user=user_id, sid=conn.sid, max_rooms=most)
+            raise ActionError(AckCode.ROOM_LIMIT, f"a connection may be in {most} rooms at most")
+        # The session lists the room before the room seats it: a session taken over meanwhile
+        # passes the room on with it, and one ended meanwhile leaves a seat the sweep removes.
+        if not await self.sessions.set_room(conn.session, room, 0):
+            raise ActionError(AckCode.UNAVAILABLE, "connection is closing")
         # Routed here and in the room before the join script fixes the seq the player starts
         # after: a move just after it can no longer reach this instance before the player does.
         await self.rooms.attach(room, conn.sid)
@@ -531,10 +596,10 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         except BaseException:
             await self.server.leave_room(conn.sid, room, namespace=NAMESPACE)
             await self.rooms.detach(room, conn.sid)
+            await self.sessions.set_room(conn.session, room, None)
             raise
         conn.rooms[room] = joined.seq
         await self.registry.add_room(conn.sid, room)
-        await self.sessions.put(conn.session)
         if joined.first:
             await self.bus.emit_room(room, "player_joined", {"room": room, "user": user_id}, skip_sid=conn.sid)
         return {"ok": True, "room": room, "seq": joined.seq, "members": joined.members}
@@ -545,8 +610,10 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         await self.server.leave_room(conn.sid, room, namespace=NAMESPACE)
         await self.rooms.detach(room, conn.sid)
         await self.registry.remove_room(conn.sid, room)
-        await self._unseat(conn.session, room, LeftReason.LEFT)
-        await self.sessions.put(conn.session)
+        if await self.sessions.set_room(conn.session, room, None):
+            await self._unseat(conn.session, room, LeftReason.LEFT)
+        else:  # the session passed to another connection, with the room
+            conn.rooms.pop(room, None)
         return {"ok": True}
 
     async def _unseat(self, session: Session, room: str, reason: LeftReason) -> None:

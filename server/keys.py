@@ -8,17 +8,21 @@
     {p}:inst:{iid}:rooms          set    rooms where the instance has members
     {p}:reap:{iid}                string lock: one survivor cleans a dead instance
     {p}:conn:{sid}                string one connection's details (JSON)
+    {p}:conn:{sid}:rooms          set    the connection's rooms
     {p}:seen                      hash   sid -> last seen (epoch seconds), written in batches
     {p}:user:{uid}                zset   the user's sids, scored by connection time
     {p}:block:{uid}               string reconnects refused until it expires (simulate-drop)
+    {p}:budget:{uid}              string the user's event budget when its last connection ended
     {p}:revoked:{uid}             string tokens of the user issued before this time are revoked
     {p}:revoked-jti:{jti}         string this one token is revoked
-    {p}:sess:{session_id}         string one session (JSON): rooms, holder, state, grace_until
+    {p}:sess:{session_id}         hash   one session: holder (sid, instance), state, grace_until, ...
+    {p}:sess:{session_id}:rooms   hash   the session's rooms: room -> seq when last seen
     {p}:usess:{uid}               zset   the user's sessions, scored by creation time
     {p}:grace                     zset   sessions in grace, scored by when grace ends
     {p}:room:{{r}}:seq            string the room's last sequence number
     {p}:room:{{r}}:log            stream the last moves, entry id "{seq}-1", field e = move JSON
-    {p}:room:{{r}}:users          hash   member user -> number of their connections in the room
+    {p}:room:{{r}}:users          hash   member user -> number of their sessions seated in the room
+    {p}:room:{{r}}:seats          hash   seated session id -> its user (a seat belongs to a session)
     {p}:room:{{r}}:insts          set    instances with members in the room (who gets its events)
     {p}:room:{{r}}:state          string the game state (JSON) and its version {p}:room:{{r}}:ver
     {p}:ch:{iid}                  channel everything addressed to one instance
@@ -57,6 +61,9 @@ class Keys:
     def block(self, user_id: str) -> str:
         return f"{self.p}:block:{user_id}"
 
+    def budget(self, user_id: str) -> str:
+        return f"{self.p}:budget:{user_id}"
+
     def revoked_user(self, user_id: str) -> str:
         return f"{self.p}:revoked:{user_id}"
 
@@ -73,8 +80,12 @@ class Keys:
         return f"{self.p}:room:{{{room}}}:{part}"
 
     def room_keys(self, room: str) -> list[str]:
-        """seq, log, users, insts, state, ver: the order the Lua scripts expect."""
-        return [self.room(room, part) for part in ("seq", "log", "users", "insts", "state", "ver")]
+        """seq, log, users, insts, state, ver, seats: the order the Lua scripts expect."""
+        return [self.room(room, part) for part in ("seq", "log", "users", "insts", "state", "ver", "seats")]
+
+    def room_of(self, seats_key: str) -> str:
+        """The room of a ``{p}:room:{{r}}:seats`` key."""
+        return seats_key[len(self.p) + len(":room:{"):-len("}:seats")]
 
     def channel(self, instance_id: str) -> str:
         return f"{self.p}:ch:{instance_id}"

@@ -16,8 +16,9 @@ from enum import StrEnum
 class Limit(StrEnum):
     """Every limit, as its metric label. What the client sees when it is hit is in the comment."""
 
-    EVENTS = "events"  # events per connection per second: `rate_limited` ack
+    EVENTS = "events"  # events per user per second (across reconnects): `rate_limited` ack
     ABUSE_DISCONNECT = "abuse_disconnect"  # rate_limited acks kept coming: closed with 4029
+    ROOMS = "rooms"  # rooms per connection (max_rooms_per_connection): `room_limit` ack
     HANDSHAKES = "handshakes"  # connection attempts per address: `rate_limited` (4029) refusal
     CONNECTIONS_PER_USER = "connections_per_user"  # 4504: refused, or the oldest is replaced
     TOKEN_SIZE = "token_size"  # `token_invalid` (4500) refusal
@@ -36,6 +37,15 @@ class Bucket:
         self.burst = burst
         self.tokens = burst
         self.stamp = now
+
+    def level(self, now: float) -> float:
+        """The tokens there would be at ``now`` (without taking one)."""
+        return min(self.burst, self.tokens + max(0.0, now - self.stamp) * self.rate)
+
+    def lower_to(self, tokens: float, stamp: float, now: float) -> None:
+        """Take the lower of this bucket and another one's ``tokens`` at ``stamp``, both at ``now``."""
+        other = min(self.burst, tokens + max(0.0, now - stamp) * self.rate)
+        self.tokens, self.stamp = min(self.level(now), other), now
 
     def take(self, now: float) -> bool:
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
@@ -70,3 +80,84 @@ class AddressLimiter:
         """Drop the buckets that have refilled: they hold no information any more."""
         full_after = self._burst / self._rate
         self._buckets = {a: b for a, b in self._buckets.items() if now - b.stamp < full_after}
+
+
+class Budget:
+    """One user's event budget on this instance, shared by all of the user's connections here:
+    events per second (``rate_limited`` acks) and the abuse counter (4029 when it runs out)."""
+
+    __slots__ = ("abuse", "events", "holders", "limited")
+
+    def __init__(self, events: Bucket, abuse: Bucket | None) -> None:
+        self.events = events
+        self.abuse = abuse
+        self.limited = False  # the last event was refused with rate_limited
+        self.holders = 0  # this instance's live connections of the user
+
+    def snapshot(self, now: float) -> tuple[float, float, float] | None:
+        """(event tokens, abuse tokens, now), or None when both buckets are full (nothing to keep)."""
+        events = self.events.level(now)
+        abuse = self.abuse.level(now) if self.abuse is not None else 0.0
+        if events >= self.events.burst and (self.abuse is None or abuse >= self.abuse.burst):
+            return None
+        return events, abuse, now
+
+
+class UserBudgets:
+    """The event budget belongs to the user, not to a connection: reconnecting (here, or on
+    another instance, through the snapshot the session store keeps) does not refill it.
+
+    A user's connections on one instance share one :class:`Budget`. Across instances a budget
+    travels as a snapshot written when the user's last connection here ends and read by the
+    next connect, which takes the lower of it and what this instance still holds; a user who
+    hops between instances while still connected may gain at most one burst per instance.
+    """
+
+    def __init__(self, rate: float, burst: float, abuse_max: int, abuse_window_s: float) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._abuse_max = abuse_max
+        self._abuse_window_s = abuse_window_s
+        self._by_user: dict[str, Budget] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self._rate > 0
+
+    def acquire(self, user_id: str, now: float, stored: tuple[float, float, float] | None) -> Budget:
+        budget = self._by_user.get(user_id)
+        if budget is None:
+            abuse = None
+            if self._abuse_max > 0 and self._abuse_window_s > 0:
+                abuse = Bucket(self._abuse_max / self._abuse_window_s, self._abuse_max, now)
+            budget = self._by_user[user_id] = Budget(Bucket(self._rate, self._burst, now), abuse)
+        if stored is not None:
+            events, abuse_tokens, stamp = stored
+            budget.events.lower_to(events, stamp, now)
+            if budget.abuse is not None:
+                budget.abuse.lower_to(abuse_tokens, stamp, now)
+        budget.holders += 1
+        return budget
+
+    def release(self, user_id: str, now: float) -> tuple[tuple[float, float, float], float] | None:
+        """A connection of the user ended here. When it was the last one and the budget is not
+        full: (the snapshot to keep, for how many seconds it matters)."""
+        budget = self._by_user.get(user_id)
+        if budget is None:
+            return None
+        budget.holders -= 1
+        snapshot = budget.snapshot(now) if budget.holders <= 0 else None
+        if snapshot is None:
+            return None
+        events, abuse, _ = snapshot
+        refill_s = (self._burst - events) / self._rate
+        if budget.abuse is not None:
+            refill_s = max(refill_s, (budget.abuse.burst - abuse) / budget.abuse.rate)
+        return snapshot, refill_s
+
+    def prune(self, now: float) -> None:
+        """Forget the budgets of users with no connection here whose buckets have refilled."""
+        self._by_user = {u: b for u, b in self._by_user.items() if b.holders > 0 or b.snapshot(now) is not None}
+
+    def __len__(self) -> int:
+        return len(self._by_user)

@@ -144,6 +144,14 @@ class GameManager(AsyncManager):  # type: ignore[misc]
 
     async def connect(self, sid: str, namespace: str) -> Any:
         result = await super().connect(sid, namespace)
+        eio_sid = self.eio_sid_from_sid(sid, namespace)
+        socket = self.server.eio.sockets.get(eio_sid)
+        if socket is None or socket.closed:
+            # The transport closed while the connect handler ran: python-socketio skipped the
+            # disconnect handler then (the connection was not connected yet), which left the
+            # connection, its session and its registry entry behind. It is a drop.
+            await self.server._handle_disconnect(eio_sid, namespace, self.server.reason.TRANSPORT_CLOSE)
+            return result
         if self.on_connected is not None:
             await self.on_connected(sid, namespace)
         return result

@@ -1,8 +1,10 @@
 """The connection registry in Redis, shared by every instance of a cluster (see ``keys.py``).
 
 Each instance writes only its own connections and keeps them cached locally, so updates never
-read before they write. ``last_seen`` is written in batches (:meth:`flush_seen`, called by the
-heartbeat) rather than once per event, so in Redis it lags by at most one heartbeat interval.
+read before they write. A connection's rooms are a set of their own (``{p}:conn:{sid}:rooms``),
+so a join writes one member whatever the number of rooms. ``last_seen`` is written in batches
+(:meth:`flush_seen`, called by the heartbeat) rather than once per event, so in Redis it lags
+by at most one heartbeat interval.
 """
 
 from __future__ import annotations
@@ -29,12 +31,21 @@ class RedisRegistry:
     async def add(self, conn: Connection) -> None:
         self._own[conn.sid] = conn
         async with self._r.pipeline(transaction=True) as pipe:
-            pipe.set(self._k.conn(conn.sid), _dump(conn))
-            pipe.zadd(self._k.user(conn.user_id), {conn.sid: conn.connected_at})
-            pipe.sadd(self._k.inst_sids(conn.instance_id), conn.sid)
+            self._write(pipe, conn)
             pipe.sadd(self._k.instances, conn.instance_id)
-            pipe.hset(self._k.seen, conn.sid, conn.last_seen)
             await pipe.execute()
+
+    def _write(self, pipe: Any, conn: Connection) -> None:
+        pipe.set(self._k.conn(conn.sid), _dump(conn))
+        pipe.delete(self._rooms(conn.sid))
+        if conn.rooms:
+            pipe.sadd(self._rooms(conn.sid), *sorted(conn.rooms))
+        pipe.zadd(self._k.user(conn.user_id), {conn.sid: conn.connected_at})
+        pipe.sadd(self._k.inst_sids(conn.instance_id), conn.sid)
+        pipe.hset(self._k.seen, conn.sid, conn.last_seen)
+
+    def _rooms(self, sid: str) -> str:
+        return self._k.conn(sid) + ":rooms"
 
     async def remove(self, sid: str) -> Connection | None:
         conn = self._own.pop(sid, None) or await self.get(sid)
@@ -47,7 +58,7 @@ class RedisRegistry:
     async def forget(self, conn: Connection) -> None:
         """Delete every trace of a connection (also one of another, dead instance)."""
         async with self._r.pipeline(transaction=True) as pipe:
-            pipe.delete(self._k.conn(conn.sid))
+            pipe.delete(self._k.conn(conn.sid), self._rooms(conn.sid))
             pipe.zrem(self._k.user(conn.user_id), conn.sid)
             pipe.srem(self._k.inst_sids(conn.instance_id), conn.sid)
             pipe.hdel(self._k.seen, conn.sid)
@@ -57,8 +68,10 @@ class RedisRegistry:
         own = self._own.get(sid)
         if own is not None:  # ours: the cache is exact, Redis's last_seen lags by one flush
             return dataclasses.replace(own, rooms=set(own.rooms))
-        raw, seen = await self._r.pipeline(transaction=False).get(self._k.conn(sid)).hget(self._k.seen, sid).execute()
-        return _load(raw, seen)
+        pipe = self._r.pipeline(transaction=False)
+        pipe.get(self._k.conn(sid)).hget(self._k.seen, sid).smembers(self._rooms(sid))
+        raw, seen, rooms = await pipe.execute()
+        return _load(raw, seen, rooms)
 
     async def user_sids(self, user_id: str) -> list[str]:
         sids: list[str] = await self._r.zrange(self._k.user(user_id), 0, -1)
@@ -80,8 +93,11 @@ class RedisRegistry:
         pipe = self._r.pipeline(transaction=False)
         pipe.mget([self._k.conn(s) for s in sids])
         pipe.hmget(self._k.seen, sids)
-        raws, seens = await pipe.execute()
-        conns = [c for c in (_load(raw, seen) for raw, seen in zip(raws, seens, strict=True)) if c is not None]
+        for s in sids:
+            pipe.smembers(self._rooms(s))
+        raws, seens, *rooms = await pipe.execute()
+        conns = [c for c in (_load(raw, seen, rs) for raw, seen, rs in zip(raws, seens, rooms, strict=True))
+                 if c is not None]
         return [
             c for c in conns
             if (room is None or room in c.rooms) and (instance_id is None or c.instance_id == instance_id)
@@ -91,13 +107,13 @@ class RedisRegistry:
         conn = self._own.get(sid)
         if conn is not None and room not in conn.rooms:
             conn.rooms.add(room)
-            await self._r.set(self._k.conn(sid), _dump(conn))
+            await self._r.sadd(self._rooms(sid), room)
 
     async def remove_room(self, sid: str, room: str) -> None:
         conn = self._own.get(sid)
         if conn is not None and room in conn.rooms:
             conn.rooms.discard(room)
-            await self._r.set(self._k.conn(sid), _dump(conn))
+            await self._r.srem(self._rooms(sid), room)
 
     async def touch(self, sid: str, now: float) -> None:
         conn = self._own.get(sid)
@@ -127,16 +143,13 @@ class RedisRegistry:
         stale_raw = await self._r.mget([self._k.conn(sid) for sid in stale]) if stale else []
         async with self._r.pipeline(transaction=False) as pipe:
             for conn in self._own.values():
-                pipe.set(self._k.conn(conn.sid), _dump(conn))
-                pipe.zadd(self._k.user(conn.user_id), {conn.sid: conn.connected_at})
-                pipe.sadd(self._k.inst_sids(conn.instance_id), conn.sid)
-                pipe.hset(self._k.seen, conn.sid, conn.last_seen)
+                self._write(pipe, conn)
             pipe.sadd(self._k.instances, self._instance_id)
             for sid, raw in zip(stale, stale_raw, strict=True):
-                old = _load(raw, None)
+                old = _load(raw, None, None)
                 if old is not None:
                     pipe.zrem(self._k.user(old.user_id), sid)
-                pipe.delete(self._k.conn(sid))
+                pipe.delete(self._k.conn(sid), self._rooms(sid))
                 pipe.srem(self._k.inst_sids(self._instance_id), sid)
                 pipe.hdel(self._k.seen, sid)
             await pipe.execute()
@@ -155,12 +168,14 @@ class RedisRegistry:
 def _dump(conn: Connection) -> bytes:
     data = conn.to_dict()
     data.pop("last_seen", None)
+    data.pop("rooms", None)
     return orjson.dumps(data)
 
 
-def _load(raw: Any, seen: Any) -> Connection | None:
+def _load(raw: Any, seen: Any, rooms: Any) -> Connection | None:
     if raw is None:
         return None
     data = orjson.loads(raw)
     data["last_seen"] = float(seen) if seen is not None else data.get("connected_at", 0.0)
+    data["rooms"] = rooms or ()
     return Connection.from_dict(data)

@@ -13,6 +13,7 @@ events (in cluster mode they decide which instances the room's events are publis
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Protocol
@@ -68,6 +69,11 @@ class RoomStore(Protocol):
 
     async def leave(self, room: str, user_id: str, member_id: str) -> bool:
         """Unseat one session; True when the user has none left in the room."""
+        ...
+
+    async def sweep(self, exists: Callable[[str], Awaitable[bool]]) -> list[tuple[str, str, bool]]:
+        """Unseat every session (``member_id``) that no longer exists; (room, user, the user's
+        last seat) for each seat removed."""
         ...
 
     async def attach(self, room: str, sid: str) -> None:
@@ -142,6 +148,15 @@ class MemoryRoomStore:
         if not r.members:
             del self._rooms[room]
         return True
+
+    async def sweep(self, exists: Callable[[str], Awaitable[bool]]) -> list[tuple[str, str, bool]]:
+        removed = []
+        for room, r in list(self._rooms.items()):
+            for user_id, ids in list(r.members.items()):
+                for member_id in sorted(ids):
+                    if not await exists(member_id):
+                        removed.append((room, user_id, await self.leave(room, user_id, member_id)))
+        return removed
 
     async def members(self, room: str) -> list[str]:
         r = self._rooms.get(room)

@@ -38,32 +38,43 @@ from .rules import Rules, State
 CAS_RETRIES = 20
 logger = logging.getLogger("gamegw.rooms")
 
-# KEYS: seq log users   ARGV: user max_members
+# KEYS: seq users seats   ARGV: user max_members session_id
+# A seat belongs to a session: joining twice through one session seats it once.
 JOIN = """
-local n = redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
-if n == 1 and redis.call('HLEN', KEYS[3]) > tonumber(ARGV[2]) then
-  redis.call('HDEL', KEYS[3], ARGV[1])
+local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
+if redis.call('HSETNX', KEYS[3], ARGV[3], ARGV[1]) == 0 then
+  return {seq, 0, unpack(redis.call('HKEYS', KEYS[2]))}
+end
+local n = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+if n == 1 and redis.call('HLEN', KEYS[2]) > tonumber(ARGV[2]) then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[3])
   return {-1}
 end
-local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
 local first = 0
 if n == 1 then first = 1 end
-return {seq, first, unpack(redis.call('HKEYS', KEYS[3]))}
+return {seq, first, unpack(redis.call('HKEYS', KEYS[2]))}
 """
 
-# KEYS: seq log users insts state ver   ARGV: user
+# KEYS: seq log users insts state ver seats [sess]   ARGV: session_id
+# Unseat one session (with the 8th key: only if that session no longer exists, for the sweep).
+# Returns {unseated, the user's last seat, the room deleted, the user}.
 LEAVE = """
-local n = redis.call('HINCRBY', KEYS[3], ARGV[1], -1)
+if KEYS[8] and redis.call('EXISTS', KEYS[8]) == 1 then return {0, 0, 0, ''} end
+local user = redis.call('HGET', KEYS[7], ARGV[1])
+if not user then return {0, 0, 0, ''} end
+redis.call('HDEL', KEYS[7], ARGV[1])
+local n = redis.call('HINCRBY', KEYS[3], user, -1)
 local last = 0
 if n <= 0 then
-  redis.call('HDEL', KEYS[3], ARGV[1])
-  if n == 0 then last = 1 end
+  redis.call('HDEL', KEYS[3], user)
+  last = 1
 end
 if redis.call('HLEN', KEYS[3]) == 0 then
-  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
-  return {last, 1}
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
+  return {1, last, 1, user}
 end
-return {last, 0}
+return {1, last, 0, user}
 """
 
 # KEYS: seq log users insts state ver
@@ -87,22 +98,24 @@ end
 return seq * 1024 + math.min(#insts, 1023)
 """
 
-# KEYS: seq log users insts inst_rooms   ARGV: instance room log_size last_seq n_users user.. [seq event]..
-# Puts back what this instance knows of a room after an outage: the seats of its users that
+# KEYS: seq log users insts inst_rooms seats
+# ARGV: instance room log_size last_seq n_seats (session user).. [seq event]..
+# Puts back what this instance knows of a room after an outage: the seats of its sessions that
 # Redis lost, its routing, a seq never lower than one already given out, and the moves it
 # accepted alone while Redis was away. Returns the seq the room had in Redis before.
 REASSERT = """
 local before = tonumber(redis.call('GET', KEYS[1]) or '0')
 local n = tonumber(ARGV[5])
 for i = 1, n do
-  redis.call('HSETNX', KEYS[3], ARGV[5 + i], 1)
+  local id, user = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
+  if redis.call('HSETNX', KEYS[6], id, user) == 1 then redis.call('HINCRBY', KEYS[3], user, 1) end
 end
 if ARGV[1] ~= '' then
   redis.call('SADD', KEYS[4], ARGV[1])
   redis.call('SADD', KEYS[5], ARGV[2])
 end
 local top = before
-local i = 6 + n
+local i = 6 + 2 * n
 while i < #ARGV do
   local seq = tonumber(ARGV[i])
   if seq > top then
@@ -149,7 +162,8 @@ class RedisRoomStore:
         self._reassert = redis.register_script(REASSERT)
 
     async def join(self, room: str, user_id: str, member_id: str) -> Joined:
-        out = await self._join(keys=self._k.room_keys(room)[:3], args=[user_id, self._max_members])
+        seq, _log, users, *_rest, seats = self._k.room_keys(room)
+        out = await self._join(keys=[seq, users, seats], args=[user_id, self._max_members, member_id])
         if int(out[0]) < 0:
             raise ActionError(AckCode.ROOM_FULL, f"room {room!r} has {self._max_members} members")
         first = bool(int(out[1]))
@@ -163,10 +177,28 @@ class RedisRoomStore:
         return Joined(seq=int(out[0]), members=[str(m) for m in out[2:]], first=first)
 
     async def leave(self, room: str, user_id: str, member_id: str) -> bool:
-        last, deleted = await self._leave(keys=self._k.room_keys(room), args=[user_id])
+        _unseated, last, deleted, _user = await self._leave(keys=self._k.room_keys(room), args=[member_id])
         if int(last) and not int(deleted):
             await self._update_state(room, lambda s: self._rules.on_leave(s, user_id))
         return bool(int(last))
+
+    async def sweep(self, exists: Callable[[str], Awaitable[bool]]) -> list[tuple[str, str, bool]]:
+        """Unseat every session that no longer exists (a crash between a session's end and its
+        rooms' unseating). Returns (room, user, the user's last seat) for each seat removed."""
+        removed: list[tuple[str, str, bool]] = []
+        async for key in self._r.scan_iter(match=self._k.room("*", "seats"), count=1000):
+            room = self._k.room_of(str(key))
+            for member_id, user_id in (await self._r.hgetall(key)).items():
+                if await exists(member_id):
+                    continue
+                keys = [*self._k.room_keys(room), self._k.session(member_id)]
+                unseated, last, deleted, _user = await self._leave(keys=keys, args=[member_id])
+                if not int(unseated):
+                    continue
+                if int(last) and not int(deleted):
+                    await self._update_state(room, lambda s, u=user_id: self._rules.on_leave(s, u))
+                removed.append((room, str(user_id), bool(int(last))))
+        return removed
 
     async def attach(self, room: str, sid: str) -> None:
         local = self._local.setdefault(room, set())
@@ -269,19 +301,21 @@ class RedisRoomStore:
         """Another instance has members in ``room`` (the bus heard it from there)."""
         self._spans[room] = True
 
-    async def reassert(self, seats: dict[str, set[str]], delivered: dict[str, int]) -> dict[str, int]:
-        """After an outage: put back this instance's rooms (``seats``: room -> users seated through
-        live connections here), their routing and ``seq`` (never below what the joins and moves
+    async def reassert(self, seats: dict[str, dict[str, str]], delivered: dict[str, int]) -> dict[str, int]:
+        """After an outage: put back this instance's rooms (``seats``: room -> {session: user}
+        seated through live connections here), their routing and ``seq`` (never below what the joins and moves
         here returned, nor below ``delivered``: the last seq the bus delivered here, per room),
         and the moves accepted offline. Returns, per room, how many offline moves were written back."""
         written: dict[str, int] = {}
         for room in sorted(set(seats) | set(self._local) | set(self._offline)):
-            users = sorted(seats.get(room, ()))
+            seated = sorted(seats.get(room, {}).items())
             offline = self._offline.get(room, [])
             pairs = [x for e in offline for x in (str(e.seq), e.json)]
-            keys = [*self._k.room_keys(room)[:4], self._k.inst_rooms(self._instance_id)]
+            room_keys = self._k.room_keys(room)
+            keys = [*room_keys[:4], self._k.inst_rooms(self._instance_id), room_keys[6]]
             args = [self._instance_id if room in self._local else "", room, self._log_size,
-                    str(max(self._last_seq.get(room, 0), delivered.get(room, 0))), str(len(users)), *users, *pairs]
+                    str(max(self._last_seq.get(room, 0), delivered.get(room, 0))), str(len(seated)),
+                    *[x for pair in seated for x in pair], *pairs]
             before = int(await self._reassert(keys=keys, args=args))
             if offline and before > offline[0].seq - 1:
                 log(logger, "offline_conflict", logging.WARNING, room=room, redis_seq=before,
