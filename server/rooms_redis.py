@@ -129,8 +129,14 @@ if top > before then redis.call('SET', KEYS[1], top) end
 return before
 """
 
-# KEYS: state ver   ARGV: expected_ver new_state
+# KEYS: state ver users   ARGV: expected_ver new_state user member ('1' or '0')
+# The state follows the membership: a join's change is written only while the user is still a
+# member, a leave's only while it is not (a join and a leave of one user racing through two
+# sessions would otherwise leave it in state.players for good), and nothing once the room is
+# gone (it would come back as a leftover state). Skipped changes count as done (1).
 SET_STATE = """
+if redis.call('EXISTS', KEYS[3]) == 0 then return 1 end
+if redis.call('HEXISTS', KEYS[3], ARGV[3]) ~= tonumber(ARGV[4]) then return 1 end
 if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('INCR', KEYS[2])
@@ -170,7 +176,7 @@ class RedisRoomStore:
         self._saw_seq(room, int(out[0]))
         if first:
             try:
-                await self._update_state(room, lambda s: self._rules.on_join(s, user_id))
+                await self._update_state(room, lambda s: self._rules.on_join(s, user_id), user_id, member=True)
             except ActionError:
                 await self.leave(room, user_id, member_id)
                 raise
@@ -179,7 +185,7 @@ class RedisRoomStore:
     async def leave(self, room: str, user_id: str, member_id: str) -> bool:
         _unseated, last, deleted, _user = await self._leave(keys=self._k.room_keys(room), args=[member_id])
         if int(last) and not int(deleted):
-            await self._update_state(room, lambda s: self._rules.on_leave(s, user_id))
+            await self._update_state(room, lambda s: self._rules.on_leave(s, user_id), user_id, member=False)
         return bool(int(last))
 
     async def sweep(self, exists: Callable[[str], Awaitable[bool]]) -> list[tuple[str, str, bool]]:
@@ -196,7 +202,8 @@ class RedisRoomStore:
                 if not int(unseated):
                     continue
                 if int(last) and not int(deleted):
-                    await self._update_state(room, lambda s, u=user_id: self._rules.on_leave(s, u))
+                    await self._update_state(room, lambda s, u=user_id: self._rules.on_leave(s, u), user_id,
+                                             member=False)
                 removed.append((room, str(user_id), bool(int(last))))
         return removed
 
@@ -343,12 +350,13 @@ class RedisRoomStore:
         state = orjson.loads(raw) if raw is not None else self._rules.initial_state()
         return state, str(ver or "0")
 
-    async def _update_state(self, room: str, change: Any) -> None:
-        keys = [self._k.room(room, "state"), self._k.room(room, "ver")]
+    async def _update_state(self, room: str, change: Any, user_id: str, *, member: bool) -> None:
+        keys = [self._k.room(room, "state"), self._k.room(room, "ver"), self._k.room(room, "users")]
         for _ in range(CAS_RETRIES):
             state, ver = await self._read_state(room)
             change(state)
-            if int(await self._set_state(keys=keys, args=[ver, orjson.dumps(state).decode()])):
+            args = [ver, orjson.dumps(state).decode(), user_id, "1" if member else "0"]
+            if int(await self._set_state(keys=keys, args=args)):
                 return
         raise ActionError(AckCode.UNAVAILABLE, "the room is too busy, retry")
 

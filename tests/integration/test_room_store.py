@@ -1,0 +1,95 @@
+"""Room seats: the memory and the Redis room store pass the same suite.
+
+A seat belongs to a session: joining twice through one session seats it once, leaving unseats
+that session only, and the sweep removes seats whose session no longer exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from server.keys import Keys
+from server.rooms import MemoryRoomStore, RoomStore
+from server.rooms_redis import RedisRoomStore
+from server.rules.relay import Relay
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def rooms(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncIterator[RoomStore]:
+    if request.param == "memory":
+        mem: RoomStore = MemoryRoomStore(Relay(), max_members=3)
+        yield mem
+        await mem.aclose()
+        return
+    server = request.getfixturevalue("redis_server")
+    redis = Redis.from_url(server.url, decode_responses=True)
+    red: RoomStore = RedisRoomStore(redis, Keys(redis_prefix), Relay(), instance_id="gw-1", max_members=3)
+    yield red
+    await red.aclose()
+    await redis.aclose()
+
+
+async def players(rooms: RoomStore, room: str) -> list[str]:
+    return sorted((await rooms.state(room))[1]["players"])
+
+
+async def test_a_seat_belongs_to_a_session(rooms: RoomStore) -> None:
+    assert (await rooms.join("r", "alice", "s1")).first
+    again = await rooms.join("r", "alice", "s1")  # the same session twice: one seat
+    assert not again.first and again.members == ["alice"]
+    assert not (await rooms.join("r", "alice", "s2")).first  # a second session of alice
+    assert not await rooms.leave("r", "alice", "s1")  # s2 still seats alice
+    assert not await rooms.leave("r", "alice", "s1")  # leaving twice unseats once
+    assert await rooms.members("r") == ["alice"] and await players(rooms, "r") == ["alice"]
+    assert await rooms.leave("r", "alice", "s2")
+    assert await rooms.members("r") == []
+
+
+async def test_the_sweep_removes_seats_of_sessions_that_are_gone(rooms: RoomStore) -> None:
+    await rooms.join("r", "alice", "s-alice")
+    await rooms.join("r", "bob", "s-bob")
+    await rooms.join("q", "bob", "s-bob-2")
+    alive = {"s-bob"}
+
+    async def exists(session_id: str) -> bool:
+        return session_id in alive
+
+    removed = await rooms.sweep(exists)
+    assert sorted(removed) == [("q", "bob", True), ("r", "alice", True)]
+    assert await rooms.members("r") == ["bob"] and await players(rooms, "r") == ["bob"]
+    assert await rooms.members("q") == []
+    assert await rooms.sweep(exists) == []
+
+
+async def test_a_full_room_refuses_a_new_user_but_seats_a_member_again(rooms: RoomStore) -> None:
+    for user in ("a", "b", "c"):
+        await rooms.join("r", user, f"s-{user}")
+    with pytest.raises(Exception, match="3 members"):
+        await rooms.join("r", "d", "s-d")
+    assert not (await rooms.join("r", "a", "s-a2")).first
+    assert sorted(await rooms.members("r")) == ["a", "b", "c"]
+
+
+async def test_a_late_state_change_follows_the_membership(redis_server, redis_prefix) -> None:
+    """A join's state change that lands after the user's leave (a join and a leave racing
+    through two sessions) no longer puts the user back into ``state.players``, and one that
+    lands after the room is gone no longer recreates its keys."""
+    redis = Redis.from_url(redis_server.url, decode_responses=True)
+    keys = Keys(redis_prefix)
+    rooms = RedisRoomStore(redis, keys, Relay(), instance_id="gw-1")
+    rules = Relay()
+    try:
+        await rooms.join("r", "alice", "s1")
+        await rooms.join("r", "bob", "s2")
+        await rooms.leave("r", "alice", "s1")
+        await rooms._update_state("r", lambda s: rules.on_join(s, "alice"), "alice", member=True)  # late
+        assert (await rooms.state("r"))[1]["players"] == ["bob"]
+        await rooms.leave("r", "bob", "s2")
+        await rooms._update_state("r", lambda s: rules.on_leave(s, "bob"), "bob", member=False)  # late
+        assert [k async for k in redis.scan_iter(match=f"{redis_prefix}:room:*")] == []
+    finally:
+        await rooms.aclose()
+        await redis.aclose()
