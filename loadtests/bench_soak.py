@@ -55,6 +55,7 @@ from benchlib import (
     HERE,
     REPO,
     Gateway,
+    RedisProcess,
     SetupError,
     cpu_ms,
     free_port_block,
@@ -366,7 +367,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     limit = raise_nofile(args.players + 1024)
     if limit < args.players + 256:
         raise SetupError(f"the open-file limit is {limit}, below {args.players + 256}")
-    rdb = redis_client(args.redis)
+    own_redis = None if args.redis else RedisProcess(args.server_cpu if pin else None)
+    redis_url = args.redis or own_redis.url  # type: ignore[union-attr]
+    rdb = redis_client(redis_url)
     secret = secrets.token_urlsafe(48)
     prefix = f"gamegw-soak-{secrets.token_hex(4)}"
     run_dir = Path(tempfile.mkdtemp(prefix="gamegw-soak-"))
@@ -378,7 +381,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         base = free_port_block(GATEWAYS)
         for k in range(GATEWAYS):
             gateways.append(Gateway(base + k, secret, args.config, args.server_cpu if pin else None,
-                                    redis=args.redis, prefix=prefix, logdir=run_dir))
+                                    redis=redis_url, prefix=prefix, logdir=run_dir))
         for gw in gateways:
             gw.wait_ready()
         if pin:
@@ -499,11 +502,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             locust.stop()
         for gw in gateways:
             gw.stop()
-        try:
-            n = drop_prefix(rdb, prefix)
-            log(f"deleted {n} Redis keys under {prefix}:*")
-        except Exception as e:  # cleanup only: say so, keep the figures
-            log(f"could not delete Redis keys {prefix}:* ({e})")
+        if own_redis is not None:
+            own_redis.stop()
+        else:
+            try:
+                n = drop_prefix(rdb, prefix)
+                log(f"deleted {n} Redis keys under {prefix}:*")
+            except Exception as e:  # cleanup only: say so, keep the figures
+                log(f"could not delete Redis keys {prefix}:* ({e})")
 
 
 def report(args: argparse.Namespace, gateways: list[Gateway], samples: list[dict[str, Any]], progress: Progress,
@@ -538,7 +544,11 @@ def report(args: argparse.Namespace, gateways: list[Gateway], samples: list[dict
                  "end": end["redis_used_memory"], "max": max((u for u in used if u is not None), default=None),
                  "after_drop": after["redis_used_memory"], "keys_start": got["keys_start"],
                  "keys_end": got["keys_end"], "keys_recovered": got["keys_recovered"],
-                 "keys_after_all_left": got["keys_after"]}
+                 "keys_after_all_left": got["keys_after"],
+                 # what players left behind (the instances' own keys and the budgets, which expire
+                 # within abuse_window_s, are not theirs)
+                 "leftover_keys": sum(n for kind, n in (got["keys_after"] or {}).items()
+                                      if kind not in ("total", "inst", "instances", "budget"))}
     if warm["redis_used_memory"] is not None and end["redis_used_memory"] is not None:
         redis_mem["drift_bytes"] = end["redis_used_memory"] - warm["redis_used_memory"]
     windows = final.get("minutes") or progress.windows
@@ -582,6 +592,8 @@ def report(args: argparse.Namespace, gateways: list[Gateway], samples: list[dict
                                    / max(1.0, (after["t"] - start["t"]) * 1000), 3),
         "totals": {"requests": final.get("requests"), "failures": final.get("failures"),
                    "names": names, "errors": final.get("errors", [])},
+        "seq_repeats": sum(e["occurrences"] for e in final.get("errors", []) if e["error"] == "repeat"),
+        "seq_gaps": sum(e["occurrences"] for e in final.get("errors", []) if str(e["error"]).startswith("gap")),
         "samples": samples,
     }
     if args.drop:
@@ -645,7 +657,9 @@ def print_tables(res: dict[str, Any]) -> None:
     rows.append(("redis keys", f"soak start {kinds(r['keys_start'])}, soak end {kinds(r['keys_end'])}"))
     if res.get("mass_drop"):
         rows.append(("redis keys recovered", kinds(r["keys_recovered"])))
-    rows.append(("redis keys all left", kinds(r["keys_after_all_left"])))
+    rows.append(("redis keys all left", f"{kinds(r['keys_after_all_left'])}; left behind by players: "
+                 f"{r['leftover_keys']}"))
+    rows.append(("seq repeats / gaps", f"{res['seq_repeats']} / {res['seq_gaps']}"))
     rows.append(("loadgen CPU", f"{res['loadgen_cpu_share']:.0%} of a core"))
     for name in ("move", "broadcast"):
         t = res["soak_totals"][name]
@@ -692,9 +706,9 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=10.0, help="soak length in minutes (default 10)")
     ap.add_argument("--room-size", type=int, default=10, help="players per room (default 10)")
     ap.add_argument("--move-rate", type=float, default=1.0, help="moves per second per player (default 1)")
-    ap.add_argument("--redis", default="redis://127.0.0.1:6379/0",
-                    help="Redis URL the gateways share (default redis://127.0.0.1:6379/0); keys under a "
-                         "per-run prefix, deleted afterwards")
+    ap.add_argument("--redis", default="",
+                    help="Redis URL the gateways share (default: a redis-server of the run's own on a free "
+                         "port); keys under a per-run prefix, deleted afterwards")
     ap.add_argument("--drop", action=argparse.BooleanOptionalAction, default=True,
                     help="drop every player at once after the soak and time their resumes (default on)")
     ap.add_argument("--recovery-s", type=float, default=30.0, help="run time after the drop (default 30)")
@@ -717,7 +731,7 @@ def main() -> int:
         ap.error("--sample-s >= 1, --recovery-s >= 5, --reconnect-jitter >= 0 and --workers >= 0")
     if (args.minutes * 60) % args.sample_s:
         ap.error("--minutes * 60 must be a multiple of --sample-s")
-    url = urllib.parse.urlsplit(args.redis)
+    url = urllib.parse.urlsplit(args.redis or "redis://127.0.0.1")
     if url.scheme not in ("redis", "unix") or (url.scheme == "redis" and url.hostname not in LOCAL_HOSTS):
         ap.error("--redis must be a redis:// URL on this machine (redis://127.0.0.1:PORT/DB)")
     code, res = run_and_report(NAME, run, args)

@@ -118,6 +118,46 @@ def rss_kb(pids: list[int]) -> int:
     return total
 
 
+class RedisProcess:
+    """A redis-server of the benchmark's own on a free port of 127.0.0.1 (a benchmark never
+    touches a Redis it did not start), with no persistence, stopped by :meth:`stop`."""
+
+    def __init__(self, cpu: int | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SetupError("redis-server is not on PATH (apt-get install redis-server)")
+        self.dir = tempfile.mkdtemp(prefix="gamegw-bench-redis-")
+        self.port = free_port_block(1)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        cmd = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+               "--dir", self.dir, "--maxclients", "20000"]
+        if cpu is not None and shutil.which("taskset"):
+            cmd = ["taskset", "-c", str(cpu), *cmd]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise SetupError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def free_port_block(n: int) -> int:
     def free(port: int) -> bool:
         with socket.socket() as s:
