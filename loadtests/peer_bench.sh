@@ -1,29 +1,37 @@
 #!/usr/bin/env bash
 # The peer-bench comparison the README quotes: the official JavaScript client drives the Node
 # reference, bare python-socketio and this gateway in turn, in one run (servers pinned to CPU 0,
-# the load to CPU 1). Usage:
+# the load to CPU 1), every server on the gateway's heartbeat (10 s / 5 s). Usage:
 #   loadtests/peer_bench.sh single            # one instance each
-#   loadtests/peer_bench.sh cluster [URL]     # two instances each over Redis (default 127.0.0.1:6379/0)
+#   loadtests/peer_bench.sh cluster           # two instances each over a redis-server of the run's own
 # Extra arguments after the mode go to ../shared/peer-bench/run (e.g. --clients 500 --seconds 10).
+# BARE=0 leaves bare python-socketio out (it is slow to run and far behind).
+# A benchmark never touches a Redis it did not start: cluster mode starts one on a free port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-single}; shift || true
-redis=redis://127.0.0.1:6379/0
-if [ "$mode" = cluster ] && [ $# -gt 0 ] && [[ "$1" == redis* ]]; then redis=$1; shift; fi
+run=../shared/peer-bench/run
+[ -x "$run" ] || { echo "peer_bench.sh: $run not found (it ships beside the repository in ../shared)" >&2; exit 1; }
 export BENCH_SECRET=${BENCH_SECRET:-peer-bench-secret-0123456789abcdef0123}
 export GAMEGW_JWT_SECRET=$BENCH_SECRET
+export PING_MS=${PING_MS:-10000} PING_TIMEOUT_MS=${PING_TIMEOUT_MS:-5000}
 export PATH="$PWD/.venv/bin:$PATH"
-run=../shared/peer-bench/run
 node_ref="node ../shared/peer-bench/node/reference_server.js"
-bare="$PWD/.venv/bin/python ../shared/peer-bench/python/bare_server.py {port}"
+bare=()
+if [ "${BARE:-1}" != 0 ]; then bare=(bare="$PWD/.venv/bin/python ../shared/peer-bench/python/bare_server.py {port}"); fi
 case "$mode" in
   single)
     exec "$run" --clients 1000 --room-size 10 --rate 2 --seconds 15 "$@" \
-      node="$node_ref" bare="$bare" gateway='gamectl serve --config configs/bench.toml --port {port}' ;;
+      node="$node_ref" "${bare[@]}" gateway='gamectl serve --config configs/bench.toml --port {port}' ;;
   cluster)
-    redis-cli -u "$redis" flushdb >/dev/null
-    exec "$run" --clients 1000 --room-size 10 --rate 2 --seconds 15 --instances 2 --redis "$redis" "$@" \
-      node="$node_ref" bare="$bare" \
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    dir=$(mktemp -d)
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" >/dev/null &
+    redis_pid=$!
+    trap 'kill $redis_pid 2>/dev/null; rm -rf "$dir"' EXIT
+    until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.05; done
+    "$run" --clients 1000 --room-size 10 --rate 2 --seconds 15 --instances 2 --redis "redis://127.0.0.1:$port/0" "$@" \
+      node="$node_ref" "${bare[@]}" \
       gateway='gamectl serve --config configs/bench.toml --port {port} --redis $REDIS_URL' ;;
-  *) echo "usage: $0 single|cluster [redis-url] [peer-bench args]" >&2; exit 2 ;;
+  *) echo "usage: $0 single|cluster [peer-bench args]" >&2; exit 2 ;;
 esac
