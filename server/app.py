@@ -180,7 +180,7 @@ def create_app(
     app[PARTS] = Parts(settings, sio, gateway, registry, rooms, metrics, cluster, bus, redis)
     sio.attach(app)
     app.add_routes(routes(metrics=metrics, rooms=rooms, bus=bus, instance_id=settings.instance_id))
-    app.add_routes(admin_routes(verifier=verifier, registry=registry, cluster=cluster))
+    app.add_routes(admin_routes(verifier=verifier, revocations=revocations, registry=registry, cluster=cluster))
 
     async def on_startup(app: web.Application) -> None:
         await bus.start()

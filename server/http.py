@@ -1,7 +1,11 @@
 """Plain HTTP beside the Socket.IO endpoint: health, readiness, metrics and the admin API.
 
 The admin API answers for the whole cluster from any instance. It requires a bearer JWT whose
-``role`` claim is ``admin``; errors are ``{"error": {"code", "message"}}`` with a fitting status.
+``role`` claim is ``admin`` and that is not revoked (checked as ``/game`` checks it, against the
+cluster's revocations, on every call); errors are ``{"error": {"code", "message"}}`` with a
+fitting status: 401 ``token_missing`` / ``token_invalid`` (also "token revoked") /
+``token_expired``, 403 ``forbidden`` (not an admin), 400 ``bad_request``, 503 ``unavailable``
+(the state store did not answer).
 
 =======  =======================  ==================================================
 GET      /admin/connections       ?user= &room= &instance= ; the registry, cluster-wide
@@ -20,14 +24,17 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
+from redis.exceptions import RedisError
 
+from . import codes
 from .auth import Claims, Verifier
 from .bus import Bus
 from .cluster import Cluster
 from .errors import AdminError, AuthError
-from .logs import log
+from .logs import Throttle, log
 from .metrics import Metrics
 from .registry import Registry
+from .revocation import Revocations
 from .rooms import RoomStore
 
 logger = logging.getLogger("gamegw.admin")
@@ -55,14 +62,21 @@ def routes(*, metrics: Metrics, rooms: RoomStore, bus: Bus, instance_id: str) ->
     return [web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/metrics", metrics_view)]
 
 
-def admin_routes(*, verifier: Verifier, registry: Registry, cluster: Cluster) -> list[web.RouteDef]:
+def admin_routes(*, verifier: Verifier, revocations: Revocations, registry: Registry,
+                 cluster: Cluster) -> list[web.RouteDef]:
+    throttle = Throttle()
+
     def admin(handler: Callable[[web.Request, Claims], Awaitable[Any]]) -> Handler:
         async def wrapped(request: web.Request) -> web.StreamResponse:
             try:
-                claims = _admin_claims(request, verifier)
+                claims = await _admin_claims(request, verifier, revocations)
                 return web.json_response(await handler(request, claims))
             except AdminError as exc:
                 return web.json_response({"error": {"code": exc.code, "message": exc.message}}, status=exc.status)
+            except (RedisError, OSError, TimeoutError) as exc:
+                throttle.log(logger, "admin_unavailable", logging.WARNING, path=request.path, error=str(exc))
+                return web.json_response({"error": {"code": codes.UNAVAILABLE.name,
+                                                    "message": "the state store did not answer; retry"}}, status=503)
 
         return wrapped
 
@@ -108,14 +122,17 @@ def admin_routes(*, verifier: Verifier, registry: Registry, cluster: Cluster) ->
             web.post("/admin/revoke", admin(revoke))]
 
 
-def _admin_claims(request: web.Request, verifier: Verifier) -> Claims:
+async def _admin_claims(request: web.Request, verifier: Verifier, revocations: Revocations) -> Claims:
+    """The caller's claims, verified and checked against the revocations exactly as ``/game`` does."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise AdminError(401, "token_missing", "an admin bearer token is required")
+        raise AdminError(401, codes.TOKEN_MISSING.name, "an admin bearer token is required")
     try:
         claims = verifier.verify(token.strip())
     except AuthError as exc:
         raise AdminError(401, exc.refusal.name, exc.detail) from None
+    if await revocations.is_revoked(claims):
+        raise AdminError(401, codes.TOKEN_INVALID.name, "token revoked")
     if not claims.is_admin:
         raise AdminError(403, "forbidden", "the token's role is not admin")
     return claims
