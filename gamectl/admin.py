@@ -20,7 +20,8 @@ class AdminClient:
         self.url = (url or f"http://{_connect_host(settings.host)}:{settings.port}").rstrip("/")
         if token is None:
             try:
-                token = mint(settings, "gamectl", ttl_s=120, role="admin")
+                # short-lived, and never longer than the gateway accepts
+                token = mint(settings, "gamectl", ttl_s=min(120.0, settings.jwt_max_lifetime_s), role="admin")
             except ConfigError as exc:
                 fail(1, str(exc), "pass --token with an admin JWT, or configure the signing key")
         self._token = token

@@ -11,7 +11,7 @@ import typer
 from server.config import Settings, load_settings
 from server.errors import ConfigError
 
-from .output import fail, parse_duration, print_json
+from .output import fail, parse_duration, print_json, stderr
 
 app = typer.Typer(
     help="Run and operate gamegw, a real-time gateway for multiplayer games.",
@@ -99,6 +99,9 @@ def token(
             raise typer.BadParameter(f"{item!r} is not key=value", param_hint="--claim")
         extra[key] = value
     settings = settings_from(config)
+    if ttl_s > settings.jwt_max_lifetime_s:
+        stderr.print(f"[yellow]warning:[/] the gateway refuses tokens that live longer than jwt_max_lifetime_s "
+                     f"({settings.jwt_max_lifetime_s:g} s)", highlight=False, soft_wrap=True)
     try:
         jwt_text = mint(settings, user, ttl_s=ttl_s, role=role, claims=extra)
     except ConfigError as exc:

@@ -141,7 +141,8 @@ def create_app(
                                      pipe=RedisPipe(settings.redis_url, timeout_s=settings.redis_timeout_s))
         registry, rooms = redis_registry, redis_rooms
         sessions: SessionStore = RedisSessionStore(redis, keys)
-        revocations: Revocations = RedisRevocations(redis, keys, ttl_s=settings.jwt_max_lifetime_s)
+        revocations: Revocations = RedisRevocations(redis, keys, ttl_s=settings.jwt_max_lifetime_s,
+                                                    leeway_s=settings.jwt_leeway_s)
         redis_bus = RedisBus(redis, keys, settings.instance_id, manager, metrics, url=settings.redis_url,
                              timeout_s=settings.redis_timeout_s)
         redis_bus.probe_interval_s = settings.bus_probe_interval_s
@@ -151,7 +152,8 @@ def create_app(
         rooms = rooms or MemoryRoomStore(rules, log_size=settings.move_log_size, max_members=settings.max_room_members)
         bus = LocalBus(manager, metrics)
         sessions = MemorySessionStore()
-        revocations = MemoryRevocations(ttl_s=settings.jwt_max_lifetime_s, clock=clock)
+        revocations = MemoryRevocations(ttl_s=settings.jwt_max_lifetime_s, leeway_s=settings.jwt_leeway_s,
+                                        clock=clock)
     verifier = Verifier(settings, clock=clock)
     gateway = Gateway(settings, verifier=verifier, registry=registry, rooms=rooms, sessions=sessions,
                       revocations=revocations, metrics=metrics, transports=transports, guards=guards, clock=clock)

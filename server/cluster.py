@@ -65,8 +65,9 @@ class Outcome:
 class Cluster(Protocol):
     async def kick(self, user_id: str, reason: str) -> Outcome: ...
 
-    async def revoke(self, user_id: str, jti: str | None) -> Outcome:
-        """Revoke the user's tokens issued before now (or one ``jti``); close what used them."""
+    async def revoke(self, user_id: str, jti: str | None, exp: float | None = None) -> Outcome:
+        """Revoke the user's tokens issued before now (or one ``jti``, whose ``exp`` may be given, so
+        that the revocation is kept until then); close what used them."""
         ...
 
     async def drop(self, user_id: str, block_s: float) -> Outcome: ...
@@ -96,8 +97,8 @@ class LocalCluster:
     async def kick(self, user_id: str, reason: str) -> Outcome:
         return self._here(user_id, await self._gateway.kick_local(user_id, reason))
 
-    async def revoke(self, user_id: str, jti: str | None) -> Outcome:
-        await self._gateway.revocations.revoke(user_id, jti, self._clock())
+    async def revoke(self, user_id: str, jti: str | None, exp: float | None = None) -> Outcome:
+        await self._gateway.revocations.revoke(user_id, jti, self._clock(), exp)
         return self._here(user_id, await self._gateway.revoke_local(user_id))
 
     async def drop(self, user_id: str, block_s: float) -> Outcome:
@@ -156,8 +157,8 @@ class RedisCluster:
     async def kick(self, user_id: str, reason: str) -> Outcome:
         return await self._fan_out(user_id, {"op": "kick", "user": user_id, "reason": reason})
 
-    async def revoke(self, user_id: str, jti: str | None) -> Outcome:
-        await self._gateway.revocations.revoke(user_id, jti, self._clock())
+    async def revoke(self, user_id: str, jti: str | None, exp: float | None = None) -> Outcome:
+        await self._gateway.revocations.revoke(user_id, jti, self._clock(), exp)
         return await self._fan_out(user_id, {"op": "revoke", "user": user_id})
 
     async def drop(self, user_id: str, block_s: float) -> Outcome:

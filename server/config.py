@@ -55,7 +55,8 @@ class Settings:
     jwt_audience: str = ""
     jwt_leeway_s: float = 0.0
     jwt_max_token_bytes: int = 8192
-    jwt_max_lifetime_s: float = 86400.0  # the longest token lifetime: how long a revocation is kept
+    # the longest token lifetime (exp - iat): longer tokens are refused, and revocations are kept this long
+    jwt_max_lifetime_s: float = 86400.0
     token_expiring_s: float = 60.0  # `token_expiring` is sent this long before a live token's exp
 
     redis_url: str = ""
@@ -300,6 +301,8 @@ def validate(s: Settings) -> None:
                    prefix="jwt_previous_")
     if s.jwt_leeway_s < 0:
         raise ConfigError("jwt_leeway_s: must not be negative")
+    if s.jwt_max_lifetime_s <= 0:
+        raise ConfigError("jwt_max_lifetime_s: must be positive")
     if s.redis_url:
         url = urlparse(s.redis_url)
         if url.scheme not in ("redis", "rediss", "unix") or (url.scheme != "unix" and not url.hostname):

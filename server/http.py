@@ -12,13 +12,14 @@ GET      /admin/connections       ?user= &room= &instance= ; the registry, clust
 GET      /admin/instances         the instances and whether their heartbeat is alive
 POST     /admin/kick              {"user", "reason"}: close with 4503 everywhere
 POST     /admin/drop              {"user", "block_s"}: cut the transport, refuse reconnects
-POST     /admin/revoke            {"user", "jti"?}: revoke tokens, close what used them (4500)
+POST     /admin/revoke            {"user", "jti"?, "exp"?}: revoke tokens, close what used them (4500)
 =======  =======================  ==================================================
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -113,8 +114,12 @@ def admin_routes(*, verifier: Verifier, revocations: Revocations, registry: Regi
         jti = body.get("jti")
         if jti is not None and (not isinstance(jti, str) or not jti):
             raise AdminError(400, "bad_request", "jti must be a non-empty string")
-        outcome = await cluster.revoke(user, jti)
-        log(logger, "admin_revoke", by=claims.user_id, user=user, jti=jti or "", count=outcome.count)
+        exp = body.get("exp")
+        if exp is not None and (not jti or not isinstance(exp, (int, float)) or isinstance(exp, bool)
+                                or not math.isfinite(exp) or exp < 0):
+            raise AdminError(400, "bad_request", "exp (with jti only) must be the token's exp in epoch seconds")
+        outcome = await cluster.revoke(user, jti, None if exp is None else float(exp))
+        log(logger, "admin_revoke", by=claims.user_id, user=user, jti=jti or "", exp=exp or "", count=outcome.count)
         return outcome.to_dict()
 
     return [web.get("/admin/connections", admin(connections)), web.get("/admin/instances", admin(instances)),

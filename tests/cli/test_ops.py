@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+
+import redis as redis_sync
 
 from tests.cli.run import gamectl
 from tests.conftest import eventually
@@ -89,3 +92,27 @@ async def test_revoke_command(cluster_factory, players):
     assert reason["code"] == 4500
     code, out, _ = await gamectl("revoke", "bob", "--jti", "abc", "--url", a_gw.url)
     assert code == 0 and "token abc" in out
+
+
+async def test_revoke_a_jti_until_its_exp(cluster_factory, redis_server, redis_prefix):
+    [gw] = await cluster_factory(1, jwt_max_lifetime_s=60)
+    short = {"GAMEGW_JWT_MAX_LIFETIME_S": "60"}  # gamectl's own admin token must fit too
+    code, out, err = await gamectl("revoke", "carol", "--jti", "j1", "--exp", "2099-01-01T00:00:00Z", "--json",
+                                   "--url", gw.url, **short)
+    assert code == 0, err
+    assert json.loads(out)["count"] == 0
+    key = f"{redis_prefix}:revoked-jti:j1"
+    r = redis_sync.Redis(port=redis_server.port)
+    try:
+        kept_s = r.pttl(key) / 1000
+        assert kept_s > 0.9 * (4070908800 - time.time())  # until the token's exp, not jwt_max_lifetime_s
+        code, _, err = await gamectl("revoke", "carol", "--jti", "j1", "--url", gw.url, **short)  # again, without --exp
+        assert code == 0, err
+        assert r.pttl(key) / 1000 > kept_s - 60  # a later revocation never shortens the record
+        code, _, err = await gamectl("revoke", "carol", "--jti", "j2", "--url", gw.url, **short)
+        assert code == 0 and 55 < r.pttl(f"{redis_prefix}:revoked-jti:j2") / 1000 <= 60
+    finally:
+        r.close()
+    for args in (["--exp", "2099-01-01"], ["--jti", "j3", "--exp", "soon"]):
+        code, _, err = await gamectl("revoke", "carol", *args, "--url", gw.url, **short)
+        assert code == 2 and "--exp" in err, err

@@ -322,7 +322,7 @@ def test_bad_number_from_flag(state_home: Path) -> None:
 
 @pytest.mark.parametrize(("name", "value"), [("port", "70000"), ("port", "-1"), ("max_connections_per_user", "0"),
                                              ("ping_interval_s", "0"), ("grace_s", "-1"),
-                                             ("jwt_max_token_bytes", "0")])
+                                             ("jwt_max_token_bytes", "0"), ("jwt_max_lifetime_s", "0")])
 def test_out_of_range(state_home: Path, name: str, value: str) -> None:
     assert name in config_error(prod_env(state_home, **{name: value}))
 
