@@ -10,6 +10,11 @@ they match can still be accepted, and no longer:
   revocation says it (``exp``), whichever is later (then it holds even if
   ``jwt_max_lifetime_s`` is raised afterwards), and a later revocation never shortens it.
 
+``iat`` has one-second resolution: a token minted in the cut-off's second, after it, carries an
+``iat`` below the cut-off and counts as issued before it. A user's revocation therefore returns
+only once the clock has reached the next whole second (:func:`settle_s`, under a second): a token
+minted after it returned is accepted at once, and one minted before the cut-off never is.
+
 A token without ``iat`` cannot be dated: a user's revocation refuses every such token of the
 user while its record lasts, which covers all of them that could be accepted when it was made.
 """
@@ -47,6 +52,12 @@ def matches(claims: Claims, before: float | None, jti_revoked: bool) -> bool:
     if jti_revoked:
         return True
     return before is not None and (claims.iat is None or claims.iat < before)
+
+
+def settle_s(cut_off: float, now: float) -> float:
+    """How long a revocation at ``cut_off`` waits, at ``now``, before it returns: until the next
+    whole second, from which on a newly minted token's ``iat`` is not below the cut-off."""
+    return min(1.0, max(0.0, math.ceil(cut_off) - now))
 
 
 class MemoryRevocations:

@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 import jwt
+import pytest
 
 from server.auth import mint
 from tests.conftest import make_settings, refusal
@@ -39,9 +40,22 @@ async def test_revoke_closes_connections_everywhere_and_refuses_old_tokens(clust
     for gw in (a_gw, b_gw):
         err = await refusal(gw.url, auth={"token": old})
         assert err["message"] == "token_invalid" and err["data"]["code"] == 4500
-    await asyncio.sleep(1.1)  # a token issued after the revocation (iat has one-second resolution)
-    fresh = await players(a_gw.url, a_gw.token("bob"))
+    fresh = await players(a_gw.url, a_gw.token("bob"))  # minted after the revoke returned
     assert (await fresh.wait_for("session"))[0]["user"] == "bob"
+
+
+@pytest.mark.parametrize("instances", [1, 2])
+async def test_a_token_minted_after_the_revoke_returned_is_accepted_at_once(gateway_factory, cluster_factory,
+                                                                            players, instances: int) -> None:
+    gws = await cluster_factory(2) if instances == 2 else [await gateway_factory()]
+    await asyncio.sleep(1.02 - time.time() % 1)  # a second has just begun: the revoke and the mints share it
+    before = gws[0].token("erin")  # iat: this second
+    await revoke(gws[0], {"user": "erin"})
+    after = gws[0].token("erin")
+    for gw in gws:
+        assert (await refusal(gw.url, auth={"token": before}))["message"] == "token_invalid"
+    p = await players(gws[-1].url, after)
+    assert (await p.wait_for("session"))[0]["user"] == "erin"
 
 
 async def test_revoke_one_jti_and_survive_a_restart(cluster_factory, players):
