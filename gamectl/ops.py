@@ -19,7 +19,8 @@ from .admin import AdminClient
 from .output import fail, print_json, stdout
 
 UrlOpt = Annotated[str | None, typer.Option("--url", envvar="GAMEGW_URL", show_envvar=False,
-                                            help="Any instance's base URL (default: from the config's host/port).")]
+                                            help="Any instance's admin base URL (default: from the config's "
+                                                 "admin_host/admin_port, else host/port).")]
 TokenOpt = Annotated[str | None, typer.Option("--token", envvar="GAMEGW_ADMIN_TOKEN", show_envvar=False,
                                               help="Admin JWT (default: signed with the configured key).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]

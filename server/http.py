@@ -1,5 +1,9 @@
 """Plain HTTP beside the Socket.IO endpoint: health, readiness, metrics and the admin API.
 
+Health and readiness are served on the game listener; metrics and the admin API too, unless
+``admin_port`` gives them a listener of their own (see ``create_app``), which serves health and
+readiness as well.
+
 The admin API answers for the whole cluster from any instance. It requires a bearer JWT whose
 ``role`` claim is ``admin`` and that is not revoked (checked as ``/game`` checks it, against the
 cluster's revocations, on every call); errors are ``{"error": {"code", "message"}}`` with a
@@ -42,7 +46,7 @@ logger = logging.getLogger("gamegw.admin")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def routes(*, metrics: Metrics, rooms: RoomStore, bus: Bus, instance_id: str) -> list[web.RouteDef]:
+def health_routes(*, rooms: RoomStore, bus: Bus, instance_id: str) -> list[web.RouteDef]:
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "instance": instance_id})
 
@@ -57,10 +61,14 @@ def routes(*, metrics: Metrics, rooms: RoomStore, bus: Bus, instance_id: str) ->
                                       "error": "the pub/sub listener did not hear its loopback probe"}, status=503)
         return web.json_response({"status": "ready", "instance": instance_id})
 
+    return [web.get("/healthz", healthz), web.get("/readyz", readyz)]
+
+
+def metrics_routes(*, metrics: Metrics) -> list[web.RouteDef]:
     async def metrics_view(request: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    return [web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/metrics", metrics_view)]
+    return [web.get("/metrics", metrics_view)]
 
 
 def admin_routes(*, verifier: Verifier, revocations: Revocations, registry: Registry,

@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 
+import pytest
 import redis as redis_sync
+import typer
 
+from gamectl.admin import AdminClient
+from server.config import load_settings
 from tests.cli.run import gamectl
-from tests.conftest import eventually
+from tests.conftest import TEST_SECRET, eventually
 
 
 def _disconnected(player):
@@ -116,3 +121,17 @@ async def test_revoke_a_jti_until_its_exp(cluster_factory, redis_server, redis_p
     for args in (["--exp", "2099-01-01"], ["--jti", "j3", "--exp", "soon"]):
         code, _, err = await gamectl("revoke", "carol", *args, "--url", gw.url, **short)
         assert code == 2 and "--exp" in err, err
+
+
+def test_the_default_url_is_the_admin_listener():
+    env = {"GAMEGW_JWT_SECRET": TEST_SECRET}
+    shipped = load_settings(env, Path(__file__).parents[2] / "configs" / "cluster.toml")
+    assert (shipped.host, shipped.admin_host, shipped.admin_port) == ("0.0.0.0", "127.0.0.1", 9000)
+    assert AdminClient(shipped, None, "t").url == "http://127.0.0.1:9000"
+    assert AdminClient(load_settings(env, None, {"port": 8123}), None, "t").url == "http://127.0.0.1:8123"
+    anywhere = load_settings(env, None, {"admin_host": "0.0.0.0", "admin_port": 9123})
+    assert AdminClient(anywhere, None, "t").url == "http://127.0.0.1:9123"
+    assert AdminClient(shipped, "http://10.0.0.5:9000/", "t").url == "http://10.0.0.5:9000"
+    with pytest.raises(typer.Exit) as exited:  # a port chosen at start cannot be guessed
+        AdminClient(load_settings(env, None, {"admin_port": 0}), None, "t")
+    assert exited.value.exit_code == 1

@@ -1,7 +1,11 @@
-"""The admin API's own security: revoked admin tokens are refused on every instance."""
+"""The admin surface's own security: revoked admin tokens are refused on every instance, and
+/admin/* and /metrics may have a listener of their own, off the players' port."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,8 +14,10 @@ import aiohttp
 import jwt
 import pytest
 
+from server.app import PARTS
 from server.auth import mint
-from tests.conftest import RedisServer, make_settings
+from tests.cli.run import GAMECTL, gamectl
+from tests.conftest import RedisServer, free_port, make_settings, process_env
 
 REVOKED = {"error": {"code": "token_invalid", "message": "token revoked"}}
 
@@ -103,3 +109,83 @@ async def test_admin_calls_during_a_redis_outage_answer_unavailable(cluster_fact
     assert await call(gw.url, ops, "POST", "/admin/kick", {"user": "bob"}) == (503, unavailable)
     [line] = [r for r in caplog.records if r.getMessage() == "admin_unavailable"][:1]
     assert line.gamegw_fields["path"] == "/admin/connections"
+
+
+# -- the admin listener ------------------------------------------------------------------------
+
+OPS_PATHS = [("GET", "/admin/connections", None), ("GET", "/admin/instances", None),
+             ("POST", "/admin/kick", {"user": "nobody"}), ("GET", "/metrics", None)]
+
+
+async def status_of(url: str, token: str, method: str, path: str, body: dict[str, Any] | None = None) -> int:
+    async with aiohttp.ClientSession() as http:
+        async with http.request(method, url + path, json=body,
+                                headers={"Authorization": f"Bearer {token}"}) as resp:
+            await resp.read()
+            return resp.status
+
+
+async def assert_split(game_url: str, admin_url: str, token: str) -> None:
+    """/admin/* and /metrics: 404 on the game listener, served on the admin one; health on both."""
+    for method, path, body in OPS_PATHS:
+        assert await status_of(game_url, token, method, path, body) == 404, path
+        assert await status_of(admin_url, token, method, path, body) == 200, path
+    for url in (game_url, admin_url):
+        for path in ("/healthz", "/readyz"):
+            assert await status_of(url, token, "GET", path) == 200, url + path
+
+
+async def test_an_admin_listener_takes_admin_and_metrics_off_the_game_port(gateway_factory, players) -> None:
+    gw = await gateway_factory(admin_port=0)
+    admin_url = gw.app[PARTS].admin_url
+    assert admin_url.startswith("http://127.0.0.1:") and admin_url != gw.url
+    alice = await players(gw.url, gw.token("alice"))
+    assert (await alice.call("join", {"room": "r"}))["ok"] is True  # the game listener plays as before
+    ops = gw.token("ops", role="admin")
+    await assert_split(gw.url, admin_url, ops)
+    status, body = await call(admin_url, ops, "GET", "/admin/connections")
+    assert status == 200 and [c["user_id"] for c in body["connections"]] == ["alice"]
+    async with aiohttp.ClientSession() as http, http.get(admin_url + "/metrics") as resp:
+        assert "gamegw_connections 1.0" in await resp.text()
+
+
+async def test_without_an_admin_listener_everything_stays_on_the_game_port(gateway_factory) -> None:
+    gw = await gateway_factory()
+    assert gw.app[PARTS].admin_url == ""
+    ops = gw.token("ops", role="admin")
+    for method, path, body in OPS_PATHS:
+        assert await status_of(gw.url, ops, method, path, body) == 200, path
+
+
+async def test_gamectl_serve_with_an_admin_port(process_factory, players) -> None:
+    """A `gamectl serve` process with GAMEGW_ADMIN_PORT, and gamectl's default URL following it."""
+    admin_port = free_port()
+    a = await process_factory("inst-a", GAMEGW_ADMIN_PORT=str(admin_port))
+    admin_url = f"http://127.0.0.1:{admin_port}"
+    settings = make_settings()
+    bob = await players(a.url, mint(settings, "bob"))
+    await assert_split(a.url, admin_url, mint(settings, "ops", role="admin"))
+
+    config = {"GAMEGW_PORT": str(a.port), "GAMEGW_ADMIN_PORT": str(admin_port)}
+    code, out, err = await gamectl("connections", "ls", "--json", **config)  # no --url: the admin listener
+    assert code == 0, err
+    assert [(c["user_id"], c["instance_id"]) for c in json.loads(out)["connections"]] == [("bob", "inst-a")]
+    code, _, err = await gamectl("kick", "bob", GAMEGW_PORT=str(a.port))  # the game port has no admin API
+    assert code == 1 and "HTTP 404" in err
+    code, out, err = await gamectl("kick", "bob", "--json", **config)
+    assert code == 0 and json.loads(out)["count"] == 1, err
+    [reason] = await bob.wait_for("disconnect_reason")
+    assert reason["code"] == 4503
+
+
+async def test_an_admin_port_that_is_taken_stops_startup_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = process_env("inst-a", GAMEGW_ADMIN_PORT=str(taken.getsockname()[1]))
+        proc = await asyncio.create_subprocess_exec(GAMECTL, "serve", "--port", str(free_port()), env=env,
+                                                    stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 1 and "Traceback" not in err.decode()
+    assert lines[-2].startswith("error: cannot listen: ") and lines[-1].startswith("hint: "), lines
