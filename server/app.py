@@ -208,6 +208,10 @@ def create_app(
         await gateway.start()
         log(logger, "start", instance=settings.instance_id, profile=settings.profile, game=settings.game,
             state="redis" if redis is not None else "memory", admin=parts.admin_url or "game listener")
+        if not settings.dev and not settings.jwt_audience:
+            log(logger, "no_audience", logging.WARNING,
+                note="jwt_audience is not set: a token signed with this key for another service is accepted; "
+                     "set jwt_audience (and the aud claim of the tokens)")
 
     async def on_shutdown(app: web.Application) -> None:
         """The listener is already closed (aiohttp stops its sites first): every client gets

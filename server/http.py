@@ -47,18 +47,25 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def health_routes(*, rooms: RoomStore, bus: Bus, instance_id: str) -> list[web.RouteDef]:
+    """``/healthz`` and ``/readyz``, public: they say ready or not and why as a code, never an
+    address or an exception's text (those go to a throttled ``not_ready`` log line)."""
+    throttle = Throttle()
+
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "instance": instance_id})
+
+    def not_ready(reason: str, error: str) -> web.Response:
+        throttle.log(logger, "not_ready", logging.WARNING, key=f"not_ready:{reason}", instance=instance_id,
+                     reason=reason, error=error)
+        return web.json_response({"status": "unavailable", "instance": instance_id, "reason": reason}, status=503)
 
     async def readyz(request: web.Request) -> web.Response:
         try:
             await rooms.ping()
         except Exception as exc:  # any failure of the store means "not ready"
-            return web.json_response({"status": "unavailable", "instance": instance_id, "error": str(exc)},
-                                     status=503)
+            return not_ready("store_unreachable", f"{type(exc).__name__}: {exc}")
         if not await bus.probe():
-            return web.json_response({"status": "unavailable", "instance": instance_id,
-                                      "error": "the pub/sub listener did not hear its loopback probe"}, status=503)
+            return not_ready("listener_deaf", "the pub/sub listener did not hear its loopback probe")
         return web.json_response({"status": "ready", "instance": instance_id})
 
     return [web.get("/healthz", healthz), web.get("/readyz", readyz)]

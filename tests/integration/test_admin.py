@@ -1,10 +1,12 @@
-"""The admin surface's own security: revoked admin tokens are refused on every instance, and
-/admin/* and /metrics may have a listener of their own, off the players' port."""
+"""The operator surface's own security: revoked admin tokens are refused on every instance,
+/admin/* and /metrics may have a listener of their own, off the players' port, a public
+/readyz tells nothing internal, and a production profile without an audience is warned about."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,11 +101,21 @@ async def test_processes_refuse_an_admin_token_revoked_through_another(process_f
     assert reason["code"] == 4503
 
 
-async def test_admin_calls_during_a_redis_outage_answer_unavailable(cluster_factory, own_redis, caplog) -> None:
+async def test_during_a_redis_outage_admin_is_unavailable_and_readyz_names_no_address(cluster_factory, own_redis,
+                                                                                     caplog) -> None:
     [gw] = await cluster_factory(1, redis_url=own_redis.url, redis_timeout_s=0.5)
     ops = gw.token("ops", role="admin")
     assert (await call(gw.url, ops, "GET", "/admin/connections"))[0] == 200
     own_redis.stop()
+    async with aiohttp.ClientSession() as http, http.get(gw.url + "/readyz") as resp:
+        status, text = resp.status, await resp.text()
+    # ready or not, and why as a code: no address, port or exception text for whoever asks
+    assert (status, json.loads(text)) == (503, {"status": "unavailable", "instance": "inst-1",
+                                                "reason": "store_unreachable"})
+    assert str(own_redis.port) not in text and "127.0.0.1" not in text and "redis" not in text.lower()
+    [line] = [r for r in caplog.records if r.getMessage() == "not_ready"]
+    assert line.gamegw_fields["reason"] == "store_unreachable"
+    assert str(own_redis.port) in line.gamegw_fields["error"]  # the details are kept for the operator
     unavailable = {"error": {"code": "unavailable", "message": "the state store did not answer; retry"}}
     assert await call(gw.url, ops, "GET", "/admin/connections") == (503, unavailable)
     assert await call(gw.url, ops, "POST", "/admin/kick", {"user": "bob"}) == (503, unavailable)
@@ -189,3 +201,17 @@ async def test_an_admin_port_that_is_taken_stops_startup_with_one_line(tmp_path:
     lines = err.decode().strip().splitlines()
     assert proc.returncode == 1 and "Traceback" not in err.decode()
     assert lines[-2].startswith("error: cannot listen: ") and lines[-1].startswith("hint: "), lines
+
+
+# -- the audience warning ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("overrides", "warned"), [({}, True), ({"jwt_audience": "gamegw"}, False),
+                                                   ({"profile": "dev"}, False)], ids=["prod", "audience", "dev"])
+async def test_a_production_profile_without_an_audience_warns_once(gateway_factory, caplog, overrides,
+                                                                   warned: bool) -> None:
+    caplog.set_level(logging.INFO, logger="gamegw")
+    await gateway_factory(**overrides)
+    lines = [r for r in caplog.records if r.getMessage() == "no_audience"]
+    assert [(r.levelno, r.name) for r in lines] == ([(logging.WARNING, "gamegw.app")] if warned else [])
+    assert [r.getMessage() for r in caplog.records if r.getMessage() == "start"] == ["start"]
