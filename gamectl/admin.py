@@ -17,10 +17,11 @@ from .output import fail
 
 class AdminClient:
     def __init__(self, settings: Settings, url: str | None, token: str | None, timeout_s: float = 10) -> None:
-        self.url = (url or f"http://{_connect_host(settings.host)}:{settings.port}").rstrip("/")
+        self.url = (url or default_url(settings)).rstrip("/")
         if token is None:
             try:
-                token = mint(settings, "gamectl", ttl_s=120, role="admin")
+                # short-lived, and never longer than the gateway accepts
+                token = mint(settings, "gamectl", ttl_s=min(120.0, settings.jwt_max_lifetime_s), role="admin")
             except ConfigError as exc:
                 fail(1, str(exc), "pass --token with an admin JWT, or configure the signing key")
         self._token = token
@@ -53,6 +54,16 @@ class AdminClient:
             reason = getattr(exc, "reason", exc)
             fail(1, f"cannot reach the gateway at {self.url}: {reason}",
                  "is `gamectl serve` running there? pass --url http://host:port")
+
+
+def default_url(settings: Settings) -> str:
+    """The admin API of the configured instance: its admin listener when it has one."""
+    if settings.admin_port is None:
+        return f"http://{_connect_host(settings.host)}:{settings.port}"
+    if settings.admin_port == 0:
+        fail(1, "admin_port = 0: the admin listener's port is chosen at start",
+             "pass --url (the gateway's `ready` log line says admin_url)")
+    return f"http://{_connect_host(settings.admin_host)}:{settings.admin_port}"
 
 
 def _connect_host(host: str) -> str:

@@ -11,7 +11,7 @@ import typer
 from server.config import Settings, load_settings
 from server.errors import ConfigError
 
-from .output import fail, parse_duration, print_json
+from .output import fail, parse_duration, print_json, stderr
 
 app = typer.Typer(
     help="Run and operate gamegw, a real-time gateway for multiplayer games.",
@@ -42,6 +42,9 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on (default: 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (default: 8000).")] = None,
     redis: Annotated[str | None, typer.Option("--redis", help="Redis URL: cluster mode with shared state.")] = None,
+    admin_port: Annotated[int | None, typer.Option("--admin-port", help=(
+        "Serve /admin/* and /metrics on this port only (on admin_host, default 127.0.0.1), not on the "
+        "game port. With --workers N, worker k takes this port + k - 1."))] = None,
     workers: Annotated[int, typer.Option(min=1, max=64, help=(
         "Processes on this port (SO_REUSEPORT), forming one cluster over Redis (needs --redis). "
         "With more than one, clients must use the websocket transport: long-polling is refused "
@@ -56,12 +59,17 @@ def serve(
     from server.app import run
     from server.logs import configure
 
-    settings = settings_from(config, host=host, port=port, redis_url=redis)
+    settings = settings_from(config, host=host, port=port, redis_url=redis, admin_port=admin_port)
     if workers > 1:
         if not settings.redis_url:
             fail(1, "--workers > 1 needs cluster mode (--redis)", "run one worker, or add --redis URL")
         if settings.port == 0:
             fail(1, "--workers > 1 needs a fixed --port", "pick a port: the workers share it")
+        if settings.admin_port:
+            last = settings.admin_port + workers - 1
+            if last > 65535 or settings.admin_port <= settings.port <= last:
+                fail(1, f"--workers {workers} take admin ports {settings.admin_port}-{last}, which must be free "
+                        f"ports other than the game port {settings.port}", "choose another --admin-port")
         from .workers import run_workers
 
         raise typer.Exit(run_workers(settings, workers, str(config) if config else None))
@@ -74,7 +82,10 @@ def serve(
         log(logging.getLogger("gamegw.app"), "dev_profile", logging.WARNING,
             note="using a development JWT key; do not expose this instance",
             key_file=str(Path(settings.state_dir) / "dev-jwt-secret"))
-    run(settings)
+    try:
+        run(settings)
+    except OSError as exc:  # a port that is taken, an address that is not ours
+        fail(1, f"cannot listen: {exc.strerror or exc}", "choose another --port / --admin-port (or host)")
 
 
 @app.command()
@@ -99,6 +110,9 @@ def token(
             raise typer.BadParameter(f"{item!r} is not key=value", param_hint="--claim")
         extra[key] = value
     settings = settings_from(config)
+    if ttl_s > settings.jwt_max_lifetime_s:
+        stderr.print(f"[yellow]warning:[/] the gateway refuses tokens that live longer than jwt_max_lifetime_s "
+                     f"({settings.jwt_max_lifetime_s:g} s)", highlight=False, soft_wrap=True)
     try:
         jwt_text = mint(settings, user, ttl_s=ttl_s, role=role, claims=extra)
     except ConfigError as exc:

@@ -19,7 +19,8 @@ from .admin import AdminClient
 from .output import fail, print_json, stdout
 
 UrlOpt = Annotated[str | None, typer.Option("--url", envvar="GAMEGW_URL", show_envvar=False,
-                                            help="Any instance's base URL (default: from the config's host/port).")]
+                                            help="Any instance's admin base URL (default: from the config's "
+                                                 "admin_host/admin_port, else host/port).")]
 TokenOpt = Annotated[str | None, typer.Option("--token", envvar="GAMEGW_ADMIN_TOKEN", show_envvar=False,
                                               help="Admin JWT (default: signed with the configured key).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -136,6 +137,9 @@ def kick(
 def revoke(
     user: Annotated[str, typer.Argument(help="The user id (JWT `sub`) whose tokens to revoke.")],
     jti: Annotated[str | None, typer.Option("--jti", help="Revoke only this token (its `jti` claim).")] = None,
+    exp: Annotated[str | None, typer.Option("--exp", help=(
+        "With --jti: the token's `exp` (epoch seconds or ISO-8601); the revocation is then kept until "
+        "then, even if jwt_max_lifetime_s is raised later."))] = None,
     as_json: JsonOpt = False,
     url: UrlOpt = None,
     token: TokenOpt = None,
@@ -144,12 +148,23 @@ def revoke(
     """Revoke USER's tokens issued before now (or one token with --jti), cluster-wide.
 
     Connections using them close with 4500 and the tokens are refused from then on, across
-    restarts (kept in Redis for the longest token lifetime). Exits 1 if an instance holding one
+    restarts, until they expire (the gateway refuses tokens that live longer than
+    jwt_max_lifetime_s, and keeps revocations that long). Exits 1 if an instance holding one
     of the user's connections did not confirm.
     """
+    from server.config import parse_instant
+    from server.errors import ConfigError
+
     from .main import settings_from
 
     body: dict[str, Any] = {"user": user} | ({"jti": jti} if jti else {})
+    if exp is not None:
+        if not jti:
+            raise typer.BadParameter("only with --jti", param_hint="--exp")
+        try:
+            body["exp"] = parse_instant("--exp", exp)
+        except ConfigError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--exp") from None
     outcome = AdminClient(settings_from(config), url, token).post("/admin/revoke", body)
     if as_json:
         print_json(outcome)

@@ -7,6 +7,11 @@ does not route a session's requests back to it), so the workers accept websocket
 only and refuse long-polling with a clear message; put a sticky load balancer in front of
 single-worker instances where long-polling clients matter (see the README).
 
+With an admin listener (``admin_port``), worker k listens for ``/admin/*`` and ``/metrics`` on
+``admin_port + k - 1``, not on one shared SO_REUSEPORT port: metrics must be scraped from each
+worker (the kernel would hand each scrape to any of them), and the admin API answers for the
+whole cluster from any worker.
+
 The parent supervises: SIGINT/SIGTERM are passed on to every worker (each drains and exits),
 and if a worker dies, the others are stopped and the parent exits 1.
 """
@@ -35,6 +40,11 @@ def run_workers(settings: Settings, workers: int, config: str | None) -> int:
             "GAMEGW_REUSE_PORT": "true",
             "GAMEGW_WEBSOCKET_ONLY": "true",
         })
+        if settings.admin_port is not None:
+            # one admin listener per worker (admin_port + k - 1; 0: each a free port): /metrics must
+            # reach one given worker, and the admin API answers for the cluster from any of them
+            env["GAMEGW_ADMIN_HOST"] = settings.admin_host
+            env["GAMEGW_ADMIN_PORT"] = str(settings.admin_port + k if settings.admin_port else 0)
         if settings.dev:
             env.setdefault("GAMEGW_PROFILE", "dev")
             env.setdefault("GAMEGW_JWT_SECRET", settings.jwt_secret)

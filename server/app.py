@@ -28,7 +28,7 @@ from .config import Settings
 from .gateway import NAMESPACE, Gateway
 from .guards import Guards, origin_checker
 from .guards import install as install_guards
-from .http import admin_routes, routes
+from .http import admin_routes, health_routes, metrics_routes
 from .keys import Keys
 from .logs import library_logger, log
 from .manager import GameManager, GameServer
@@ -57,6 +57,7 @@ class Parts:
     cluster: Cluster
     bus: Bus
     redis: Redis | None = None
+    admin_url: str = ""  # the admin listener's bound address, once started (admin_port set)
 
 
 PARTS = web.AppKey("gamegw_parts", Parts)
@@ -141,7 +142,8 @@ def create_app(
                                      pipe=RedisPipe(settings.redis_url, timeout_s=settings.redis_timeout_s))
         registry, rooms = redis_registry, redis_rooms
         sessions: SessionStore = RedisSessionStore(redis, keys)
-        revocations: Revocations = RedisRevocations(redis, keys, ttl_s=settings.jwt_max_lifetime_s)
+        revocations: Revocations = RedisRevocations(redis, keys, ttl_s=settings.jwt_max_lifetime_s,
+                                                    leeway_s=settings.jwt_leeway_s)
         redis_bus = RedisBus(redis, keys, settings.instance_id, manager, metrics, url=settings.redis_url,
                              timeout_s=settings.redis_timeout_s)
         redis_bus.probe_interval_s = settings.bus_probe_interval_s
@@ -151,7 +153,8 @@ def create_app(
         rooms = rooms or MemoryRoomStore(rules, log_size=settings.move_log_size, max_members=settings.max_room_members)
         bus = LocalBus(manager, metrics)
         sessions = MemorySessionStore()
-        revocations = MemoryRevocations(ttl_s=settings.jwt_max_lifetime_s, clock=clock)
+        revocations = MemoryRevocations(ttl_s=settings.jwt_max_lifetime_s, leeway_s=settings.jwt_leeway_s,
+                                        clock=clock)
     verifier = Verifier(settings, clock=clock)
     gateway = Gateway(settings, verifier=verifier, registry=registry, rooms=rooms, sessions=sessions,
                       revocations=revocations, metrics=metrics, transports=transports, guards=guards, clock=clock)
@@ -177,17 +180,38 @@ def create_app(
     if settings.websocket_only:
         middlewares.insert(1, polling_refused)
     app = web.Application(middlewares=middlewares)
-    app[PARTS] = Parts(settings, sio, gateway, registry, rooms, metrics, cluster, bus, redis)
+    parts = app[PARTS] = Parts(settings, sio, gateway, registry, rooms, metrics, cluster, bus, redis)
     sio.attach(app)
-    app.add_routes(routes(metrics=metrics, rooms=rooms, bus=bus, instance_id=settings.instance_id))
-    app.add_routes(admin_routes(verifier=verifier, registry=registry, cluster=cluster))
+    app.add_routes(health_routes(rooms=rooms, bus=bus, instance_id=settings.instance_id))
+    ops_routes = [*metrics_routes(metrics=metrics),
+                  *admin_routes(verifier=verifier, revocations=revocations, registry=registry, cluster=cluster)]
+    admin_runner: web.AppRunner | None = None
+    if settings.admin_listener:
+        # /admin/* and /metrics only there: the game listener answers 404 for them
+        admin_app = web.Application()
+        admin_app.add_routes(health_routes(rooms=rooms, bus=bus, instance_id=settings.instance_id))
+        admin_app.add_routes(ops_routes)
+        admin_runner = web.AppRunner(admin_app, handle_signals=False, access_log=None, shutdown_timeout=1.0,
+                                     **server_options(settings))
+    else:
+        app.add_routes(ops_routes)
 
     async def on_startup(app: web.Application) -> None:
+        if admin_runner is not None:  # first: a port that is taken stops startup before anything runs
+            await admin_runner.setup()
+            site = web.TCPSite(admin_runner, settings.admin_host, settings.admin_port)
+            await site.start()
+            host, port = admin_runner.addresses[0][:2]
+            parts.admin_url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
         await bus.start()
         await cluster.start()
         await gateway.start()
         log(logger, "start", instance=settings.instance_id, profile=settings.profile, game=settings.game,
-            state="redis" if redis is not None else "memory")
+            state="redis" if redis is not None else "memory", admin=parts.admin_url or "game listener")
+        if not settings.dev and not settings.jwt_audience:
+            log(logger, "no_audience", logging.WARNING,
+                note="jwt_audience is not set: a token signed with this key for another service is accepted; "
+                     "set jwt_audience (and the aud claim of the tokens)")
 
     async def on_shutdown(app: web.Application) -> None:
         """The listener is already closed (aiohttp stops its sites first): every client gets
@@ -220,6 +244,8 @@ def create_app(
             took_ms=int((time.monotonic() - started) * 1000))
 
     async def on_cleanup(app: web.Application) -> None:
+        if admin_runner is not None:
+            await admin_runner.cleanup()
         await sio.shutdown()
         await gateway.aclose()
         await cluster.aclose()
@@ -250,7 +276,8 @@ def run(settings: Settings) -> None:
     app = create_app(settings)
 
     async def ready(app: web.Application) -> None:
-        log(logger, "ready", instance=settings.instance_id, url=f"http://{settings.host}:{settings.port}")
+        log(logger, "ready", instance=settings.instance_id, url=f"http://{settings.host}:{settings.port}",
+            admin_url=app[PARTS].admin_url or f"http://{settings.host}:{settings.port}")
 
     app.on_startup.append(ready)
     web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None, loop=loop,

@@ -5,6 +5,8 @@ the contract's refusal. Algorithms are pinned by configuration (HMAC and public-
 are never mixed, ``none`` is never accepted), ``sub`` and ``exp`` are required, ``iss``/``aud``
 are checked when configured, a ``typ`` header, when present, must be ``JWT``, and a ``crit``
 header is refused (RFC 7515 §4.1.11: we understand no extension, so none may be critical).
+A token may live no longer than ``jwt_max_lifetime_s`` (``exp - iat``, or ``exp - now`` without
+``iat``): revocations are kept that long (see :mod:`server.revocation`).
 
 Key rotation: besides the main key there may be a *previous* key, with algorithms of its own,
 accepted until ``jwt_previous_key_until``. Each key is pinned to its algorithms, so an HS token
@@ -76,6 +78,7 @@ class Verifier:
         self._audience = settings.jwt_audience or None
         self._leeway = settings.jwt_leeway_s
         self._max_bytes = settings.jwt_max_token_bytes
+        self._max_lifetime = settings.jwt_max_lifetime_s
         self._clock = clock
         required = ["sub", "exp"] + (["iss"] if self._issuer else []) + (["aud"] if self._audience else [])
         self._options: dict[str, Any] = {"require": required, "verify_aud": self._audience is not None}
@@ -122,12 +125,19 @@ class Verifier:
             raise AuthError(codes.TOKEN_INVALID, "sub must be a non-empty string")
         known = {"sub", "exp", "iat", "role", "jti", "iss", "aud", "nbf"}
         exp = float(payload["exp"])
+        iat = float(payload["iat"]) if isinstance(payload.get("iat"), (int, float)) else None
+        # A revocation is kept for jwt_max_lifetime_s: a token living longer would outlive it.
+        # Without iat, the token is dated from now (allowing for the leeway on the issuer's clock).
+        lifetime = exp - iat if iat is not None else exp - now - self._leeway
+        if lifetime > self._max_lifetime:
+            raise AuthError(codes.TOKEN_INVALID, f"the token lives longer than jwt_max_lifetime_s "
+                                                 f"({self._max_lifetime:g} s)")
         if used.until is not None:
             exp = min(exp, used.until)  # a token of the previous key lives no longer than that key
         return Claims(
             user_id=sub,
             exp=exp,
-            iat=float(payload["iat"]) if isinstance(payload.get("iat"), (int, float)) else None,
+            iat=iat,
             role=payload.get("role") if isinstance(payload.get("role"), str) else None,
             jti=payload.get("jti") if isinstance(payload.get("jti"), str) else None,
             extra={k: v for k, v in payload.items() if k not in known},

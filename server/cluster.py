@@ -32,6 +32,7 @@ from . import codes
 from .codes import Disconnect
 from .keys import Keys
 from .logs import log, stop_task
+from .revocation import settle_s
 
 if TYPE_CHECKING:
     from .bus import RedisBus
@@ -65,8 +66,10 @@ class Outcome:
 class Cluster(Protocol):
     async def kick(self, user_id: str, reason: str) -> Outcome: ...
 
-    async def revoke(self, user_id: str, jti: str | None) -> Outcome:
-        """Revoke the user's tokens issued before now (or one ``jti``); close what used them."""
+    async def revoke(self, user_id: str, jti: str | None, exp: float | None = None) -> Outcome:
+        """Revoke the user's tokens issued before now (or one ``jti``, whose ``exp`` may be given, so
+        that the revocation is kept until then); close what used them. A user's revocation returns
+        once a token minted from then on is accepted (``iat`` is in whole seconds: under a second)."""
         ...
 
     async def drop(self, user_id: str, block_s: float) -> Outcome: ...
@@ -99,9 +102,13 @@ class LocalCluster:
     async def kick(self, user_id: str, reason: str) -> Outcome:
         return self._here(user_id, await self._gateway.kick_local(user_id, reason))
 
-    async def revoke(self, user_id: str, jti: str | None) -> Outcome:
-        await self._gateway.revocations.revoke(user_id, jti, self._clock())
-        return self._here(user_id, await self._gateway.revoke_local(user_id))
+    async def revoke(self, user_id: str, jti: str | None, exp: float | None = None) -> Outcome:
+        cut_off = self._clock()
+        await self._gateway.revocations.revoke(user_id, jti, cut_off, exp)
+        outcome = self._here(user_id, await self._gateway.revoke_local(user_id))
+        if jti is None:
+            await asyncio.sleep(settle_s(cut_off, self._clock()))
+        return outcome
 
     async def drop(self, user_id: str, block_s: float) -> Outcome:
         if block_s > 0:
@@ -159,9 +166,13 @@ class RedisCluster:
     async def kick(self, user_id: str, reason: str) -> Outcome:
         return await self._fan_out(user_id, {"op": "kick", "user": user_id, "reason": reason})
 
-    async def revoke(self, user_id: str, jti: str | None) -> Outcome:
-        await self._gateway.revocations.revoke(user_id, jti, self._clock())
-        return await self._fan_out(user_id, {"op": "revoke", "user": user_id})
+    async def revoke(self, user_id: str, jti: str | None, exp: float | None = None) -> Outcome:
+        cut_off = self._clock()
+        await self._gateway.revocations.revoke(user_id, jti, cut_off, exp)
+        outcome = await self._fan_out(user_id, {"op": "revoke", "user": user_id})
+        if jti is None:
+            await asyncio.sleep(settle_s(cut_off, self._clock()))
+        return outcome
 
     async def drop(self, user_id: str, block_s: float) -> Outcome:
         if block_s > 0:

@@ -40,6 +40,10 @@ class Settings:
     profile: str = "prod"  # "dev" or "prod"; dev relaxes CORS and generates a key
     host: str = "127.0.0.1"
     port: int = 8000
+    # a separate listener for /admin/* and /metrics (and /healthz, /readyz); unset: they share the
+    # game listener. admin_port = 0 picks a free port (see Parts.admin_url)
+    admin_host: str = "127.0.0.1"
+    admin_port: int | None = None
     instance_id: str = ""
 
     jwt_secret: str = field(default="", repr=False)
@@ -55,7 +59,8 @@ class Settings:
     jwt_audience: str = ""
     jwt_leeway_s: float = 0.0
     jwt_max_token_bytes: int = 8192
-    jwt_max_lifetime_s: float = 86400.0  # the longest token lifetime: how long a revocation is kept
+    # the longest token lifetime (exp - iat): longer tokens are refused, and revocations are kept this long
+    jwt_max_lifetime_s: float = 86400.0
     token_expiring_s: float = 60.0  # `token_expiring` is sent this long before a live token's exp
 
     redis_url: str = ""
@@ -105,6 +110,11 @@ class Settings:
     @property
     def dev(self) -> bool:
         return self.profile == "dev"
+
+    @property
+    def admin_listener(self) -> bool:
+        """Whether /admin/* and /metrics have a listener of their own (admin_host:admin_port)."""
+        return self.admin_port is not None
 
     @property
     def algorithms(self) -> tuple[str, ...]:
@@ -164,6 +174,10 @@ def _parse(name: str, raw: Any) -> Any:
     """One value, from TOML (already typed) or from the environment / a flag (a string)."""
     kind = FIELDS[name].type
     try:
+        if kind == "int | None":  # unset by an empty variable or flag; a TOML file just leaves it out
+            if isinstance(raw, bool):
+                raise ValueError
+            return None if str(raw).strip() == "" else int(raw)
         if kind == "int":
             if isinstance(raw, bool):
                 raise ValueError
@@ -188,7 +202,8 @@ def _parse(name: str, raw: Any) -> Any:
             raise ValueError
         return str(raw)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name}: {raw!r} is not a valid {kind.replace('tuple[str, ...]', 'list')}") from None
+        kind_name = {"tuple[str, ...]": "list", "int | None": "int"}.get(str(kind), str(kind))
+        raise ConfigError(f"{name}: {raw!r} is not a valid {kind_name}") from None
 
 
 def load_settings(
@@ -287,6 +302,14 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"profile: {s.profile!r} must be 'dev' or 'prod'")
     if not 0 < s.port < 65536 and s.port != 0:
         raise ConfigError(f"port: {s.port} is out of range (1-65535, or 0 for any free port)")
+    if s.admin_port is not None:
+        if not 0 <= s.admin_port < 65536:
+            raise ConfigError(f"admin_port: {s.admin_port} is out of range (1-65535, or 0 for any free port)")
+        if s.admin_port == s.port != 0:
+            raise ConfigError(f"admin_port: {s.admin_port} is the game port; choose another one, or leave "
+                              "admin_port unset to serve /admin and /metrics on the game port")
+        if not s.admin_host:
+            raise ConfigError("admin_host: empty; set the address of the admin listener (e.g. 127.0.0.1)")
     _check_key(s.algorithms, s.jwt_secret, s.jwt_public_key_file, prefix="jwt_")
     if s.has_previous_key or s.jwt_previous_key_until or s.jwt_previous_algorithms:
         if not s.has_previous_key:
@@ -302,6 +325,8 @@ def validate(s: Settings) -> None:
                    prefix="jwt_previous_")
     if s.jwt_leeway_s < 0:
         raise ConfigError("jwt_leeway_s: must not be negative")
+    if s.jwt_max_lifetime_s <= 0:
+        raise ConfigError("jwt_max_lifetime_s: must be positive")
     if s.redis_url:
         url = urlparse(s.redis_url)
         if url.scheme not in ("redis", "rediss", "unix") or (url.scheme != "unix" and not url.hostname):

@@ -1,68 +1,98 @@
 """Plain HTTP beside the Socket.IO endpoint: health, readiness, metrics and the admin API.
 
+Health and readiness are served on the game listener; metrics and the admin API too, unless
+``admin_port`` gives them a listener of their own (see ``create_app``), which serves health and
+readiness as well.
+
 The admin API answers for the whole cluster from any instance. It requires a bearer JWT whose
-``role`` claim is ``admin``; errors are ``{"error": {"code", "message"}}`` with a fitting status.
+``role`` claim is ``admin`` and that is not revoked (checked as ``/game`` checks it, against the
+cluster's revocations, on every call); errors are ``{"error": {"code", "message"}}`` with a
+fitting status: 401 ``token_missing`` / ``token_invalid`` (also "token revoked") /
+``token_expired``, 403 ``forbidden`` (not an admin), 400 ``bad_request``, 503 ``unavailable``
+(the state store did not answer).
 
 =======  =======================  ==================================================
 GET      /admin/connections       ?user= &room= &instance= ; the registry, cluster-wide
 GET      /admin/instances         the instances and whether their heartbeat is alive
 POST     /admin/kick              {"user", "reason"}: close with 4503 everywhere
 POST     /admin/drop              {"user", "block_s"}: cut the transport, refuse reconnects
-POST     /admin/revoke            {"user", "jti"?}: revoke tokens, close what used them (4500)
+POST     /admin/revoke            {"user", "jti"?, "exp"?}: revoke tokens, close what used them (4500)
 =======  =======================  ==================================================
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
+from redis.exceptions import RedisError
 
+from . import codes
 from .auth import Claims, Verifier
 from .bus import Bus
 from .cluster import Cluster
 from .errors import AdminError, AuthError
-from .logs import log
+from .logs import Throttle, log
 from .metrics import Metrics
 from .registry import Registry
+from .revocation import Revocations
 from .rooms import RoomStore
 
 logger = logging.getLogger("gamegw.admin")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def routes(*, metrics: Metrics, rooms: RoomStore, bus: Bus, instance_id: str) -> list[web.RouteDef]:
+def health_routes(*, rooms: RoomStore, bus: Bus, instance_id: str) -> list[web.RouteDef]:
+    """``/healthz`` and ``/readyz``, public: they say ready or not and why as a code, never an
+    address or an exception's text (those go to a throttled ``not_ready`` log line)."""
+    throttle = Throttle()
+
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "instance": instance_id})
+
+    def not_ready(reason: str, error: str) -> web.Response:
+        throttle.log(logger, "not_ready", logging.WARNING, key=f"not_ready:{reason}", instance=instance_id,
+                     reason=reason, error=error)
+        return web.json_response({"status": "unavailable", "instance": instance_id, "reason": reason}, status=503)
 
     async def readyz(request: web.Request) -> web.Response:
         try:
             await rooms.ping()
         except Exception as exc:  # any failure of the store means "not ready"
-            return web.json_response({"status": "unavailable", "instance": instance_id, "error": str(exc)},
-                                     status=503)
+            return not_ready("store_unreachable", f"{type(exc).__name__}: {exc}")
         if not await bus.probe():
-            return web.json_response({"status": "unavailable", "instance": instance_id,
-                                      "error": "the pub/sub listener did not hear its loopback probe"}, status=503)
+            return not_ready("listener_deaf", "the pub/sub listener did not hear its loopback probe")
         return web.json_response({"status": "ready", "instance": instance_id})
 
+    return [web.get("/healthz", healthz), web.get("/readyz", readyz)]
+
+
+def metrics_routes(*, metrics: Metrics) -> list[web.RouteDef]:
     async def metrics_view(request: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    return [web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/metrics", metrics_view)]
+    return [web.get("/metrics", metrics_view)]
 
 
-def admin_routes(*, verifier: Verifier, registry: Registry, cluster: Cluster) -> list[web.RouteDef]:
+def admin_routes(*, verifier: Verifier, revocations: Revocations, registry: Registry,
+                 cluster: Cluster) -> list[web.RouteDef]:
+    throttle = Throttle()
+
     def admin(handler: Callable[[web.Request, Claims], Awaitable[Any]]) -> Handler:
         async def wrapped(request: web.Request) -> web.StreamResponse:
             try:
-                claims = _admin_claims(request, verifier)
+                claims = await _admin_claims(request, verifier, revocations)
                 return web.json_response(await handler(request, claims))
             except AdminError as exc:
                 return web.json_response({"error": {"code": exc.code, "message": exc.message}}, status=exc.status)
+            except (RedisError, OSError, TimeoutError) as exc:
+                throttle.log(logger, "admin_unavailable", logging.WARNING, path=request.path, error=str(exc))
+                return web.json_response({"error": {"code": codes.UNAVAILABLE.name,
+                                                    "message": "the state store did not answer; retry"}}, status=503)
 
         return wrapped
 
@@ -99,8 +129,12 @@ def admin_routes(*, verifier: Verifier, registry: Registry, cluster: Cluster) ->
         jti = body.get("jti")
         if jti is not None and (not isinstance(jti, str) or not jti):
             raise AdminError(400, "bad_request", "jti must be a non-empty string")
-        outcome = await cluster.revoke(user, jti)
-        log(logger, "admin_revoke", by=claims.user_id, user=user, jti=jti or "", count=outcome.count)
+        exp = body.get("exp")
+        if exp is not None and (not jti or not isinstance(exp, (int, float)) or isinstance(exp, bool)
+                                or not math.isfinite(exp) or exp < 0):
+            raise AdminError(400, "bad_request", "exp (with jti only) must be the token's exp in epoch seconds")
+        outcome = await cluster.revoke(user, jti, None if exp is None else float(exp))
+        log(logger, "admin_revoke", by=claims.user_id, user=user, jti=jti or "", exp=exp or "", count=outcome.count)
         return outcome.to_dict()
 
     return [web.get("/admin/connections", admin(connections)), web.get("/admin/instances", admin(instances)),
@@ -108,14 +142,17 @@ def admin_routes(*, verifier: Verifier, registry: Registry, cluster: Cluster) ->
             web.post("/admin/revoke", admin(revoke))]
 
 
-def _admin_claims(request: web.Request, verifier: Verifier) -> Claims:
+async def _admin_claims(request: web.Request, verifier: Verifier, revocations: Revocations) -> Claims:
+    """The caller's claims, verified and checked against the revocations exactly as ``/game`` does."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise AdminError(401, "token_missing", "an admin bearer token is required")
+        raise AdminError(401, codes.TOKEN_MISSING.name, "an admin bearer token is required")
     try:
         claims = verifier.verify(token.strip())
     except AuthError as exc:
         raise AdminError(401, exc.refusal.name, exc.detail) from None
+    if await revocations.is_revoked(claims):
+        raise AdminError(401, codes.TOKEN_INVALID.name, "token revoked")
     if not claims.is_admin:
         raise AdminError(403, "forbidden", "the token's role is not admin")
     return claims

@@ -128,6 +128,16 @@ def test_token_ttl_units(env: dict[str, str], ttl: str, seconds: int) -> None:
     assert claims["exp"] - claims["iat"] == seconds
 
 
+def test_token_longer_than_the_gateway_accepts_warns(env: dict[str, str]) -> None:
+    result = gamectl(env, "token", "alice", "--ttl", "2d")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ("warning: the gateway refuses tokens that live longer than jwt_max_lifetime_s "
+                             "(86400 s)\n")
+    claims = jwt.decode(result.stdout.strip(), dev_key(env), algorithms=HMAC)
+    assert claims["exp"] - claims["iat"] == 2 * 86400
+    assert gamectl(env, "token", "alice", "--ttl", "1d").stderr == ""
+
+
 def test_token_json(env: dict[str, str]) -> None:
     result = gamectl(env, "token", "alice", "--json")
     assert result.returncode == 0, result.stderr

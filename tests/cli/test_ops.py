@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from pathlib import Path
 
+import pytest
+import redis as redis_sync
+import typer
+
+from gamectl.admin import AdminClient
+from server.config import load_settings
 from tests.cli.run import gamectl
-from tests.conftest import eventually
+from tests.conftest import TEST_SECRET, eventually
 
 
 def _disconnected(player):
@@ -89,3 +97,41 @@ async def test_revoke_command(cluster_factory, players):
     assert reason["code"] == 4500
     code, out, _ = await gamectl("revoke", "bob", "--jti", "abc", "--url", a_gw.url)
     assert code == 0 and "token abc" in out
+
+
+async def test_revoke_a_jti_until_its_exp(cluster_factory, redis_server, redis_prefix):
+    [gw] = await cluster_factory(1, jwt_max_lifetime_s=60)
+    short = {"GAMEGW_JWT_MAX_LIFETIME_S": "60"}  # gamectl's own admin token must fit too
+    code, out, err = await gamectl("revoke", "carol", "--jti", "j1", "--exp", "2099-01-01T00:00:00Z", "--json",
+                                   "--url", gw.url, **short)
+    assert code == 0, err
+    assert json.loads(out)["count"] == 0
+    key = f"{redis_prefix}:revoked-jti:j1"
+    r = redis_sync.Redis(port=redis_server.port)
+    try:
+        kept_s = r.pttl(key) / 1000
+        assert kept_s > 0.9 * (4070908800 - time.time())  # until the token's exp, not jwt_max_lifetime_s
+        code, _, err = await gamectl("revoke", "carol", "--jti", "j1", "--url", gw.url, **short)  # again, without --exp
+        assert code == 0, err
+        assert r.pttl(key) / 1000 > kept_s - 60  # a later revocation never shortens the record
+        code, _, err = await gamectl("revoke", "carol", "--jti", "j2", "--url", gw.url, **short)
+        assert code == 0 and 55 < r.pttl(f"{redis_prefix}:revoked-jti:j2") / 1000 <= 60
+    finally:
+        r.close()
+    for args in (["--exp", "2099-01-01"], ["--jti", "j3", "--exp", "soon"]):
+        code, _, err = await gamectl("revoke", "carol", *args, "--url", gw.url, **short)
+        assert code == 2 and "--exp" in err, err
+
+
+def test_the_default_url_is_the_admin_listener():
+    env = {"GAMEGW_JWT_SECRET": TEST_SECRET}
+    shipped = load_settings(env, Path(__file__).parents[2] / "configs" / "cluster.toml")
+    assert (shipped.host, shipped.admin_host, shipped.admin_port) == ("0.0.0.0", "127.0.0.1", 9000)
+    assert AdminClient(shipped, None, "t").url == "http://127.0.0.1:9000"
+    assert AdminClient(load_settings(env, None, {"port": 8123}), None, "t").url == "http://127.0.0.1:8123"
+    anywhere = load_settings(env, None, {"admin_host": "0.0.0.0", "admin_port": 9123})
+    assert AdminClient(anywhere, None, "t").url == "http://127.0.0.1:9123"
+    assert AdminClient(shipped, "http://10.0.0.5:9000/", "t").url == "http://10.0.0.5:9000"
+    with pytest.raises(typer.Exit) as exited:  # a port chosen at start cannot be guessed
+        AdminClient(load_settings(env, None, {"admin_port": 0}), None, "t")
+    assert exited.value.exit_code == 1

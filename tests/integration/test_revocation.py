@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
 import aiohttp
 import jwt
+import pytest
 
-from tests.conftest import refusal
+from server.auth import mint
+from tests.conftest import make_settings, refusal
 
 
 async def revoke(gw, body):
@@ -17,6 +21,12 @@ async def revoke(gw, body):
                              headers={"Authorization": f"Bearer {token}"}) as resp:
             assert resp.status == 200
             return await resp.json()
+
+
+async def admin(url: str, token: str, body: dict[str, Any]) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url + "/admin/revoke", json=body, headers={"Authorization": f"Bearer {token}"}) as resp:
+            return resp.status, await resp.json()
 
 
 async def test_revoke_closes_connections_everywhere_and_refuses_old_tokens(cluster_factory, players):
@@ -30,9 +40,22 @@ async def test_revoke_closes_connections_everywhere_and_refuses_old_tokens(clust
     for gw in (a_gw, b_gw):
         err = await refusal(gw.url, auth={"token": old})
         assert err["message"] == "token_invalid" and err["data"]["code"] == 4500
-    await asyncio.sleep(1.1)  # a token issued after the revocation (iat has one-second resolution)
-    fresh = await players(a_gw.url, a_gw.token("bob"))
+    fresh = await players(a_gw.url, a_gw.token("bob"))  # minted after the revoke returned
     assert (await fresh.wait_for("session"))[0]["user"] == "bob"
+
+
+@pytest.mark.parametrize("instances", [1, 2])
+async def test_a_token_minted_after_the_revoke_returned_is_accepted_at_once(gateway_factory, cluster_factory,
+                                                                            players, instances: int) -> None:
+    gws = await cluster_factory(2) if instances == 2 else [await gateway_factory()]
+    await asyncio.sleep(1.02 - time.time() % 1)  # a second has just begun: the revoke and the mints share it
+    before = gws[0].token("erin")  # iat: this second
+    await revoke(gws[0], {"user": "erin"})
+    after = gws[0].token("erin")
+    for gw in gws:
+        assert (await refusal(gw.url, auth={"token": before}))["message"] == "token_invalid"
+    p = await players(gws[-1].url, after)
+    assert (await p.wait_for("session"))[0]["user"] == "erin"
 
 
 async def test_revoke_one_jti_and_survive_a_restart(cluster_factory, players):
@@ -56,3 +79,33 @@ async def test_revoke_on_a_single_instance(gateway, players):
     [reason] = await p.wait_for("disconnect_reason")
     assert reason["code"] == 4500
     assert (await refusal(gateway.url, auth={"token": old}))["message"] == "token_invalid"
+
+
+async def test_processes_keep_a_revoked_token_refused_until_its_exp(process_factory, players) -> None:
+    """The audit's case, with real processes: jwt_max_lifetime_s = 5 and a token an hour long."""
+    a = await process_factory("inst-a", GAMEGW_JWT_MAX_LIFETIME_S="5")
+    settings = make_settings()
+    hour = mint(settings, "alice", ttl_s=3600)
+    err = await refusal(a.url, auth={"token": hour})  # it would outlive any revocation: refused outright
+    assert err == {"message": "token_invalid", "data": {"code": 4500, "reason": "invalid token"}}
+    status, body = await admin(a.url, mint(settings, "root", role="admin", ttl_s=3600), {"user": "alice"})
+    assert (status, body) == (401, {"error": {"code": "token_invalid",
+                                              "message": "the token lives longer than jwt_max_lifetime_s (5 s)"}})
+
+    # by jti, with the token's exp: kept until then, also for an instance that allows longer tokens
+    carol = mint(settings, "carol", ttl_s=3600)
+    claims = jwt.decode(carol, options={"verify_signature": False})
+    status, _ = await admin(a.url, mint(settings, "root", role="admin", ttl_s=5),
+                            {"user": "carol", "jti": claims["jti"], "exp": claims["exp"]})
+    assert status == 200
+    revoked_at = time.monotonic()
+    b = await process_factory("inst-b", GAMEGW_JWT_MAX_LIFETIME_S="7200")
+    dave = await players(b.url, mint(settings, "dave", ttl_s=3600))  # b takes hour-long tokens
+    assert (await dave.wait_for("session"))[0]["user"] == "dave"
+    await asyncio.sleep(6.5 - (time.monotonic() - revoked_at))  # past a record kept jwt_max_lifetime_s
+    for gw in (b, a):
+        err = await refusal(gw.url, auth={"token": carol})
+        assert err["message"] == "token_invalid" and err["data"]["code"] == 4500, gw.instance_id
+    status, body = await admin(b.url, mint(settings, "carol", role="admin", ttl_s=3600), {"user": "x"})
+    assert status == 200  # what b refuses carol's token for is the revocation, not its length
+    assert (await refusal(a.url, auth={"token": hour}))["message"] == "token_invalid"

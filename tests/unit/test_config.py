@@ -322,7 +322,7 @@ def test_bad_number_from_flag(state_home: Path) -> None:
 
 @pytest.mark.parametrize(("name", "value"), [("port", "70000"), ("port", "-1"), ("max_connections_per_user", "0"),
                                              ("ping_interval_s", "0"), ("grace_s", "-1"),
-                                             ("jwt_max_token_bytes", "0")])
+                                             ("jwt_max_token_bytes", "0"), ("jwt_max_lifetime_s", "0")])
 def test_out_of_range(state_home: Path, name: str, value: str) -> None:
     assert name in config_error(prod_env(state_home, **{name: value}))
 
@@ -408,3 +408,25 @@ def test_previous_public_key_takes_the_main_algorithms_or_its_own(tmp_path: Path
         "mixed-algorithms", "alg-none", "rs-without-public-key", "missing-public-key"])
 def test_bad_previous_key(state_home: Path, variables: dict[str, str], setting: str) -> None:
     assert setting in config_error(prod_env(state_home, **variables))
+
+
+def test_the_admin_listener_is_optional(tmp_path: Path, state_home: Path) -> None:
+    unset = load_settings(prod_env(state_home))
+    assert (unset.admin_port, unset.admin_listener) == (None, False)
+    assert load_settings(prod_env(state_home, admin_port="")).admin_port is None
+    env_set = load_settings(prod_env(state_home, admin_host="10.0.0.2", admin_port="9100"))
+    assert (env_set.admin_host, env_set.admin_port, env_set.admin_listener) == ("10.0.0.2", 9100, True)
+    assert load_settings(prod_env(state_home, admin_port="0")).admin_port == 0  # any free port
+    from_file = load_settings({"XDG_STATE_HOME": str(state_home)},
+                              write_toml(tmp_path, f'jwt_secret = "{SECRET}"\nadmin_port = 9200\n'))
+    assert (from_file.admin_host, from_file.admin_port) == ("127.0.0.1", 9200)
+
+
+@pytest.mark.parametrize(("variables", "words"), [
+    ({"admin_port": "nine"}, "admin_port: 'nine' is not a valid int"),
+    ({"admin_port": "70000"}, "admin_port: 70000 is out of range"),
+    ({"admin_port": "8000", "port": "8000"}, "admin_port: 8000 is the game port"),
+    ({"admin_port": "9000", "admin_host": ""}, "admin_host: empty"),
+])
+def test_bad_admin_listener(state_home: Path, variables: dict[str, str], words: str) -> None:
+    assert words in config_error(prod_env(state_home, **variables))
