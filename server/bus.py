@@ -131,6 +131,13 @@ class RedisBus:
         await self._deliver(room, event.seq, event.json)
 
     async def _deliver(self, room: str, seq: int, event_json: str) -> None:
+        if not self._manager.rooms.get(NAMESPACE, {}).get(room) and room not in self._filling:
+            # No member here (a move still on its way after the last one left): nobody to
+            # deliver to, and nothing to remember, or a stale seq would outlive the room
+            # (moves of a room made anew would be dropped as repeats, and a resume's replay
+            # raced by a gap fill would be delivered twice).
+            self._delivered.pop(room, None)
+            return
         last = self._delivered.get(room)
         held = self._filling.get(room)
         if held is not None:

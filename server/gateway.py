@@ -254,9 +254,6 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         conn = self.conns.get(sid)
         if conn is None:
             return
-        if conn.deferred is not None:  # replaced (or kicked) while its connect was under way
-            await self.close(sid, *conn.deferred)
-            return
         user_id = conn.claims.user_id
         # ``session`` goes out before the connection is in any room, so nothing can precede it;
         # a resuming connection is then paused while it enters its rooms and gets the replay
@@ -269,6 +266,9 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
             "grace_s": self.settings.grace_s,
             "heartbeat": {"interval_s": self.settings.ping_interval_s, "timeout_s": self.settings.ping_timeout_s},
         }, to=sid)
+        if conn.deferred is not None:  # replaced (or kicked) while its connect was under way
+            await self.close(sid, *conn.deferred)
+            return
         self.expiry.arm(sid, conn.claims.exp)
         if not conn.resumed:
             return
@@ -284,8 +284,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
                     continue
                 events, _complete = await self.rooms.events_after(room, after)
                 pkts = [p for e in events for p in self.manager.encode_json(NAMESPACE, "move", e.json)]
-                for p in pkts:
-                    await self.server._send_eio_packet(eio_sid, p)
+                await self.manager.send_packets(eio_sid, pkts)
                 replayed[room] = events[-1].seq if events else after
                 self.metrics.replayed.inc(len(events))
         except (RedisError, OSError, TimeoutError) as exc:
@@ -306,6 +305,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         if conn is None:
             return
         self.manager.paused.pop(sid, None)
+        self.manager.floors.pop(sid, None)
         self.expiry.disarm(sid)
         self.metrics.connections.dec()
         closing = conn.closing

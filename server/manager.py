@@ -140,6 +140,9 @@ class GameManager(AsyncManager):  # type: ignore[misc]
         super().__init__()
         self.on_connected: ConnectedHook | None = None
         self.paused: dict[str, list[tuple[str, int | None, list[Any]]]] = {}  # sid -> (room, seq, pkts)
+        # sid -> room -> the last seq a resume's replay sent it: a live move up to that seq that
+        # reaches the connection after it was unpaused (a gap fill racing the replay) is skipped
+        self.floors: dict[str, dict[str, int]] = {}
         self.transports: Transports | None = None  # set by create_app: direct websocket writes
 
     async def connect(self, sid: str, namespace: str) -> Any:
@@ -192,6 +195,8 @@ class GameManager(AsyncManager):  # type: ignore[misc]
             if paused and sid in paused:
                 paused[sid].append((room, seq, pkts))
                 continue
+            if self.floors and seq is not None and sid in self.floors and self._below_floor(sid, room, seq):
+                continue
             count += 1
             ws = transports.writable(eio_sid) if transports is not None and single else None
             if ws is not None:
@@ -203,6 +208,28 @@ class GameManager(AsyncManager):  # type: ignore[misc]
                 await send(eio_sid, p)
         return count
 
+    def _below_floor(self, sid: str, room: str, seq: int) -> bool:
+        floors = self.floors[sid]
+        floor = floors.get(room)
+        if floor is None:
+            return False
+        if seq <= floor:
+            return True
+        del floors[room]  # the live stream has passed the replay: no more checks for this room
+        if not floors:
+            del self.floors[sid]
+        return False
+
+    async def send_packets(self, eio_sid: str, pkts: list[Any]) -> None:
+        """Packets to one connection, by the same road a broadcast takes (straight to the
+        websocket when nothing is queued), so that they cannot be overtaken by a later one."""
+        ws = self.transports.writable(eio_sid) if self.transports is not None else None
+        for p in pkts:
+            if ws is not None and isinstance(p.data, str):
+                ws.write(text_frame(p.encode().encode()))
+            else:
+                await self.server._send_eio_packet(eio_sid, p)
+
     def pause(self, sid: str) -> None:
         self.paused.setdefault(sid, [])
 
@@ -212,12 +239,13 @@ class GameManager(AsyncManager):  # type: ignore[misc]
         eio_sid = self.eio_sid_from_sid(sid, namespace)
         if eio_sid is None:
             return 0
+        if replayed:
+            self.floors[sid] = dict(replayed)
         sent = 0
         for room, seq, pkts in held:
             if seq is not None and seq <= replayed.get(room, -1):
                 continue
-            for p in pkts:
-                await self.server._send_eio_packet(eio_sid, p)
+            await self.send_packets(eio_sid, pkts)
             sent += 1
         return sent
 

@@ -19,6 +19,14 @@ from redis.asyncio import Redis
 from .keys import Keys
 from .registry import Connection
 
+# KEYS: seen   ARGV: conn_key_prefix (sid at)...
+FLUSH_SEEN = """
+for i = 2, #ARGV, 2 do
+  if redis.call('EXISTS', ARGV[1] .. ARGV[i]) == 1 then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+return 0
+"""
+
 
 class RedisRegistry:
     def __init__(self, redis: Redis, keys: Keys, instance_id: str) -> None:
@@ -27,6 +35,7 @@ class RedisRegistry:
         self._instance_id = instance_id
         self._own: dict[str, Connection] = {}
         self._dirty_seen: dict[str, float] = {}
+        self._flush = redis.register_script(FLUSH_SEEN)
 
     async def add(self, conn: Connection) -> None:
         self._own[conn.sid] = conn
@@ -128,9 +137,12 @@ class RedisRegistry:
             await self._r.set(self._k.conn(sid), _dump(conn), xx=True)
 
     async def flush_seen(self) -> None:
+        """Write the batch of ``last_seen`` times, each only while its entry exists: a batch that
+        reached Redis after the connection's removal left a ``seen`` field behind for good."""
         if self._dirty_seen:
             batch, self._dirty_seen = self._dirty_seen, {}
-            await self._r.hset(self._k.seen, mapping=batch)
+            args = [self._k.conn("")] + [x for sid, at in batch.items() for x in (sid, repr(at))]
+            await self._flush(keys=[self._k.seen], args=args)
 
     async def reassert(self, live: set[str]) -> builtins.list[Connection]:
         """After an outage (Redis may be back empty): write this instance's entries again and

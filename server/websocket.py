@@ -9,8 +9,8 @@ N players that is N task wake-ups, N framings and N compressions of the same byt
 * :class:`GameWebSocket` writes frames straight to the TCP transport, synchronously, so the
   library's writer task never yields in the middle of a batch;
 * :func:`text_frame` builds a broadcast's frame once, and the same bytes go to each recipient,
-  provided nothing is waiting in that connection's queue (so a direct write can never overtake a
-  queued packet) and the connection is not upgrading;
+  provided nothing is waiting in that connection's queue or in the hands of its writer task (so
+  a direct write can never overtake a queued packet) and the connection is not upgrading;
 * what a connection is sent during one turn of the event loop leaves in one ``write`` call at
   the end of the turn (one syscall instead of one per frame; under load, turns get longer and
   batches larger, which keeps the gateway from collapsing);
@@ -98,6 +98,11 @@ class Transports:
             return None
         sock = self._eio.sockets.get(eio_sid)
         if sock is None or not sock.upgraded or sock.upgrading or sock.closed or not sock.queue.empty():
+            return None
+        # The queue is empty, but the writer task may hold a packet it took and has not written
+        # yet (it resumes a loop turn after taking it): a direct write now would overtake it.
+        # The writer is idle only while it waits in ``queue.get()``.
+        if not getattr(sock.queue, "_getters", True):
             return None
         return ws
 

@@ -38,7 +38,7 @@ end
 return out
 """
 
-ROOM_PARTS = ("seq", "log", "users", "insts", "state", "ver")
+ROOM_PARTS = ("seq", "log", "users", "insts", "state", "ver", "seats")
 
 
 @dataclass
@@ -57,6 +57,7 @@ class Snapshot:
     rooms: dict[str, set[str]] = field(default_factory=dict)  # room -> the parts that exist
     room_users: dict[str, dict[str, int]] = field(default_factory=dict)  # room -> user -> count
     room_insts: dict[str, set[str]] = field(default_factory=dict)
+    room_seats: dict[str, dict[str, str]] = field(default_factory=dict)  # room -> session id -> user
     other: list[str] = field(default_factory=list)  # keys of other kinds (block, revoked, ...)
 
 
@@ -65,11 +66,17 @@ async def snapshot(redis: Any, keys: Keys) -> Snapshot:
     raw = await redis.eval(DUMP, 0, keys.p + ":*")
     snap = Snapshot()
     head = keys.p + ":"
+    session_rooms: dict[str, dict[str, int]] = {}
+    conn_rooms: dict[str, list[str]] = {}
     for key, _kind, value in raw:
         name = str(key)[len(head):]
-        if name.startswith("sess:"):
+        if name.startswith("sess:") and name.endswith(":rooms"):
+            session_rooms[name[5:-6]] = {r: int(n) for r, n in zip(value[0::2], value[1::2], strict=True)}
+        elif name.startswith("sess:"):
             if value:
-                snap.sessions[name[5:]] = json.loads(value[0])
+                snap.sessions[name[5:]] = dict(zip(value[0::2], value[1::2], strict=True))
+        elif name.startswith("conn:") and name.endswith(":rooms"):
+            conn_rooms[name[5:-6]] = list(value)
         elif name.startswith("usess:"):
             snap.user_sessions[name[6:]] = set(value[0::2])
         elif name == "grace":
@@ -96,8 +103,14 @@ async def snapshot(redis: Any, keys: Keys) -> Snapshot:
                 snap.room_users[room] = {u: int(n) for u, n in zip(value[0::2], value[1::2], strict=True)}
             elif part == "insts":
                 snap.room_insts[room] = set(value)
+            elif part == "seats":
+                snap.room_seats[room] = dict(zip(value[0::2], value[1::2], strict=True))
         elif name not in ("instances",) and not name.startswith(("inst:", "reap:", "ch:")):
             snap.other.append(name)
+    for session_id, session in snap.sessions.items():
+        session["rooms"] = session_rooms.get(session_id, {})
+    for sid, conn in snap.conns.items():
+        conn["rooms"] = sorted(conn_rooms.get(sid, ()))
     return snap
 
 
@@ -203,6 +216,15 @@ def violations(snap: Snapshot, limit: int, *, open_sids: Mapping[str, str] | Non
     for (room, user), n in sorted(seated.items()):
         if ours(room) and user not in snap.room_users.get(room, {}):
             out.append(f"room {room}: {n} session(s) of {user} list the room; the users hash does not have them")
+    for room, seats in sorted(snap.room_seats.items()):
+        if not ours(room):
+            continue
+        for session_id, user in sorted(seats.items()):
+            s = snap.sessions.get(session_id)
+            if s is None:
+                out.append(f"room {room}: seat of {user} held by session {session_id}, which is gone")
+            elif room not in (s["rooms"] or ()):
+                out.append(f"room {room}: seat of {user} held by session {session_id}, which does not list the room")
     for room, parts in sorted(snap.rooms.items()):
         if ours(room) and "users" not in parts:
             out.append(f"room {room}: keys {sorted(parts)} left without a users hash")
