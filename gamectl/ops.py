@@ -234,7 +234,9 @@ def _report(outcome: dict[str, Any], as_json: bool, verb: str) -> None:
     elif outcome["count"]:
         where = ", ".join(f"{k} ({v})" for k, v in outcome["instances"].items())
         stdout.print(f"{verb} {outcome['count']} connection(s) of [bold]{outcome['user']}[/] on {where}")
-    if outcome["count"] == 0:
+    if outcome.get("ended"):
+        stdout.print(f"ended {outcome['ended']} session(s) of [bold]{outcome['user']}[/] waiting in grace")
+    if outcome["count"] == 0 and not outcome.get("ended"):
         fail(1, f"nobody was {verb}: {outcome['user']} has no live connection",
              "check the user id with `gamectl connections ls`")
     if not outcome["confirmed"]:

@@ -29,7 +29,7 @@ import orjson
 from redis.asyncio import Redis
 
 from . import codes
-from .codes import Disconnect
+from .codes import Disconnect, LeftReason
 from .keys import Keys
 from .logs import log, stop_task
 from .revocation import settle_s
@@ -53,6 +53,7 @@ class Outcome:
     count: int = 0
     instances: dict[str, int] = field(default_factory=dict)
     unconfirmed: list[str] = field(default_factory=list)  # instances that did not answer
+    ended: int = 0  # sessions in grace ended (a kick ends the seats of a user who just dropped too)
 
     @property
     def confirmed(self) -> bool:
@@ -60,7 +61,7 @@ class Outcome:
 
     def to_dict(self) -> dict[str, Any]:
         return {"user": self.user, "count": self.count, "instances": self.instances,
-                "unconfirmed": self.unconfirmed, "confirmed": self.confirmed}
+                "unconfirmed": self.unconfirmed, "confirmed": self.confirmed, "ended": self.ended}
 
 
 class Cluster(Protocol):
@@ -100,7 +101,9 @@ class LocalCluster:
         return Outcome(user_id, count, {self._gateway.settings.instance_id: count} if count else {})
 
     async def kick(self, user_id: str, reason: str) -> Outcome:
-        return self._here(user_id, await self._gateway.kick_local(user_id, reason))
+        outcome = self._here(user_id, await self._gateway.kick_local(user_id, reason))
+        outcome.ended = await self._gateway.end_waiting(user_id, LeftReason.KICKED)
+        return outcome
 
     async def revoke(self, user_id: str, jti: str | None, exp: float | None = None) -> Outcome:
         cut_off = self._clock()
@@ -164,7 +167,9 @@ class RedisCluster:
     # -- operations on users ----------------------------------------------------------------
 
     async def kick(self, user_id: str, reason: str) -> Outcome:
-        return await self._fan_out(user_id, {"op": "kick", "user": user_id, "reason": reason})
+        outcome = await self._fan_out(user_id, {"op": "kick", "user": user_id, "reason": reason})
+        outcome.ended = await self._gateway.end_waiting(user_id, LeftReason.KICKED)
+        return outcome
 
     async def revoke(self, user_id: str, jti: str | None, exp: float | None = None) -> Outcome:
         cut_off = self._clock()

@@ -464,6 +464,20 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
             log(logger, "kick", user=user_id, connections=closed, message=message)
         return closed
 
+    async def end_waiting(self, user_id: str, reason: LeftReason) -> int:
+        """End the user's sessions in grace (a kick of a player who just dropped): the rooms get
+        ``player_left`` with ``reason``, once, as for a connection's end."""
+        ended = 0
+        for session in await self.sessions.of_user(user_id):
+            if session.state == "grace":
+                gone = await self.sessions.end(session)  # only while still in grace under that sid
+                if gone is not None:
+                    await self._end(gone, reason, stored=False)
+                    ended += 1
+        if ended:
+            log(logger, "end_waiting", user=user_id, sessions=ended, reason=str(reason))
+        return ended
+
     async def revoke_local(self, user_id: str) -> int:
         """Close, with 4500, the user's connections whose token is now revoked."""
         closed = 0

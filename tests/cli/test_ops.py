@@ -49,7 +49,7 @@ async def test_kick_a_user_on_another_instance(cluster_factory, players):
     code, out, err = await gamectl("kick", "bob", "--reason", "spam", "--json", "--url", a_gw.url)
     assert code == 0, err
     assert json.loads(out) == {"user": "bob", "count": 1, "instances": {"inst-2": 1}, "unconfirmed": [],
-                               "confirmed": True}
+                               "confirmed": True, "ended": 0}
     [reason] = await bob.wait_for("disconnect_reason")
     assert reason["code"] == 4503 and reason["message"] == "spam"
 

@@ -193,3 +193,22 @@ async def test_a_connect_while_redis_is_down_is_refused_with_unavailable(tmp_pat
     finally:
         await gw.aclose()
         server.stop()
+
+
+@pytest.mark.parametrize("mode", ["memory", "redis"])
+async def test_a_kick_ends_the_seat_of_a_player_who_just_dropped(mode, gateway_factory, cluster_factory, players):
+    """A kick of a user whose session waited in grace acted on nothing: the seat stayed until
+    grace ran out and the rooms heard ``timeout``. Now the session ends with ``kicked``."""
+    gw = await gateway_factory() if mode == "memory" else (await cluster_factory(1))[0]
+    alice = await RawWebSocket.connect(gw.url)
+    await alice.join_game(gw.token("alice"))
+    assert (await alice.call("join", {"room": "r"}, 1))["ok"]
+    bob = await players(gw.url, gw.token("bob"))
+    assert (await bob.call("join", {"room": "r"}))["ok"]
+    alice.close()  # a drop: alice's seat waits in grace
+    assert (await bob.wait_for("player_disconnected"))[0]["user"] == "alice"
+    outcome = await gw.app[PARTS].cluster.kick("alice", "cheating")
+    assert (outcome.count, outcome.ended) == (0, 1)
+    assert (await bob.wait_for("player_left"))[0] == {"room": "r", "user": "alice", "reason": "kicked"}
+    assert (await bob.call("state", {"room": "r"}))["state"]["players"] == ["bob"]
+    assert (await gw.app[PARTS].cluster.kick("alice", "again")).ended == 0
