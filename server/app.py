@@ -206,14 +206,10 @@ def create_app(
                                    max(0.1, settings.drain_s - 1.0))
         except TimeoutError:
             log(logger, "drain_timeout", logging.WARNING, left=len(gateway.conns))
-        # Closing /game leaves the Engine.IO transports open (a client may hold other
-        # namespaces); nothing else is served here, so close them too, and cut after a moment
-        # those whose clients do not close their end: their handlers would hold the exit.
-        try:
-            await asyncio.wait_for(asyncio.gather(*(sio.eio.disconnect(eio_sid) for eio_sid in list(sio.eio.sockets)),
-                                                  return_exceptions=True), 1.0)
-        except TimeoutError:
-            log(logger, "drain_timeout", logging.WARNING, transports=len(sio.eio.sockets))
+        # Each close ended its transport; end those that never joined /game too, and cut after
+        # a moment those whose clients do not close their end: their handlers would hold the exit.
+        for eio_sid in list(sio.eio.sockets):
+            await sio.end_transport(eio_sid)
         await asyncio.sleep(0.2)
         transports.abort_all()
         log(logger, "drained", instance=settings.instance_id, closed=len(sids) - len(gateway.conns),

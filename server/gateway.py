@@ -394,8 +394,11 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         payload = why.payload()
         if message:
             payload["message"] = message
+        eio_sid = self.manager.eio_sid_from_sid(sid, NAMESPACE)
         await self.emit("disconnect_reason", payload, to=sid)
         await self.server.disconnect(sid, namespace=NAMESPACE)
+        if eio_sid is not None:  # and the transport, whatever the client does (CLOSE_BOUND_S)
+            await self.server.end_transport(eio_sid)
 
     def local_sids(self, user_id: str) -> list[str]:
         return [sid for sid, conn in self.conns.items() if conn.claims.user_id == user_id]
