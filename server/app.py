@@ -26,7 +26,7 @@ from .cluster import Cluster, LocalCluster, RedisCluster
 from .codes import POLLING_UNAVAILABLE, SHUTDOWN
 from .config import Settings
 from .gateway import NAMESPACE, Gateway
-from .guards import Guards, origin_checker
+from .guards import Guards, OtherNamespaces, origin_checker
 from .guards import install as install_guards
 from .http import admin_routes, routes
 from .keys import Keys
@@ -104,6 +104,8 @@ def create_app(
         async_handlers=False,
         json=jsoncodec,
         transports=["websocket"] if settings.websocket_only else ["polling", "websocket"],
+        namespaces="*",  # every namespace reaches a handler: /game, or the catch-all that refuses it
+        namespace=NAMESPACE,
         handshake_timeout_s=settings.handshake_timeout_s,
         on_handshake_timeout=guards.handshake_timeout,
     )
@@ -113,6 +115,8 @@ def create_app(
     sio.eio.async_handlers = False
     transports = websocket.install(sio.eio, compress=settings.websocket_compression,
                                    max_outbound_bytes=settings.max_outbound_bytes)
+    sio.on_engineio_open = guards.engineio_open
+    sio.on_unserved = guards.unserved
     sio.on_bad_event = guards.bad_event
     sio.on_bad_packet = guards.bad_packet
     transports.on_slow_consumer = guards.slow_consumer
@@ -166,6 +170,7 @@ def create_app(
     gateway.bus = bus
     gateway.cluster = cluster
     sio.register_namespace(gateway)
+    sio.register_namespace(OtherNamespaces(guards))
 
     async def connected(sid: str, namespace: str) -> None:
         if namespace == NAMESPACE:

@@ -28,7 +28,7 @@ from .config import Settings
 from .errors import ActionError, AuthError, StoreUnavailable
 from .expiry import TokenClock
 from .guards import Guards, address_of
-from .limits import AddressLimiter, Bucket, Limit
+from .limits import Bucket, Limit
 from .logs import log, stop_task
 from .manager import GameManager
 from .metrics import Metrics
@@ -121,8 +121,6 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         self._store_logged = 0.0
         self._store_errors = 0
         self._background: set[asyncio.Task[Any]] = set()
-        self.connect_limiter = AddressLimiter(settings.max_connects_per_address_per_s,
-                                              settings.max_connects_per_address_burst)
         self.expiry = TokenClock(warn_s=settings.token_expiring_s, leeway_s=settings.jwt_leeway_s, clock=clock,
                                  on_warn=self._token_expiring, on_expire=self._token_expired)
         self.transports = transports
@@ -150,9 +148,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         address = address_of(environ)
-        if not self.connect_limiter.allow(address):
-            self.guards.hit(Limit.HANDSHAKES, address=address,
-                            max_per_s=self.settings.max_connects_per_address_per_s)
+        if not self.guards.connect_allowed(environ):
             self._refuse(sid, address, codes.RATE_LIMITED, "too many connection attempts from this address")
         try:
             claims = self.verifier.verify(token_from(auth, environ))

@@ -30,23 +30,27 @@ from .websocket import Transports, text_frame
 ConnectedHook = Callable[[str, str], Awaitable[None]]
 
 
-# A transport the server ends on purpose (after ``disconnect_reason``, or a handshake that took
-# too long) is gone this long after at most, whatever its client does: a
+# A transport the server ends on purpose (after ``disconnect_reason``, a refused namespace, a
+# handshake that took too long) is gone this long after at most, whatever its client does: a
 # websocket's TCP connection is cut, a long-polling session forgotten (its next request gets 400).
 CLOSE_BOUND_S = 1.0
 
 
 class GameServer(socketio.AsyncServer):  # type: ignore[misc]
     """python-socketio's server, with single packets (acks, events to one sid) written straight
-    to the connection's websocket when nothing is queued ahead of them, and Engine.IO sessions
-    that the server ends itself instead of waiting for the client."""
+    to the connection's websocket when nothing is queued ahead of them, one namespace served
+    (the others reach the catch-all namespace, which refuses them, and their transport is ended),
+    and Engine.IO sessions that the server ends itself instead of waiting for the client."""
 
-    def __init__(self, *args: Any, handshake_timeout_s: float = 0.0,
+    def __init__(self, *args: Any, namespace: str = "/", handshake_timeout_s: float = 0.0,
                  on_handshake_timeout: Callable[[str, dict[str, Any] | None], None] | None = None,
                  **kwargs: Any) -> None:
         self.transports: Transports | None = None
-        self.handshake_timeout_s = handshake_timeout_s  # Engine.IO sessions must join a namespace by then
+        self.namespace = namespace  # the one namespace served
+        self.handshake_timeout_s = handshake_timeout_s  # Engine.IO sessions must join it by then
         self.on_handshake_timeout = on_handshake_timeout
+        self.on_engineio_open: Callable[[str, dict[str, Any]], bool] | None = None  # False: over the limit
+        self.on_unserved: Callable[[str], None] | None = None  # (eio_sid) another namespace was refused
         self.on_bad_event: Callable[[str, Any], None] | None = None
         self.on_bad_packet: Callable[[str, str], None] | None = None  # (eio_sid, "malformed" or "too_big")
         self._binary_bytes: dict[str, int] = {}  # eio_sid -> bytes of a binary packet's attachments so far
@@ -57,19 +61,26 @@ class GameServer(socketio.AsyncServer):  # type: ignore[misc]
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
         await super()._handle_eio_connect(eio_sid, environ)
-        if self.handshake_timeout_s > 0:
+        allowed = self.on_engineio_open is None or self.on_engineio_open(eio_sid, environ)
+        deadline = self.handshake_timeout_s
+        if not allowed:  # over the per-address limit: it lives just long enough to be told so at its CONNECT
+            deadline = min(CLOSE_BOUND_S, deadline or CLOSE_BOUND_S)
+        if deadline > 0:
             loop = asyncio.get_running_loop()
-            self._handshake_timers[eio_sid] = loop.call_later(self.handshake_timeout_s, self._handshake_overdue,
-                                                              eio_sid)
+            self._handshake_timers[eio_sid] = loop.call_later(deadline, self._handshake_overdue, eio_sid, allowed)
 
-    def _handshake_overdue(self, eio_sid: str) -> None:
-        """A transport that never completed the Socket.IO handshake holds resources for nothing."""
+    def _handshake_overdue(self, eio_sid: str, allowed: bool = True) -> None:
+        """A transport that never joined the namespace holds resources for nothing."""
         self._handshake_timers.pop(eio_sid, None)
-        if eio_sid in self.eio.sockets and not any(
-                self.manager.sid_from_eio_sid(eio_sid, ns) for ns in list(self.manager.get_namespaces())):
-            if self.on_handshake_timeout is not None:
+        if eio_sid in self.eio.sockets and not self.manager.sid_from_eio_sid(eio_sid, self.namespace):
+            if allowed and self.on_handshake_timeout is not None:
                 self.on_handshake_timeout(eio_sid, self.environ.get(eio_sid))
             self.close_transport(eio_sid)
+
+    async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        await super()._handle_connect(eio_sid, namespace, data)
+        if (namespace or "/") != self.namespace and self.on_unserved is not None:
+            self.on_unserved(eio_sid)  # the refusal is out (the catch-all namespace's): the transport ends
 
     def close_transport(self, eio_sid: str) -> None:
         """End an Engine.IO session from synchronous code (see :meth:`end_transport`)."""
