@@ -30,7 +30,7 @@ from .guards import Guards, OtherNamespaces, origin_checker
 from .guards import install as install_guards
 from .http import admin_routes, routes
 from .keys import Keys
-from .logs import library_logger, log
+from .logs import library_logger, log, quiet_bad_http
 from .manager import GameManager, GameServer
 from .metrics import Metrics
 from .pipe import RedisPipe
@@ -90,6 +90,7 @@ def create_app(
     """The gateway as an aiohttp app: in-memory, or cluster mode when ``redis_url`` is set."""
     metrics = Metrics()
     guards = Guards(settings, metrics)
+    quiet_bad_http()
     manager = GameManager()
     sio = GameServer(
         async_mode="aiohttp",
@@ -121,6 +122,7 @@ def create_app(
     sio.on_bad_packet = guards.bad_packet
     transports.on_slow_consumer = guards.slow_consumer
     transports.on_message_too_big = guards.message_too_big
+    transports.on_bad_frame = guards.bad_frame
     install_guards(sio.eio)
     metrics.transports.set_function(lambda: len(sio.eio.sockets))
     manager.transports = sio.transports = transports

@@ -103,6 +103,7 @@ class HttpRefusal:
 
 ORIGIN_NOT_ALLOWED = HttpRefusal(403, "origin_not_allowed", "this Origin is not in the gateway's allowlist")
 BAD_BODY = HttpRefusal(400, "bad_request", "the body ended before its Content-Length")
+BAD_PAYLOAD = HttpRefusal(400, "bad_packet", "the body is not an Engine.IO payload a client may send")
 REQUEST_TIMEOUT = HttpRefusal(408, "request_timeout", "the body did not arrive in time")
 LENGTH_REQUIRED = HttpRefusal(411, "length_required", "a long-polling POST must carry a Content-Length")
 PAYLOAD_TOO_LARGE = HttpRefusal(413, "payload_too_large", "the body is over max_message_bytes")

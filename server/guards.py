@@ -30,7 +30,8 @@ ended (a ``/game`` connection on it first gets ``disconnect_reason`` 4400).
 The HTTP guards: a foreign ``Origin`` gets 403 ``origin_not_allowed`` before Engine.IO sees
 the request (so no session is ever made), and a long-polling POST must say its length
 (``411`` otherwise: Engine.IO clients always do, and python-engineio would read none of a chunked
-body), stay under ``max_message_bytes`` and arrive within ``handshake_timeout_s``.
+body), stay under ``max_message_bytes``, arrive within ``handshake_timeout_s`` and be an Engine.IO
+payload a client may send (``400 bad_packet`` and 4400 otherwise, see :func:`polling_payload_ok`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import socketio
 from aiohttp import web
+from engineio import packet as eio_packet
+from engineio import payload as eio_payload
 
 from . import codes
 from .config import Settings
@@ -178,6 +181,10 @@ class Guards:
         self.metrics.ack("unknown", "bad_request").inc()
         self.throttle.log(logger, "bad_event", logging.WARNING, sid=sid, event_name=repr(name)[:64])
 
+    def bad_frame(self, eio_sid: str) -> None:
+        """A websocket frame Engine.IO cannot decode: as for a packet that is not Socket.IO."""
+        self.bad_packet(eio_sid, "malformed")
+
     def bad_packet(self, eio_sid: str, why: str) -> None:
         """A packet that does not parse (4400), or binary attachments over the limit (4413)."""
         sid, fields = self._conn_fields(eio_sid)
@@ -236,6 +243,9 @@ class Guards:
             return self._refuse_body(request, codes.REQUEST_TIMEOUT)
         except asyncio.IncompleteReadError:
             return self._refuse_body(request, codes.BAD_BODY)
+        if not polling_payload_ok(request[BODY]):
+            self.bad_packet(request.query.get("sid", ""), "malformed")
+            return _response(codes.BAD_PAYLOAD)
         return await handler(request)
 
     @staticmethod
@@ -265,6 +275,22 @@ class OtherNamespaces(socketio.AsyncNamespace):  # type: ignore[misc]
 
     async def on_connect(self, namespace: str, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         self.guards.refuse_namespace(namespace, environ)
+
+
+# What a client may POST: python-engineio closes the session on any other type and then waits,
+# forever, for its CLOSE to be fetched (a request handler held per such POST)
+CLIENT_PACKET_TYPES = frozenset({eio_packet.CLOSE, eio_packet.PONG, eio_packet.MESSAGE})
+
+
+def polling_payload_ok(body: bytes) -> bool:
+    """Whether python-engineio can take a long-polling body. Its decoder raised out of the
+    request handler (a traceback per request) on bad UTF-8 or framing, an empty packet, a type
+    that is not a digit, bad base64, or more than its 16 packets to a payload."""
+    try:
+        packets = eio_payload.Payload(encoded_payload=body.decode("utf-8")).packets
+    except (ValueError, KeyError, IndexError, TypeError):  # UnicodeDecodeError, binascii.Error too
+        return False
+    return all(p.packet_type in CLIENT_PACKET_TYPES for p in packets)
 
 
 def _response(refusal: codes.HttpRefusal) -> web.Response:
