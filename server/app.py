@@ -26,11 +26,11 @@ from .cluster import Cluster, LocalCluster, RedisCluster
 from .codes import POLLING_UNAVAILABLE, SHUTDOWN
 from .config import Settings
 from .gateway import NAMESPACE, Gateway
-from .guards import Guards, origin_checker
+from .guards import Guards, OtherNamespaces, origin_checker
 from .guards import install as install_guards
 from .http import admin_routes, health_routes, metrics_routes
 from .keys import Keys
-from .logs import library_logger, log
+from .logs import library_logger, log, quiet_bad_http
 from .manager import GameManager, GameServer
 from .metrics import Metrics
 from .pipe import RedisPipe
@@ -91,6 +91,7 @@ def create_app(
     """The gateway as an aiohttp app: in-memory, or cluster mode when ``redis_url`` is set."""
     metrics = Metrics()
     guards = Guards(settings, metrics)
+    quiet_bad_http()
     manager = GameManager()
     sio = GameServer(
         async_mode="aiohttp",
@@ -105,6 +106,8 @@ def create_app(
         async_handlers=False,
         json=jsoncodec,
         transports=["websocket"] if settings.websocket_only else ["polling", "websocket"],
+        namespaces="*",  # every namespace reaches a handler: /game, or the catch-all that refuses it
+        namespace=NAMESPACE,
         handshake_timeout_s=settings.handshake_timeout_s,
         on_handshake_timeout=guards.handshake_timeout,
     )
@@ -114,10 +117,13 @@ def create_app(
     sio.eio.async_handlers = False
     transports = websocket.install(sio.eio, compress=settings.websocket_compression,
                                    max_outbound_bytes=settings.max_outbound_bytes)
+    sio.on_engineio_open = guards.engineio_open
+    sio.on_unserved = guards.unserved
     sio.on_bad_event = guards.bad_event
     sio.on_bad_packet = guards.bad_packet
     transports.on_slow_consumer = guards.slow_consumer
     transports.on_message_too_big = guards.message_too_big
+    transports.on_bad_frame = guards.bad_frame
     install_guards(sio.eio)
     metrics.transports.set_function(lambda: len(sio.eio.sockets))
     manager.transports = sio.transports = transports
@@ -169,6 +175,7 @@ def create_app(
     gateway.bus = bus
     gateway.cluster = cluster
     sio.register_namespace(gateway)
+    sio.register_namespace(OtherNamespaces(guards))
 
     async def connected(sid: str, namespace: str) -> None:
         if namespace == NAMESPACE:
@@ -230,14 +237,10 @@ def create_app(
                                    max(0.1, settings.drain_s - 1.0))
         except TimeoutError:
             log(logger, "drain_timeout", logging.WARNING, left=len(gateway.conns))
-        # Closing /game leaves the Engine.IO transports open (a client may hold other
-        # namespaces); nothing else is served here, so close them too, and cut after a moment
-        # those whose clients do not close their end: their handlers would hold the exit.
-        try:
-            await asyncio.wait_for(asyncio.gather(*(sio.eio.disconnect(eio_sid) for eio_sid in list(sio.eio.sockets)),
-                                                  return_exceptions=True), 1.0)
-        except TimeoutError:
-            log(logger, "drain_timeout", logging.WARNING, transports=len(sio.eio.sockets))
+        # Each close ended its transport; end those that never joined /game too, and cut after
+        # a moment those whose clients do not close their end: their handlers would hold the exit.
+        for eio_sid in list(sio.eio.sockets):
+            await sio.end_transport(eio_sid)
         await asyncio.sleep(0.2)
         transports.abort_all()
         log(logger, "drained", instance=settings.instance_id, closed=len(sids) - len(gateway.conns),

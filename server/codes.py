@@ -38,9 +38,12 @@ TOKEN_EXPIRED = Refusal("token_expired", 4005, "token expired")
 CONNECTION_LIMIT = Refusal("connection_limit", 4504, "too many connections for this user")
 RATE_LIMITED = Refusal("rate_limited", 4029, "too many connection attempts")
 UNAVAILABLE = Refusal("unavailable", 4001, "state store unreachable, retry")
+# A CONNECT to any namespace but /game (``/`` included): refused, then the transport is closed.
+INVALID_NAMESPACE = Refusal("invalid_namespace", 4404, "only /game is served")
 
 REFUSALS: dict[str, Refusal] = {
-    r.name: r for r in (TOKEN_MISSING, TOKEN_INVALID, TOKEN_EXPIRED, CONNECTION_LIMIT, RATE_LIMITED, UNAVAILABLE)
+    r.name: r for r in (TOKEN_MISSING, TOKEN_INVALID, TOKEN_EXPIRED, CONNECTION_LIMIT, RATE_LIMITED, UNAVAILABLE,
+                        INVALID_NAMESPACE)
 }
 
 
@@ -79,8 +82,8 @@ KICKED = Disconnect(4503, "kicked")  # an operator's kick; don't reconnect
 SESSION_REPLACED = Disconnect(4504, "session_replaced")  # the user connected elsewhere; don't reconnect
 
 # Not in the table because nothing can be announced: a slow consumer (its unsent bytes passed
-# ``max_outbound_bytes``) and a transport that never joined /game within ``handshake_timeout_s``
-# are cut at the TCP level; the first is a drop, the second never had a session.
+# ``max_outbound_bytes``) is cut at the TCP level (a drop), and a transport that never joined
+# /game within ``handshake_timeout_s`` is closed without a word (it never had a session).
 
 DISCONNECTS: dict[str, Disconnect] = {
     d.reason: d for d in (SHUTDOWN, EXPIRED, FLOODING, BAD_PACKET, MESSAGE_TOO_BIG, REVOKED, KICKED,
@@ -100,6 +103,7 @@ class HttpRefusal:
 
 ORIGIN_NOT_ALLOWED = HttpRefusal(403, "origin_not_allowed", "this Origin is not in the gateway's allowlist")
 BAD_BODY = HttpRefusal(400, "bad_request", "the body ended before its Content-Length")
+BAD_PAYLOAD = HttpRefusal(400, "bad_packet", "the body is not an Engine.IO payload a client may send")
 REQUEST_TIMEOUT = HttpRefusal(408, "request_timeout", "the body did not arrive in time")
 LENGTH_REQUIRED = HttpRefusal(411, "length_required", "a long-polling POST must carry a Content-Length")
 PAYLOAD_TOO_LARGE = HttpRefusal(413, "payload_too_large", "the body is over max_message_bytes")

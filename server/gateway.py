@@ -29,7 +29,7 @@ from .config import Settings
 from .errors import ActionError, AuthError, StoreUnavailable
 from .expiry import TokenClock
 from .guards import Guards, address_of
-from .limits import AddressLimiter, Budget, Limit, UserBudgets
+from .limits import Budget, Limit, UserBudgets
 from .logs import log, stop_task
 from .manager import GameManager
 from .metrics import Metrics
@@ -121,8 +121,6 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         self._store_logged = 0.0
         self._store_errors = 0
         self._background: set[asyncio.Task[Any]] = set()
-        self.connect_limiter = AddressLimiter(settings.max_connects_per_address_per_s,
-                                              settings.max_connects_per_address_burst)
         self.expiry = TokenClock(warn_s=settings.token_expiring_s, leeway_s=settings.jwt_leeway_s, clock=clock,
                                  on_warn=self._token_expiring, on_expire=self._token_expired)
         self.transports = transports
@@ -155,9 +153,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         address = address_of(environ)
-        if not self.connect_limiter.allow(address):
-            self.guards.hit(Limit.HANDSHAKES, address=address,
-                            max_per_s=self.settings.max_connects_per_address_per_s)
+        if not self.guards.connect_allowed(environ):
             self._refuse(sid, address, codes.RATE_LIMITED, "too many connection attempts from this address")
         try:
             claims = self.verifier.verify(token_from(auth, environ))
@@ -450,8 +446,11 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         payload = why.payload()
         if message:
             payload["message"] = message
+        eio_sid = self.manager.eio_sid_from_sid(sid, NAMESPACE)
         await self.emit("disconnect_reason", payload, to=sid)
         await self.server.disconnect(sid, namespace=NAMESPACE)
+        if eio_sid is not None:  # and the transport, whatever the client does (CLOSE_BOUND_S)
+            await self.server.end_transport(eio_sid)
 
     def local_sids(self, user_id: str) -> list[str]:
         return [sid for sid, conn in self.conns.items() if conn.claims.user_id == user_id]

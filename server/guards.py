@@ -9,7 +9,8 @@ limit               what the client sees
 ==================  ==========================================================================
 events              a ``rate_limited`` ack (the gateway's ``_run``)
 abuse_disconnect    ``disconnect_reason`` 4029 ``rate_limited``, then the close
-handshakes          ``connect_error`` ``rate_limited`` (4029)
+handshakes          ``connect_error`` ``rate_limited`` (4029); counted at every Engine.IO open,
+                    and a session over the limit is closed within ``CLOSE_BOUND_S``
 connections_per_    ``connect_error`` ``connection_limit`` (4504), or 4504 ``session_replaced``
 user                for the oldest connection
 token_size          ``connect_error`` ``token_invalid`` (4500)
@@ -22,10 +23,15 @@ slow_request        a polling body that does not arrive within ``handshake_timeo
 slow_consumer       unsent bytes over ``max_outbound_bytes``: the TCP connection is cut (a drop)
 ==================  ==========================================================================
 
+Only ``/game`` is served: :class:`OtherNamespaces`, python-socketio's catch-all namespace,
+refuses every other one (``/`` included) with ``invalid_namespace`` (4404), and the transport is
+ended (a ``/game`` connection on it first gets ``disconnect_reason`` 4400).
+
 The HTTP guards: a foreign ``Origin`` gets 403 ``origin_not_allowed`` before Engine.IO sees
 the request (so no session is ever made), and a long-polling POST must say its length
 (``411`` otherwise: Engine.IO clients always do, and python-engineio would read none of a chunked
-body), stay under ``max_message_bytes`` and arrive within ``handshake_timeout_s``.
+body), stay under ``max_message_bytes``, arrive within ``handshake_timeout_s`` and be an Engine.IO
+payload a client may send (``400 bad_packet`` and 4400 otherwise, see :func:`polling_payload_ok`).
 """
 
 from __future__ import annotations
@@ -34,13 +40,16 @@ import asyncio
 import fnmatch
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
+import socketio
 from aiohttp import web
+from engineio import packet as eio_packet
+from engineio import payload as eio_payload
 
 from . import codes
 from .config import Settings
-from .limits import Limit
+from .limits import AddressLimiter, Limit
 from .logs import Throttle
 from .metrics import Metrics
 
@@ -52,6 +61,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 BODY = web.RequestKey("gamegw_polling_body", bytes)
 ENGINEIO_PATH = "/socket.io"
 NAMESPACE = "/game"
+HANDSHAKE_ALLOWED = "gamegw.handshake_allowed"  # in an Engine.IO session's environ until its first CONNECT
 
 
 def address_of(environ: Mapping[str, Any]) -> str:
@@ -80,6 +90,8 @@ class Guards:
         self.throttle = throttle or Throttle()
         self.origin_allowed = origin_checker(settings)
         self.gateway: Gateway  # wired by create_app
+        self.handshakes = AddressLimiter(settings.max_connects_per_address_per_s,
+                                         settings.max_connects_per_address_burst)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def hit(self, limit: Limit, *, log: bool = True, **fields: Any) -> None:
@@ -87,6 +99,50 @@ class Guards:
         self.metrics.hit(limit)
         if log:
             self.throttle.log(logger, "limit_hit", logging.WARNING, key=str(limit), limit=str(limit), **fields)
+
+    # -- handshakes and namespaces --------------------------------------------------------------
+
+    def engineio_open(self, eio_sid: str, environ: dict[str, Any]) -> bool:
+        """Every Engine.IO handshake takes a token from its address's bucket, joined or not.
+
+        The verdict waits in the environ for the session's first CONNECT, where the client can
+        be told why (``rate_limited``); a session over the limit is closed soon whatever it does.
+        """
+        address = address_of(environ)
+        allowed = self.handshakes.allow(address)
+        environ[HANDSHAKE_ALLOWED] = allowed
+        if not allowed:
+            self.hit(Limit.HANDSHAKES, address=address, max_per_s=self.settings.max_connects_per_address_per_s)
+        return allowed
+
+    def connect_allowed(self, environ: dict[str, Any]) -> bool:
+        """For a /game CONNECT: the first on a transport was counted at its Engine.IO open; each
+        further attempt on the same transport takes a token of its own."""
+        allowed: bool | None = environ.pop(HANDSHAKE_ALLOWED, None)
+        if allowed is None:
+            address = address_of(environ)
+            allowed = self.handshakes.allow(address)
+            if not allowed:
+                self.hit(Limit.HANDSHAKES, address=address, max_per_s=self.settings.max_connects_per_address_per_s)
+        return allowed
+
+    def refuse_namespace(self, namespace: str, environ: dict[str, Any]) -> NoReturn:
+        refusal = codes.INVALID_NAMESPACE
+        self.metrics.refusals.labels(refusal.name).inc()
+        self.throttle.log(logger, "refuse", logging.WARNING, key=f"refuse:{refusal.name}",
+                          address=address_of(environ), code=refusal.code, reason=refusal.name,
+                          namespace=namespace[:100])
+        raise socketio.exceptions.ConnectionRefusedError(refusal.name, refusal.data())
+
+    def unserved(self, eio_sid: str) -> None:
+        """Another namespace was refused on this transport: it ends (a /game connection on it is
+        told 4400 first: a stock client never asks for another namespace)."""
+        sid = self.gateway.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
+        conn = self.gateway.conns.get(sid) if sid else None
+        if conn is not None:
+            self.gateway.close_soon(conn, codes.BAD_PACKET, "only /game is served")
+        else:
+            self.gateway.server.close_transport(eio_sid)
 
     # -- callbacks from the transport layer (synchronous: they run inside the I/O path) -------
 
@@ -124,6 +180,10 @@ class Guards:
         self.metrics.for_event("unknown")[0].inc()
         self.metrics.ack("unknown", "bad_request").inc()
         self.throttle.log(logger, "bad_event", logging.WARNING, sid=sid, event_name=repr(name)[:64])
+
+    def bad_frame(self, eio_sid: str) -> None:
+        """A websocket frame Engine.IO cannot decode: as for a packet that is not Socket.IO."""
+        self.bad_packet(eio_sid, "malformed")
 
     def bad_packet(self, eio_sid: str, why: str) -> None:
         """A packet that does not parse (4400), or binary attachments over the limit (4413)."""
@@ -183,6 +243,9 @@ class Guards:
             return self._refuse_body(request, codes.REQUEST_TIMEOUT)
         except asyncio.IncompleteReadError:
             return self._refuse_body(request, codes.BAD_BODY)
+        if not polling_payload_ok(request[BODY]):
+            self.bad_packet(request.query.get("sid", ""), "malformed")
+            return _response(codes.BAD_PAYLOAD)
         return await handler(request)
 
     @staticmethod
@@ -198,6 +261,36 @@ class Guards:
         task = asyncio.get_running_loop().create_task(self.gateway.close(sid, why))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+class OtherNamespaces(socketio.AsyncNamespace):  # type: ignore[misc]
+    """python-socketio's catch-all namespace (``"*"``, with ``namespaces="*"``): a CONNECT to any
+    namespace but /game lands here and gets Socket.IO v5's refusal,
+    ``44<ns>,{"message": "invalid_namespace", "data": {"code": 4404, "reason"}}``, where the
+    library's own would be a bare string; the server then ends the transport."""
+
+    def __init__(self, guards: Guards) -> None:
+        super().__init__("*")
+        self.guards = guards
+
+    async def on_connect(self, namespace: str, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        self.guards.refuse_namespace(namespace, environ)
+
+
+# What a client may POST: python-engineio closes the session on any other type and then waits,
+# forever, for its CLOSE to be fetched (a request handler held per such POST)
+CLIENT_PACKET_TYPES = frozenset({eio_packet.CLOSE, eio_packet.PONG, eio_packet.MESSAGE})
+
+
+def polling_payload_ok(body: bytes) -> bool:
+    """Whether python-engineio can take a long-polling body. Its decoder raised out of the
+    request handler (a traceback per request) on bad UTF-8 or framing, an empty packet, a type
+    that is not a digit, bad base64, or more than its 16 packets to a payload."""
+    try:
+        packets = eio_payload.Payload(encoded_payload=body.decode("utf-8")).packets
+    except (ValueError, KeyError, IndexError, TypeError):  # UnicodeDecodeError, binascii.Error too
+        return False
+    return all(p.packet_type in CLIENT_PACKET_TYPES for p in packets)
 
 
 def _response(refusal: codes.HttpRefusal) -> web.Response:

@@ -13,7 +13,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import socketio
@@ -23,65 +24,131 @@ from socketio.async_manager import AsyncManager
 
 from .codes import AckCode
 from .errors import ActionError
+from .logs import stop_task
 from .websocket import Transports, text_frame
 
 ConnectedHook = Callable[[str, str], Awaitable[None]]
 
 
+# A transport the server ends on purpose (after ``disconnect_reason``, a refused namespace, a
+# handshake that took too long) is gone this long after at most, whatever its client does: a
+# websocket's TCP connection is cut, a long-polling session forgotten (its next request gets 400).
+CLOSE_BOUND_S = 1.0
+
+
 class GameServer(socketio.AsyncServer):  # type: ignore[misc]
     """python-socketio's server, with single packets (acks, events to one sid) written straight
-    to the connection's websocket when nothing is queued ahead of them."""
+    to the connection's websocket when nothing is queued ahead of them, one namespace served
+    (the others reach the catch-all namespace, which refuses them, and their transport is ended),
+    and Engine.IO sessions that the server ends itself instead of waiting for the client."""
 
-    def __init__(self, *args: Any, handshake_timeout_s: float = 0.0,
+    def __init__(self, *args: Any, namespace: str = "/", handshake_timeout_s: float = 0.0,
                  on_handshake_timeout: Callable[[str, dict[str, Any] | None], None] | None = None,
                  **kwargs: Any) -> None:
         self.transports: Transports | None = None
-        self.handshake_timeout_s = handshake_timeout_s  # Engine.IO sessions must join a namespace by then
+        self.namespace = namespace  # the one namespace served
+        self.handshake_timeout_s = handshake_timeout_s  # Engine.IO sessions must join it by then
         self.on_handshake_timeout = on_handshake_timeout
+        self.on_engineio_open: Callable[[str, dict[str, Any]], bool] | None = None  # False: over the limit
+        self.on_unserved: Callable[[str], None] | None = None  # (eio_sid) another namespace was refused
         self.on_bad_event: Callable[[str, Any], None] | None = None
         self.on_bad_packet: Callable[[str, str], None] | None = None  # (eio_sid, "malformed" or "too_big")
         self._binary_bytes: dict[str, int] = {}  # eio_sid -> bytes of a binary packet's attachments so far
         self._handshake_timers: dict[str, asyncio.TimerHandle] = {}
+        self._ending: dict[str, asyncio.TimerHandle] = {}  # eio_sid -> its cut, CLOSE_BOUND_S after the end
         self._closing: set[asyncio.Task[Any]] = set()
         super().__init__(*args, **kwargs)
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
         await super()._handle_eio_connect(eio_sid, environ)
-        if self.handshake_timeout_s > 0:
+        allowed = self.on_engineio_open is None or self.on_engineio_open(eio_sid, environ)
+        deadline = self.handshake_timeout_s
+        if not allowed:  # over the per-address limit: it lives just long enough to be told so at its CONNECT
+            deadline = min(CLOSE_BOUND_S, deadline or CLOSE_BOUND_S)
+        if deadline > 0:
             loop = asyncio.get_running_loop()
-            self._handshake_timers[eio_sid] = loop.call_later(self.handshake_timeout_s, self._handshake_overdue,
-                                                              eio_sid)
+            self._handshake_timers[eio_sid] = loop.call_later(deadline, self._handshake_overdue, eio_sid, allowed)
 
-    def _handshake_overdue(self, eio_sid: str) -> None:
-        """A transport that never completed the Socket.IO handshake holds resources for nothing."""
+    def _handshake_overdue(self, eio_sid: str, allowed: bool = True) -> None:
+        """A transport that never joined the namespace holds resources for nothing."""
         self._handshake_timers.pop(eio_sid, None)
-        if eio_sid in self.eio.sockets and not any(
-                self.manager.sid_from_eio_sid(eio_sid, ns) for ns in list(self.manager.get_namespaces())):
-            if self.on_handshake_timeout is not None:
+        if eio_sid in self.eio.sockets and not self.manager.sid_from_eio_sid(eio_sid, self.namespace):
+            if allowed and self.on_handshake_timeout is not None:
                 self.on_handshake_timeout(eio_sid, self.environ.get(eio_sid))
             self.close_transport(eio_sid)
 
+    async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        await super()._handle_connect(eio_sid, namespace, data)
+        if (namespace or "/") != self.namespace and self.on_unserved is not None:
+            self.on_unserved(eio_sid)  # the refusal is out (the catch-all namespace's): the transport ends
+
     def close_transport(self, eio_sid: str) -> None:
-        """Close an Engine.IO session that has no /game connection to announce anything to."""
-        task = asyncio.get_running_loop().create_task(self._close_unjoined(eio_sid))
+        """End an Engine.IO session from synchronous code (see :meth:`end_transport`)."""
+        self._spawn(self.end_transport(eio_sid))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    async def _close_unjoined(self, eio_sid: str) -> None:
-        """Close without waiting for the CLOSE packet to be fetched: python-engineio's
-        ``disconnect`` waits for that, which a long-polling client that never polls again never
-        does (the session stayed in ``eio.sockets`` until a ping-timeout sweep found it)."""
+    async def end_transport(self, eio_sid: str) -> None:
+        """End an Engine.IO session from the server's side, whatever the client does.
+
+        What is queued goes first. Then, as Node's engine.io does, a websocket is closed with a
+        close frame (python-engineio's writer would wait for the client to go quiet; and an
+        Engine.IO CLOSE packet ahead of the frame races python-engineio's client, which then
+        hangs for a ping interval), and a long-polling session gets Engine.IO's CLOSE and is
+        closed once the client has fetched it (python-engineio refuses a GET on a closed
+        session: what was queued would never be fetched). Nothing the client sends from now on
+        is handled. :data:`CLOSE_BOUND_S` later, what is still there is cut: the websocket's TCP
+        connection, the polling session (a client that does not poll cannot be told; its next
+        request gets 400).
+        """
         socket = self.eio.sockets.get(eio_sid)
-        if socket is None or socket.closed:
+        if socket is None or eio_sid in self._ending:
             return
-        await socket.close(wait=False, reason=self.reason.SERVER_DISCONNECT)
+        self._ending[eio_sid] = asyncio.get_running_loop().call_later(CLOSE_BOUND_S, self._cut, eio_sid)
+        if socket.closed or socket.closing:
+            return
+        if socket.upgraded:
+            await socket.close(wait=False, abort=True, reason=self.reason.SERVER_DISCONNECT)
+            socket.queue.put_nowait(None)  # the writer sends what is queued, ends, and closes the websocket
+        else:
+            await socket.send(eio_packet.Packet(eio_packet.CLOSE))
+            self._spawn(self._close_when_fetched(eio_sid, socket))
+
+    async def _close_when_fetched(self, eio_sid: str, socket: Any) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(socket.queue.join(), CLOSE_BOUND_S)
+        await socket.close(wait=False, abort=True, reason=self.reason.SERVER_DISCONNECT)
+        socket.queue.put_nowait(None)  # a GET that came in the meantime ends, empty
         self.eio.sockets.pop(eio_sid, None)
+
+    def _cut(self, eio_sid: str) -> None:
+        self._ending.pop(eio_sid, None)
+        if self.transports is not None:
+            self.transports.abort(eio_sid)
+        self.eio.sockets.pop(eio_sid, None)
+
+    async def shutdown(self) -> None:
+        for timer in self._ending.values():
+            timer.cancel()
+        self._ending.clear()
+        for task in list(self._closing):
+            await stop_task(task)
+        await super().shutdown()
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any = None) -> None:
         timer = self._handshake_timers.pop(eio_sid, None)
         if timer is not None:
             timer.cancel()
         self._binary_bytes.pop(eio_sid, None)
+        socket = self.eio.sockets.get(eio_sid)
+        if reason == self.reason.CLIENT_DISCONNECT and socket is not None:
+            # The client sent Engine.IO's CLOSE: its transport ends now, as with Node's engine.io,
+            # not after ping interval + timeout (python-engineio's): a long-polling GET left
+            # pending gets CLOSE, a websocket's writer ends and closes it.
+            socket.queue.put_nowait(None if socket.upgraded else eio_packet.Packet(eio_packet.CLOSE))
         await super()._handle_eio_disconnect(eio_sid, reason)
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
@@ -98,6 +165,8 @@ class GameServer(socketio.AsyncServer):  # type: ignore[misc]
                     self.on_bad_packet(eio_sid, "too_big")
                 return
             self._binary_bytes[eio_sid] = size
+        if eio_sid in self._ending:  # the server is ending this transport: nothing more is handled
+            return
         try:
             await super()._handle_eio_message(eio_sid, data)
         except (ValueError, TypeError, KeyError, IndexError, AttributeError):

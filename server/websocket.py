@@ -19,12 +19,17 @@ N players that is N task wake-ups, N framings and N compressions of the same byt
 * a frame over ``max_message_bytes`` is refused by aiohttp's reader from the frame's header,
   before its payload is buffered; the connection is told why (``disconnect_reason`` 4413) just
   before aiohttp closes it with 1009;
+* a text frame python-engineio cannot decode (empty, a type that is not 0-6, bad base64) never
+  reaches it (its decoder raised out of the connection's handler: a traceback per frame, which
+  anyone could send); the connection is closed as for any bad packet (4400);
 * :meth:`Transports.abort` cuts a connection as a network fault would (``simulate-drop``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import struct
 from collections.abc import Callable
@@ -51,6 +56,21 @@ def text_frame(payload: bytes) -> bytes:
     return struct.pack("!BBQ", 0x81, 127, n) + payload
 
 
+def engineio_frame_ok(data: str | bytes) -> bool:
+    """Whether python-engineio can decode a websocket frame (a binary one is always a message)."""
+    if isinstance(data, bytes):
+        return True
+    if not data:
+        return False
+    if data[0] == "b":  # base64 binary
+        try:
+            base64.b64decode(data[1:])
+        except binascii.Error:
+            return False
+        return True
+    return data[0] in "0123456"
+
+
 def binary_frame(payload: bytes) -> bytes:
     frame = bytearray(text_frame(payload))
     frame[0] = 0x82
@@ -68,6 +88,7 @@ class Transports:
         self.max_outbound_bytes = max_outbound_bytes
         self.on_slow_consumer = on_slow_consumer
         self.on_message_too_big = on_message_too_big  # returns an Engine.IO packet to send before the close
+        self.on_bad_frame: Callable[[str], None] | None = None  # (eio_sid) a frame Engine.IO cannot decode
         self._dirty: list[GameWebSocketBase] = []
 
     def mark_dirty(self, ws: GameWebSocketBase) -> None:
@@ -170,11 +191,17 @@ class GameWebSocketBase(EngineioWebSocket):  # type: ignore[misc]
         return self._sock
 
     async def wait(self) -> str | bytes:
-        data: str | bytes = await super().wait()
-        if len(data) > self.server.max_http_buffer_size:
-            await self._sock.close(code=WSCloseCode.MESSAGE_TOO_BIG)
-            raise OSError("message too big")
-        return data
+        """The next frame python-engineio can decode; the others are reported and skipped (the
+        report closes the connection: reading goes on until the close is done)."""
+        while True:
+            data: str | bytes = await super().wait()
+            if len(data) > self.server.max_http_buffer_size:
+                await self._sock.close(code=WSCloseCode.MESSAGE_TOO_BIG)
+                raise OSError("message too big")
+            if engineio_frame_ok(data):
+                return data
+            if self.transports.on_bad_frame is not None and self.eio_sid:
+                self.transports.on_bad_frame(self.eio_sid)
 
     def _too_big(self) -> None:
         """A frame over the limit: say so (``disconnect_reason``) before aiohttp's close frame."""

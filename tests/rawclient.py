@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import struct
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
@@ -131,3 +132,109 @@ class RawWebSocket:
 
     def close(self) -> None:
         self.writer.transport.abort()
+
+
+@dataclass
+class Stubborn:
+    """What a client that ignores every close saw: its text frames, when ``disconnect_reason``
+    came, when the server's close frame came and with which code, when the TCP connection ended
+    (monotonic; None: not within the time given)."""
+
+    texts: list[str] = field(default_factory=list)
+    reason_at: float = 0.0
+    close_code: int | None = None
+    ended_at: float | None = None
+
+
+async def stubborn_until_cut(ws: RawWebSocket, *, timeout: float = 10) -> Stubborn:
+    """Be the client that ignores every close: answer pings, send a pong of its own every 0.1 s,
+    never answer a close frame, until the server ends the TCP connection."""
+    seen = Stubborn()
+    loop = asyncio.get_running_loop()
+
+    async def keep_talking() -> None:
+        while not ws.writer.is_closing():
+            ws.send_text("3")
+            await asyncio.sleep(0.1)
+
+    talking = asyncio.create_task(keep_talking())
+    try:
+        while True:
+            opcode, payload = await ws.recv(timeout)
+            if opcode == CLOSE:  # heard, and not answered
+                seen.close_code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 0
+                continue
+            text = payload.decode(errors="replace")
+            if text == "2":
+                ws.send_text("3")
+            seen.texts.append(text)
+            if "disconnect_reason" in text and not seen.reason_at:
+                seen.reason_at = loop.time()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        seen.ended_at = loop.time()
+    except TimeoutError:
+        pass
+    finally:
+        talking.cancel()
+        ws.close()
+    return seen
+
+
+class RawPolling:
+    """An Engine.IO long-polling session driven by hand (aiohttp requests, packets as text)."""
+
+    def __init__(self, http: Any, url: str) -> None:
+        self.http = http
+        self.url = url
+        self.sid = ""
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.url}/socket.io/?EIO=4&transport=polling&sid={self.sid}"
+
+    async def open(self) -> dict[str, Any]:
+        async with self.http.get(self.url + "/socket.io/?EIO=4&transport=polling") as resp:
+            opened = await resp.text()
+        assert opened.startswith("0{"), opened
+        data: dict[str, Any] = json.loads(opened[1:])
+        self.sid = data["sid"]
+        return data
+
+    async def post(self, body: str | bytes) -> int:
+        async with self.http.post(self.endpoint, data=body if isinstance(body, bytes) else body.encode()) as resp:
+            await resp.read()
+            return int(resp.status)
+
+    async def poll(self) -> tuple[int, list[str]]:
+        async with self.http.get(self.endpoint) as resp:
+            body = await resp.text()
+            return resp.status, body.split("\x1e") if resp.status == 200 else [body]
+
+    async def join_game(self, token: str) -> dict[str, Any]:
+        await self.open()
+        assert await self.post("40/game," + json.dumps({"token": token})) == 200
+        packets: list[str] = []
+        while not any(p.startswith('42/game,["session"') for p in packets):
+            status, got = await self.poll()
+            assert status == 200, got
+            packets += got
+        [session] = [p for p in packets if p.startswith('42/game,["session"')]
+        return dict(json.loads(session[len("42/game,"):])[1])
+
+    async def stubborn_until_gone(self, *, timeout: float = 10) -> tuple[list[str], float, float | None]:
+        """Poll on and on, answering pings, whatever the server says. Returns the packets, when
+        ``disconnect_reason`` came and when a request was first refused (None: not within ``timeout``)."""
+        loop = asyncio.get_running_loop()
+        packets: list[str] = []
+        reason_at = 0.0
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            status, got = await self.poll()
+            if status != 200:
+                return packets, reason_at, loop.time()
+            packets += got
+            if not reason_at and any("disconnect_reason" in p for p in got):
+                reason_at = loop.time()
+            if "2" in got and await self.post("3") != 200:
+                return packets, reason_at, loop.time()
+        return packets, reason_at, None

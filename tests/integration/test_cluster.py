@@ -108,7 +108,8 @@ async def test_kick_reaches_a_user_on_another_instance(cluster_factory, players)
     await b.call("join", {"room": "r"})
     status, body = await admin(a_gw, "POST", "/admin/kick", {"user": "bob", "reason": "cheating"})
     assert status == 200
-    assert body == {"user": "bob", "count": 1, "instances": {"inst-2": 1}, "unconfirmed": [], "confirmed": True, "ended": 0}
+    assert body == {"user": "bob", "count": 1, "instances": {"inst-2": 1}, "unconfirmed": [], "confirmed": True,
+                    "ended": 0}
     [reason] = await b.wait_for("disconnect_reason")
     assert reason["code"] == 4503 and reason["reason"] == "kicked" and reason["reconnect"] is False
     [left] = await a.wait_for("player_left")
