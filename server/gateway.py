@@ -492,8 +492,8 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         dropped = 0
         for sid in self.local_sids(user_id):
             conn = self.conns[sid]
-            if conn.cut or conn.closing is not None:
-                continue
+            if conn.cut or conn.closing is not None or sid in self._connecting:
+                continue  # (a connection still being made is after the fault: it is left to finish)
             conn.cut = "simulated_drop"
             await self._cut(sid)
             dropped += 1
