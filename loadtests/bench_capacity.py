@@ -37,6 +37,7 @@ from benchlib import (
     REPO,
     Gateway,
     NodeProc,
+    RedisProcess,
     SetupError,
     check_tools,
     cpu_ms,
@@ -150,6 +151,18 @@ def run(args: argparse.Namespace) -> dict:
     if not args.loadgen.is_file():
         raise SetupError(f"load generator not found: {args.loadgen} (pass --loadgen)")
     raise_nofile(args.clients + 1024)
+    own_redis = None
+    if args.instances > 1 and not args.redis:  # a Redis of the run's own: never one it did not start
+        own_redis = RedisProcess(args.server_cpu if pin else None)
+        args.redis = own_redis.url
+    try:
+        return sweep(args, pin)
+    finally:
+        if own_redis is not None:
+            own_redis.stop()
+
+
+def sweep(args: argparse.Namespace, pin: bool) -> dict[str, Any]:
     rdb = redis_client(args.redis) if args.redis else None
     if pin:
         os.sched_setaffinity(0, {args.load_cpu})  # keep this harness off the servers' CPU
@@ -200,7 +213,8 @@ def main() -> int:
     ap.add_argument("--room-size", type=int, default=10, help="players per room (default 10)")
     ap.add_argument("--seconds", type=float, default=10.0, help="sending time per rate (default 10)")
     ap.add_argument("--instances", type=int, default=1, help="gateways on consecutive ports (default 1)")
-    ap.add_argument("--redis", help="Redis URL for cluster mode (needed with --instances > 1)")
+    ap.add_argument("--redis", help="Redis URL for cluster mode (default with --instances > 1: a redis-server "
+                                    "of the run's own on a free port)")
     ap.add_argument("--transport", choices=["websocket", "polling"], default="websocket",
                     help="websocket only, or long-polling then upgrade (default websocket)")
     ap.add_argument("--min-delivery", type=float, default=1.0, help="delivery ratio a rate must reach (default 1.0)")
@@ -215,8 +229,6 @@ def main() -> int:
     args = ap.parse_args()
     if args.clients < 1 or args.room_size < 1 or args.seconds <= 0 or args.instances < 1:
         ap.error("--clients, --room-size, --seconds and --instances must be positive")
-    if args.instances > 1 and not args.redis:
-        ap.error("--instances > 1 needs --redis URL (the gateways form a cluster over it)")
     if args.redis:
         url = urllib.parse.urlsplit(args.redis)
         if url.scheme not in ("redis", "unix") or (url.scheme == "redis" and url.hostname not in LOCAL_HOSTS):
