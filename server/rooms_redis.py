@@ -235,6 +235,14 @@ class RedisRoomStore:
                 pipe.srem(self._k.room(room, "insts"), self._instance_id)
                 pipe.srem(self._k.inst_rooms(self._instance_id), room)
                 await pipe.execute()
+            if room in self._local:
+                # a connection attached while this ran: its SADD may have reached Redis before
+                # this SREM (another connection of the pool), and the room's moves would no longer
+                # come here (a mass drop and resume left whole rooms silent on one instance)
+                async with self._r.pipeline(transaction=False) as pipe:
+                    pipe.sadd(self._k.room(room, "insts"), self._instance_id)
+                    pipe.sadd(self._k.inst_rooms(self._instance_id), room)
+                    await pipe.execute()
 
     async def seq(self, room: str) -> int:
         return int(await self._r.get(self._k.room(room, "seq")) or 0)

@@ -6,6 +6,7 @@ that session only, and the sweep removes seats whose session no longer exists.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -90,6 +91,51 @@ async def test_a_late_state_change_follows_the_membership(redis_server, redis_pr
         await rooms.leave("r", "bob", "s2")
         await rooms._update_state("r", lambda s: rules.on_leave(s, "bob"), "bob", member=False)  # late
         assert [k async for k in redis.scan_iter(match=f"{redis_prefix}:room:*")] == []
+    finally:
+        await rooms.aclose()
+        await redis.aclose()
+
+
+class _SlowRemovals:
+    """The Redis client, with pipelines that hold an SREM back (a slow pool connection)."""
+
+    def __init__(self, redis: Redis, delay_s: float) -> None:
+        self._redis = redis
+        self._delay_s = delay_s
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._redis, name)
+
+    def pipeline(self, *args: object, **kwargs: object) -> object:
+        pipe = self._redis.pipeline(*args, **kwargs)
+        execute = pipe.execute
+        delay_s = self._delay_s
+
+        async def slow_execute(*a: object, **kw: object) -> object:
+            if any(cmd[0][0] == "SREM" for cmd in pipe.command_stack):
+                await asyncio.sleep(delay_s)
+            return await execute(*a, **kw)
+
+        pipe.execute = slow_execute  # type: ignore[method-assign]
+        return pipe
+
+
+async def test_a_late_removal_does_not_unroute_a_room_attached_again(redis_server, redis_prefix) -> None:
+    """The last local member leaves (SREM from the room's instances) while a resuming member
+    attaches (SADD): when the SREM reached Redis last, the room's moves stopped coming to this
+    instance for good (a mass drop and resume left whole rooms silent on one instance)."""
+    redis = Redis.from_url(redis_server.url, decode_responses=True)
+    keys = Keys(redis_prefix)
+    rooms = RedisRoomStore(redis, keys, Relay(), instance_id="gw-1")
+    rooms._r = _SlowRemovals(redis, 0.2)
+    try:
+        await rooms.attach("r", "old-sid")
+        leaving = asyncio.create_task(rooms.detach("r", "old-sid"))
+        await asyncio.sleep(0.05)  # the removal is on its way
+        await rooms.attach("r", "new-sid")  # its SADD lands first
+        await leaving
+        assert await redis.smembers(keys.room("r", "insts")) == {"gw-1"}
+        assert await redis.smembers(keys.inst_rooms("gw-1")) == {"r"}
     finally:
         await rooms.aclose()
         await redis.aclose()
