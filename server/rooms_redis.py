@@ -19,6 +19,7 @@ empty. A room that spans instances cannot get a cluster-wide ``seq`` and answers
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -144,6 +145,14 @@ return 1
 """
 
 
+class _RoomLock(asyncio.Lock):
+    """A room's routing lock, with how many callers hold or await it (it goes when none do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.users = 0
+
+
 class RedisRoomStore:
     def __init__(self, redis: Redis, keys: Keys, rules: Rules, *, instance_id: str, log_size: int = 1000,
                  max_members: int = 100, pipe: RedisPipe | None = None) -> None:
@@ -154,6 +163,8 @@ class RedisRoomStore:
         self._log_size = str(log_size)
         self._max_members = str(max_members)
         self._local: dict[str, set[str]] = {}  # room -> this instance's sids in it
+        self._routed: set[str] = set()  # rooms whose routing in Redis names this instance
+        self._routing: dict[str, _RoomLock] = {}  # room -> its routing changes, one at a time
         self._spans: dict[str, bool] = {}  # room -> other instances have members too (as last seen)
         self._last_seq: dict[str, int] = {}  # room -> the highest seq its joins and moves here returned
         self._offline: dict[str, list[MoveEvent]] = {}  # moves accepted while Redis was away
@@ -208,16 +219,9 @@ class RedisRoomStore:
         return removed
 
     async def attach(self, room: str, sid: str) -> None:
-        local = self._local.setdefault(room, set())
-        first = not local
-        local.add(sid)
-        if first:
-            async with self._r.pipeline(transaction=False) as pipe:
-                pipe.sadd(self._k.room(room, "insts"), self._instance_id)
-                pipe.sadd(self._k.inst_rooms(self._instance_id), room)
-                pipe.scard(self._k.room(room, "insts"))
-                out = await pipe.execute()
-            self._spans[room] = int(out[2]) > 1
+        """Route ``room``'s events here; returns once Redis says so (not just an earlier call)."""
+        self._local.setdefault(room, set()).add(sid)
+        await self._route(room)
 
     async def detach(self, room: str, sid: str) -> None:
         local = self._local.get(room)
@@ -231,18 +235,43 @@ class RedisRoomStore:
                 self.on_room_left(room)
             if room not in self._offline:
                 self._last_seq.pop(room, None)
-            async with self._r.pipeline(transaction=False) as pipe:
-                pipe.srem(self._k.room(room, "insts"), self._instance_id)
-                pipe.srem(self._k.inst_rooms(self._instance_id), room)
-                await pipe.execute()
-            if room in self._local:
-                # a connection attached while this ran: its SADD may have reached Redis before
-                # this SREM (another connection of the pool), and the room's moves would no longer
-                # come here (a mass drop and resume left whole rooms silent on one instance)
+            await self._route(room)
+
+    async def _route(self, room: str) -> None:
+        """Make the room's routing in Redis match whether it has local members, one change at a
+        time per room. Unserialised, a detach's SREM and an attach's SADD travel over two pool
+        connections and can land in either order (the room no longer routed here while it has
+        members), and a second attach could return before the first one's SADD had landed:
+        either way a resume that reads the room's log next misses the moves published
+        meanwhile, and the bus sees no gap to fill (it starts again from the first one here)."""
+        lock = self._routing.get(room)
+        if lock is None:
+            lock = self._routing[room] = _RoomLock()
+        lock.users += 1
+        try:
+            async with lock:
+                want = room in self._local
+                if want == (room in self._routed):
+                    return
                 async with self._r.pipeline(transaction=False) as pipe:
-                    pipe.sadd(self._k.room(room, "insts"), self._instance_id)
-                    pipe.sadd(self._k.inst_rooms(self._instance_id), room)
-                    await pipe.execute()
+                    if want:
+                        pipe.sadd(self._k.room(room, "insts"), self._instance_id)
+                        pipe.sadd(self._k.inst_rooms(self._instance_id), room)
+                        pipe.scard(self._k.room(room, "insts"))
+                    else:
+                        pipe.srem(self._k.room(room, "insts"), self._instance_id)
+                        pipe.srem(self._k.inst_rooms(self._instance_id), room)
+                    out = await pipe.execute()
+                if want:
+                    self._routed.add(room)
+                    if room in self._local:
+                        self._spans[room] = int(out[2]) > 1
+                else:
+                    self._routed.discard(room)
+        finally:
+            lock.users -= 1
+            if not lock.users:
+                del self._routing[room]
 
     async def seq(self, room: str) -> int:
         return int(await self._r.get(self._k.room(room, "seq")) or 0)
@@ -332,6 +361,8 @@ class RedisRoomStore:
                     str(max(self._last_seq.get(room, 0), delivered.get(room, 0))), str(len(seated)),
                     *[x for pair in seated for x in pair], *pairs]
             before = int(await self._reassert(keys=keys, args=args))
+            if args[0]:
+                self._routed.add(room)
             if offline and before > offline[0].seq - 1:
                 log(logger, "offline_conflict", logging.WARNING, room=room, redis_seq=before,
                     offline_from=offline[0].seq)

@@ -96,12 +96,15 @@ async def test_a_late_state_change_follows_the_membership(redis_server, redis_pr
         await redis.aclose()
 
 
-class _SlowRemovals:
-    """The Redis client, with pipelines that hold an SREM back (a slow pool connection)."""
+class _SlowPipelines:
+    """The Redis client, with pipelines holding ``command`` that wait ``before_s`` before they
+    are sent and ``after_s`` before their caller hears back (a slow pool connection)."""
 
-    def __init__(self, redis: Redis, delay_s: float) -> None:
+    def __init__(self, redis: Redis, command: str, before_s: float, after_s: float = 0.0) -> None:
         self._redis = redis
-        self._delay_s = delay_s
+        self._command = command
+        self._before_s = before_s
+        self._after_s = after_s
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._redis, name)
@@ -109,33 +112,71 @@ class _SlowRemovals:
     def pipeline(self, *args: object, **kwargs: object) -> object:
         pipe = self._redis.pipeline(*args, **kwargs)
         execute = pipe.execute
-        delay_s = self._delay_s
+        slow = self
 
         async def slow_execute(*a: object, **kw: object) -> object:
-            if any(cmd[0][0] == "SREM" for cmd in pipe.command_stack):
-                await asyncio.sleep(delay_s)
-            return await execute(*a, **kw)
+            if not any(cmd[0][0] == slow._command for cmd in pipe.command_stack):
+                return await execute(*a, **kw)
+            await asyncio.sleep(slow._before_s)
+            out = await execute(*a, **kw)
+            await asyncio.sleep(slow._after_s)
+            return out
 
         pipe.execute = slow_execute  # type: ignore[method-assign]
         return pipe
 
 
+async def _routed_until(redis: Redis, keys: Keys, done: asyncio.Future[object]) -> list[set[str]]:
+    """The room's instances, read every 5 ms until ``done``."""
+    seen = [await redis.smembers(keys.room("r", "insts"))]
+    while not done.done():
+        await asyncio.sleep(0.005)
+        seen.append(await redis.smembers(keys.room("r", "insts")))
+    return seen
+
+
 async def test_a_late_removal_does_not_unroute_a_room_attached_again(redis_server, redis_prefix) -> None:
     """The last local member leaves (SREM from the room's instances) while a resuming member
     attaches (SADD): when the SREM reached Redis last, the room's moves stopped coming to this
-    instance for good (a mass drop and resume left whole rooms silent on one instance)."""
+    instance (a mass drop and resume left whole rooms silent on one instance, then, with the
+    instance added back after the SREM, a soak's resumes missed the moves published between
+    the two: seq gaps). Once attach returns, the room is routed here, and stays so."""
     redis = Redis.from_url(redis_server.url, decode_responses=True)
     keys = Keys(redis_prefix)
     rooms = RedisRoomStore(redis, keys, Relay(), instance_id="gw-1")
-    rooms._r = _SlowRemovals(redis, 0.2)
+    rooms._r = _SlowPipelines(redis, "SREM", before_s=0.2, after_s=0.2)
     try:
         await rooms.attach("r", "old-sid")
         leaving = asyncio.create_task(rooms.detach("r", "old-sid"))
         await asyncio.sleep(0.05)  # the removal is on its way
-        await rooms.attach("r", "new-sid")  # its SADD lands first
-        await leaving
+        await rooms.attach("r", "new-sid")
+        seen = await _routed_until(redis, keys, leaving)
+        assert all(s == {"gw-1"} for s in seen), seen
         assert await redis.smembers(keys.room("r", "insts")) == {"gw-1"}
         assert await redis.smembers(keys.inst_rooms("gw-1")) == {"r"}
+    finally:
+        await rooms.aclose()
+        await redis.aclose()
+
+
+async def test_a_second_attach_returns_once_the_room_is_routed(redis_server, redis_prefix) -> None:
+    """Two members attach at once: the second one returned at once, before the first one's SADD
+    had reached Redis, and its resume read the room's log while the room's moves did not come
+    here yet (the moves in between reached nobody)."""
+    redis = Redis.from_url(redis_server.url, decode_responses=True)
+    keys = Keys(redis_prefix)
+    rooms = RedisRoomStore(redis, keys, Relay(), instance_id="gw-1")
+    rooms._r = _SlowPipelines(redis, "SADD", before_s=0.2)
+    try:
+        first = asyncio.create_task(rooms.attach("r", "sid-1"))
+        await asyncio.sleep(0.05)
+        await rooms.attach("r", "sid-2")
+        assert await redis.smembers(keys.room("r", "insts")) == {"gw-1"}
+        await first
+        await rooms.detach("r", "sid-1")
+        await rooms.detach("r", "sid-2")
+        assert await redis.smembers(keys.room("r", "insts")) == set()
+        assert rooms._routing == {}  # the per-room locks go with their last user
     finally:
         await rooms.aclose()
         await redis.aclose()
