@@ -302,6 +302,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
             return
         self.manager.paused.pop(sid, None)
         self.manager.floors.pop(sid, None)
+        self.manager.joining.pop(sid, None)
         self.expiry.disarm(sid)
         self.metrics.connections.dec()
         closing = conn.closing
@@ -602,15 +603,22 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
             raise ActionError(AckCode.UNAVAILABLE, "connection is closing")
         # Routed here and in the room before the join script fixes the seq the player starts
         # after: a move just after it can no longer reach this instance before the player does.
-        await self.rooms.attach(room, conn.sid)
-        await self.server.enter_room(conn.sid, room, namespace=NAMESPACE)
+        # What the room sends meanwhile is held, and the moves the join's seq already covers
+        # are dropped from it (the player would see them as repeats).
+        self.manager.hold(conn.sid, room)
+        floor: int | None = None
         try:
+            await self.rooms.attach(room, conn.sid)
+            await self.server.enter_room(conn.sid, room, namespace=NAMESPACE)
             joined = await self.rooms.join(room, user_id, conn.session.session_id)
+            floor = joined.seq
         except BaseException:
             await self.server.leave_room(conn.sid, room, namespace=NAMESPACE)
             await self.rooms.detach(room, conn.sid)
             await self.sessions.set_room(conn.session, room, None)
             raise
+        finally:
+            await self.manager.release(NAMESPACE, conn.sid, room, floor)
         conn.rooms[room] = joined.seq
         await self.registry.add_room(conn.sid, room)
         if joined.first:

@@ -212,6 +212,9 @@ class GameManager(AsyncManager):  # type: ignore[misc]
         # sid -> room -> the last seq a resume's replay sent it: a live move up to that seq that
         # reaches the connection after it was unpaused (a gap fill racing the replay) is skipped
         self.floors: dict[str, dict[str, int]] = {}
+        # sid -> room -> what reached the connection while it was joining the room: moves up to
+        # the seq its join returns are not its own (they precede it), the rest go out after them
+        self.joining: dict[str, dict[str, list[tuple[int | None, list[Any]]]]] = {}
         self.transports: Transports | None = None  # set by create_app: direct websocket writes
 
     async def connect(self, sid: str, namespace: str) -> Any:
@@ -254,6 +257,7 @@ class GameManager(AsyncManager):  # type: ignore[misc]
             return 0
         send = self.server._send_eio_packet
         paused = self.paused
+        joining = self.joining
         transports = self.transports
         frame: bytes | None = None
         single = len(pkts) == 1 and isinstance(pkts[0].data, str)
@@ -261,8 +265,11 @@ class GameManager(AsyncManager):  # type: ignore[misc]
         for sid, eio_sid in list(members.items()):
             if sid == skip_sid:
                 continue
-            if paused and sid in paused:
+            if paused and sid in paused and room != sid:  # what is for it alone is never held
                 paused[sid].append((room, seq, pkts))
+                continue
+            if joining and sid in joining and room in joining[sid]:
+                joining[sid][room].append((seq, pkts))
                 continue
             if self.floors and seq is not None and sid in self.floors and self._below_floor(sid, room, seq):
                 continue
@@ -298,6 +305,25 @@ class GameManager(AsyncManager):  # type: ignore[misc]
                 ws.write(text_frame(p.encode().encode()))
             else:
                 await self.server._send_eio_packet(eio_sid, p)
+
+    def hold(self, sid: str, room: str) -> None:
+        """The connection is joining ``room``: keep what the room sends it until :meth:`release`."""
+        self.joining.setdefault(sid, {})[room] = []
+
+    async def release(self, namespace: str, sid: str, room: str, floor: int | None) -> None:
+        """The join is over. With ``floor`` (the seq it returned), send what was held, skipping
+        moves up to ``floor``, and skip any that still arrive; without (the join failed), drop it."""
+        rooms = self.joining.get(sid)
+        held = rooms.pop(room, []) if rooms is not None else []
+        if rooms is not None and not rooms:
+            del self.joining[sid]
+        eio_sid = self.eio_sid_from_sid(sid, namespace)
+        if floor is None or eio_sid is None:
+            return
+        self.floors.setdefault(sid, {})[room] = floor
+        for seq, pkts in held:
+            if seq is None or seq > floor:
+                await self.send_packets(eio_sid, pkts)
 
     def pause(self, sid: str) -> None:
         self.paused.setdefault(sid, [])

@@ -90,11 +90,12 @@ class RawWebSocket:
     def send_text(self, text: str) -> None:
         self.writer.write(client_frame(text.encode()))
 
-    async def join_game(self, token: str) -> dict[str, Any]:
-        """Engine.IO open, Socket.IO CONNECT to /game; returns the ``session`` event's payload."""
+    async def join_game(self, token: str, **auth: Any) -> dict[str, Any]:
+        """Engine.IO open, Socket.IO CONNECT to /game (``auth``: more than the token, such as
+        ``last_seq``); returns the ``session`` event's payload."""
         opened = await self.recv_text()
         assert opened.startswith("0"), opened
-        self.send_text("40/game," + json.dumps({"token": token}))
+        self.send_text("40/game," + json.dumps({"token": token, **auth}))
         connected = await self.recv_text()
         assert connected.startswith("40/game,"), connected
         session = await self.recv_text()

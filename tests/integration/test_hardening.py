@@ -212,3 +212,85 @@ async def test_a_kick_ends_the_seat_of_a_player_who_just_dropped(mode, gateway_f
     assert (await bob.wait_for("player_left"))[0] == {"room": "r", "user": "alice", "reason": "kicked"}
     assert (await bob.call("state", {"room": "r"}))["state"]["players"] == ["bob"]
     assert (await gw.app[PARTS].cluster.kick("alice", "again")).ended == 0
+
+
+def _moves(texts: list[str]) -> list[int]:
+    return [json.loads(t[len("42/game,"):])[1]["seq"] for t in texts if t.startswith('42/game,["move"')]
+
+
+async def test_a_joiner_never_gets_the_moves_its_join_already_counts(cluster_factory):
+    """Found by a 1000-player soak: a player joining a busy room got, before its ack, moves
+    with a seq at or below the ack's (40-67 repeats per ramp). The join routes the room to the
+    instance before the join script fixes the seq, so such moves reach the instance: they are
+    held now, and only the ones after the join's seq go out. A second instance moves in the
+    room all along; the joiner joins and leaves 30 times."""
+    gws = await cluster_factory(2, max_events_per_s=0)
+    mover = await RawWebSocket.connect(gws[0].url)
+    await mover.join_game(gws[0].token("mover"))
+    assert (await mover.call("join", {"room": "r"}, 0))["ok"]
+    stop = asyncio.Event()
+
+    async def keep_moving() -> None:
+        ack_id = 1
+        while not stop.is_set():
+            for i in range(10):
+                mover.send_text(f"42/game,{ack_id + i}" + json.dumps(["move", {"room": "r", "action": {}}]))
+            await mover.until(f"43/game,{ack_id + 9}")
+            ack_id += 10
+
+    moving = asyncio.create_task(keep_moving())
+    joiner = await RawWebSocket.connect(gws[1].url)
+    await joiner.join_game(gws[1].token("joiner"))
+    try:
+        for k in range(30):
+            joiner.send_text(f"42/game,{2 * k}" + json.dumps(["join", {"room": "r"}]))
+            texts = await joiner.until(f"43/game,{2 * k}")
+            ack = json.loads(texts[-1][len(f"43/game,{2 * k}"):])[0]
+            assert ack["ok"], ack
+            texts += await joiner.until('42/game,["move"')  # at least one live move after the ack
+            seqs = _moves(texts)
+            assert seqs and seqs[0] == ack["seq"] + 1, (k, ack["seq"], seqs)
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), (k, seqs)
+            joiner.send_text(f"42/game,{2 * k + 1}" + json.dumps(["leave", {"room": "r"}]))
+            await joiner.until(f"43/game,{2 * k + 1}")
+    finally:
+        stop.set()
+        await moving
+        mover.close()
+        joiner.close()
+
+
+async def test_a_resume_closed_during_its_replay_still_says_why(gateway_factory):
+    """Found by the seat race test (1 round in 20): a connection replaced while its resume was
+    still replaying got ``41`` and a close, but no ``disconnect_reason``: the reason, addressed to
+    it alone, was held with the room's moves until the replay ended, and the close came first.
+    Here the replay's log read is slowed down and the user is kicked meanwhile."""
+    gw = await gateway_factory(grace_s=30)
+    token = gw.token("alice")
+    ws = await RawWebSocket.connect(gw.url)
+    await ws.join_game(token)
+    assert (await ws.call("join", {"room": "r"}, 0))["ok"]
+    assert (await ws.call("move", {"room": "r", "action": {}}, 1))["ok"]
+    ws.close()  # a drop
+    gateway = gw.app[PARTS].gateway
+    await eventually(lambda: _async(not gateway.conns))
+    events_after = gateway.rooms.events_after
+
+    async def slow_events_after(room: str, after: int) -> Any:
+        await asyncio.sleep(0.3)
+        return await events_after(room, after)
+
+    gateway.rooms.events_after = slow_events_after  # type: ignore[method-assign]
+    again = await RawWebSocket.connect(gw.url)
+    session = await again.join_game(token, last_seq={"r": 0})
+    assert session["resumed"]
+    assert await gateway.kick_local("alice", "bye") == 1
+    texts, code = await again.closed_with()
+    again.close()
+    reasons = [json.loads(t[len("42/game,"):])[1] for t in texts if t.startswith('42/game,["disconnect_reason"')]
+    assert reasons == [{"code": 4503, "reason": "kicked", "reconnect": False, "message": "bye"}], texts
+    assert code == 1000
+
+
+async def _async(value: bool) -> bool:
+    return value
