@@ -25,6 +25,7 @@ from .bus import Bus, LocalBus, RedisBus
 from .cluster import Cluster, LocalCluster, RedisCluster
 from .codes import POLLING_UNAVAILABLE, SHUTDOWN
 from .config import Settings
+from .eio import ConformantServer
 from .gateway import NAMESPACE, Gateway
 from .guards import Guards, OtherNamespaces, origin_checker
 from .guards import install as install_guards
@@ -110,6 +111,7 @@ def create_app(
         namespace=NAMESPACE,
         handshake_timeout_s=settings.handshake_timeout_s,
         on_handshake_timeout=guards.handshake_timeout,
+        engineio_class=ConformantServer,
     )
     # Handle each connection's packets inline, in the order they arrived: a client's moves can
     # never be reordered, a client's own disconnect is never taken for a transport close, and

@@ -341,6 +341,11 @@ def validate(s: Settings) -> None:
                  "grace_sweep_interval_s", "seat_sweep_interval_s", "bus_probe_interval_s", "drain_s"):
         if getattr(s, name) < 0 or (name != "grace_s" and getattr(s, name) == 0):
             raise ConfigError(f"{name}: {getattr(s, name)} must be positive")
+    for name in ("ping_interval_s", "ping_timeout_s"):
+        # the Engine.IO handshake advertises them in whole milliseconds; a client times its pings
+        # by those figures, so a value that would be rounded is refused rather than misannounced
+        if abs(getattr(s, name) * 1000 - round(getattr(s, name) * 1000)) > 1e-6:
+            raise ConfigError(f"{name}: {getattr(s, name)} is not a whole number of milliseconds")
     if "*" in s.cors_allowed_origins and not s.dev:
         raise ConfigError("cors_allowed_origins: '*' is only allowed in the development profile")
     if s.max_connections_per_user < 1:

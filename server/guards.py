@@ -202,6 +202,18 @@ class Guards:
         else:
             self.gateway.server.close_transport(eio_sid)
 
+    async def bad_polling_body(self, eio_sid: str) -> None:
+        """A polling body that is not an Engine.IO payload: a /game connection is told why (4400)
+        and closed soon; a session without one is closed at once (Engine.IO's rule: its next
+        request gets 400)."""
+        sid, fields = self._conn_fields(eio_sid)
+        if sid is not None or not eio_sid:
+            self.bad_packet(eio_sid, "malformed")
+            return
+        self.metrics.bad_packets.inc()
+        self.throttle.log(logger, "bad_packet", logging.WARNING, **fields)
+        await self.gateway.server.drop_transport(eio_sid)
+
     def handshake_timeout(self, eio_sid: str, environ: dict[str, Any] | None) -> None:
         self.hit(Limit.HANDSHAKE_TIMEOUT, eio_sid=eio_sid, address=address_of(environ or {}),
                  handshake_timeout_s=self.settings.handshake_timeout_s)
@@ -244,7 +256,7 @@ class Guards:
         except asyncio.IncompleteReadError:
             return self._refuse_body(request, codes.BAD_BODY)
         if not polling_payload_ok(request[BODY]):
-            self.bad_packet(request.query.get("sid", ""), "malformed")
+            await self.bad_polling_body(request.query.get("sid", ""))
             return _response(codes.BAD_PAYLOAD)
         return await handler(request)
 

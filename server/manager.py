@@ -17,6 +17,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+import engineio
 import socketio
 from engineio import packet as eio_packet
 from socketio import packet
@@ -44,7 +45,8 @@ class GameServer(socketio.AsyncServer):  # type: ignore[misc]
 
     def __init__(self, *args: Any, namespace: str = "/", handshake_timeout_s: float = 0.0,
                  on_handshake_timeout: Callable[[str, dict[str, Any] | None], None] | None = None,
-                 **kwargs: Any) -> None:
+                 engineio_class: type[engineio.AsyncServer] = engineio.AsyncServer, **kwargs: Any) -> None:
+        self.engineio_class = engineio_class  # the Engine.IO server (server.eio's, for conformance)
         self.transports: Transports | None = None
         self.namespace = namespace  # the one namespace served
         self.handshake_timeout_s = handshake_timeout_s  # Engine.IO sessions must join it by then
@@ -58,6 +60,9 @@ class GameServer(socketio.AsyncServer):  # type: ignore[misc]
         self._ending: dict[str, asyncio.TimerHandle] = {}  # eio_sid -> its cut, CLOSE_BOUND_S after the end
         self._closing: set[asyncio.Task[Any]] = set()
         super().__init__(*args, **kwargs)
+
+    def _engineio_server_class(self) -> type[engineio.AsyncServer]:
+        return self.engineio_class
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
         await super()._handle_eio_connect(eio_sid, environ)
@@ -117,6 +122,16 @@ class GameServer(socketio.AsyncServer):  # type: ignore[misc]
             await socket.send(eio_packet.Packet(eio_packet.CLOSE))
             self._spawn(self._close_when_fetched(eio_sid, socket))
 
+    async def drop_transport(self, eio_sid: str) -> None:
+        """End a long-polling session at once: Engine.IO closes the session on a body that is not
+        an Engine.IO payload, and its next request gets 400 (a pending GET gets CLOSE)."""
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is None or socket.upgraded:
+            await self.end_transport(eio_sid)
+            return
+        await socket.end(self.reason.TRANSPORT_ERROR)  # a ConformantSocket (server/eio.py)
+        self.eio.sockets.pop(eio_sid, None)
+
     async def _close_when_fetched(self, eio_sid: str, socket: Any) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(socket.queue.join(), CLOSE_BOUND_S)
@@ -143,12 +158,6 @@ class GameServer(socketio.AsyncServer):  # type: ignore[misc]
         if timer is not None:
             timer.cancel()
         self._binary_bytes.pop(eio_sid, None)
-        socket = self.eio.sockets.get(eio_sid)
-        if reason == self.reason.CLIENT_DISCONNECT and socket is not None:
-            # The client sent Engine.IO's CLOSE: its transport ends now, as with Node's engine.io,
-            # not after ping interval + timeout (python-engineio's): a long-polling GET left
-            # pending gets CLOSE, a websocket's writer ends and closes it.
-            socket.queue.put_nowait(None if socket.upgraded else eio_packet.Packet(eio_packet.CLOSE))
         await super()._handle_eio_disconnect(eio_sid, reason)
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:

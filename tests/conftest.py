@@ -34,6 +34,22 @@ from server.config import Settings, load_settings
 TEST_SECRET = "test-secret-0123456789-0123456789-abcdef"
 
 
+REPORT = pytest.StashKey[list[str]]()
+
+
+def report_line(config: pytest.Config, line: str) -> None:
+    """A figure worth reading in every run (conformance): printed in the terminal summary."""
+    config.stash.setdefault(REPORT, []).append(line)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    lines = config.stash.get(REPORT, [])
+    if lines:
+        terminalreporter.section("figures")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 def make_settings(**overrides: Any) -> Settings:
     environ = {"GAMEGW_JWT_SECRET": TEST_SECRET, "GAMEGW_INSTANCE_ID": "test-1"}
     return load_settings(environ, None, {"port": 0, **overrides})

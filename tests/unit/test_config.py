@@ -327,6 +327,13 @@ def test_out_of_range(state_home: Path, name: str, value: str) -> None:
     assert name in config_error(prod_env(state_home, **{name: value}))
 
 
+@pytest.mark.parametrize("name", ["ping_interval_s", "ping_timeout_s"])
+def test_ping_figures_must_be_whole_milliseconds(state_home: Path, name: str) -> None:
+    """The Engine.IO handshake advertises them in ms, and a client times its pings by them."""
+    assert "whole number of milliseconds" in config_error(prod_env(state_home, **{name: "0.3005"}))
+    assert getattr(load_settings(prod_env(state_home, **{name: "0.3"})), name) == 0.3
+
+
 @pytest.mark.parametrize("policy", ["kick", "REPLACE", ""])
 def test_bad_on_connection_limit(state_home: Path, policy: str) -> None:
     assert "on_connection_limit" in config_error(prod_env(state_home, on_connection_limit=policy))
