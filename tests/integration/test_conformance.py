@@ -37,7 +37,11 @@ from tests.stock_socketio import make_app
 from tests.unit.test_protocol_doc import table
 
 REPO = Path(__file__).resolve().parents[2]
-CONFORMANCE = REPO.parent / "shared" / "conformance"
+# The suites ship beside the repository (../shared/conformance); tests/conformance is a copy of
+# them, byte for byte (test_the_copied_suites_are_the_shipped_ones), so that a clone elsewhere
+# (CI's) runs them too.
+SHIPPED = REPO.parent / "shared" / "conformance"
+CONFORMANCE = SHIPPED if (SHIPPED / "run").is_file() else REPO / "tests" / "conformance"
 RUN = CONFORMANCE / "run"
 RUN_TIMEOUT_S = 360  # a first run installs the suites' Node modules (npm) before running
 SUITE_SETTINGS = {"ping_interval_s": 0.3, "ping_timeout_s": 0.2, "max_message_bytes": 1_000_000}
@@ -132,7 +136,7 @@ def conformance_cache() -> Path:
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.fail("node and npm are required for the conformance suites (CI must run them, so they do not skip)")
     if not RUN.is_file():
-        pytest.fail(f"the conformance suites are not at {CONFORMANCE} (../shared/conformance beside the repository)")
+        pytest.fail(f"the conformance suites are not at {CONFORMANCE}")
     cache = Path(os.environ.get("CONFORMANCE_CACHE") or Path.home() / ".cache" / "gamegw-conformance")
     cache.mkdir(parents=True, exist_ok=True)
     return cache
@@ -264,3 +268,15 @@ def test_the_protocol_reference_lists_each_test_that_needs_the_reference_app() -
     documented = {"Socket.IO protocol > " + row["test"].replace(": ", " > ", 1) for row in rows}
     assert documented == SOCKETIO_REFERENCE_APP
     assert all(row["needs"] for row in rows)
+
+
+def test_the_copied_suites_are_the_shipped_ones() -> None:
+    """tests/conformance is ../shared/conformance, unchanged (where the latter is at hand)."""
+    copy = REPO / "tests" / "conformance"
+    files = sorted(p.relative_to(copy) for p in copy.rglob("*") if p.is_file())
+    assert Path("run") in files and Path("engine.io/test-suite.env.js") in files
+    if not SHIPPED.is_dir():
+        return
+    shipped = sorted(p.relative_to(SHIPPED) for p in SHIPPED.rglob("*") if p.is_file())
+    assert files == shipped
+    assert all((copy / f).read_bytes() == (SHIPPED / f).read_bytes() for f in files)
