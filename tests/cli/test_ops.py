@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis as redis_sync
+import socketio
 import typer
 
 from gamectl.admin import AdminClient
@@ -61,17 +62,28 @@ async def test_kick_a_user_on_another_instance(cluster_factory, players):
 async def test_simulate_drop_reports_the_return(cluster_factory, players):
     a_gw, b_gw = await cluster_factory(2)
     bob = await players(b_gw.url, b_gw.token("bob"))
-    task = asyncio.create_task(gamectl("simulate-drop", "bob", "--block", "0.5", "--wait", "8", "--json",
+    task = asyncio.create_task(gamectl("simulate-drop", "bob", "--block", "3", "--wait", "12", "--json",
                                        "--url", a_gw.url))
     await eventually(_disconnected(bob))
-    await asyncio.sleep(0.6)
+    cut_at = time.monotonic()
+    # --block is carried out: during it, the user's connects go nowhere, on either instance
+    blocked = socketio.AsyncClient(reconnection=False)
+    try:
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await blocked.connect(b_gw.url, namespaces=["/game"], auth={"token": b_gw.token("bob")},
+                                  transports=["websocket"], wait_timeout=2)
+    finally:
+        await blocked.shutdown()
+    assert time.monotonic() - cut_at < 3, "the blocked connect was tried too late to tell"
+    await asyncio.sleep(max(0.0, 3.1 - (time.monotonic() - cut_at)))
     await players(a_gw.url, a_gw.token("bob"))  # the player's client comes back, on the other instance
     code, out, err = await task
     assert code == 0, err
     report = json.loads(out)
     assert report["count"] == 1 and report["instances"] == {"inst-2": 1}
     assert report["came_back"] is True and report["instance"] == "inst-1"
-    assert report["after_s"] >= 0.5
+    assert report["after_s"] >= 3
+    assert report["block_s"] == 3
     assert report["resumed"] is True  # within grace: the session was taken back
 
 
