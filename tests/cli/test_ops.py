@@ -15,7 +15,7 @@ import typer
 from gamectl.admin import AdminClient
 from server.config import load_settings
 from tests.cli.run import gamectl
-from tests.conftest import TEST_SECRET, eventually
+from tests.conftest import TEST_SECRET, eventually, refusal
 
 
 def _disconnected(player):
@@ -109,6 +109,11 @@ async def test_revoke_command(cluster_factory, players):
     assert reason["code"] == 4500
     code, out, _ = await gamectl("revoke", "bob", "--jti", "abc", "--url", a_gw.url)
     assert code == 0 and "token abc" in out
+    # its effect, on both instances: that token is refused, another token of bob's is not
+    for gw in (a_gw, b_gw):
+        refused = await refusal(gw.url, auth={"token": gw.token("bob", claims={"jti": "abc"})})
+        assert refused["message"] == "token_invalid", refused
+    await players(b_gw.url, b_gw.token("bob", claims={"jti": "abd"}))
 
 
 async def test_revoke_a_jti_until_its_exp(cluster_factory, redis_server, redis_prefix):
