@@ -8,9 +8,9 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from server.auth import mint
-from server.config import Settings
-from server.errors import ConfigError
+from gamegw.server.auth.tokens import mint
+from gamegw.server.config import Settings
+from gamegw.server.protocol.errors import ConfigError
 
 from .output import fail
 

@@ -1,6 +1,6 @@
 """``gamectl loadtest``: a Locust swarm of gamegw players, headless, with live progress.
 
-The players are ``loadtests/locustfile.py``. This command starts Locust (one process, or a
+The players are ``gamectl/players/locustfile.py``. This command starts Locust (one process, or a
 master and ``--workers`` worker processes on this machine), follows the run through the
 progress file the locustfile writes every second, optionally scrapes the gateway's ``/metrics``
 for the server side of the run, and ends with a summary and an exit code that says whether the
@@ -32,11 +32,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from loadtests.benchlib import cpu_ms, rss_kb
-
 from .output import fail, parse_duration, print_json, stderr, stdout
+from .procstat import cpu_ms, rss_kb
 
-LOCUSTFILE = Path(__file__).resolve().parent.parent / "loadtests" / "locustfile.py"
+LOCUSTFILE = Path(__file__).resolve().parent / "players" / "locustfile.py"
 SCENARIOS = ("steady", "churn", "storm", "idle")
 SHOWN = ("connect", "join", "leave", "move", "broadcast", "resume", "replayed", "lost")
 GAMEPLAY = ("move", "broadcast")  # what --max-p99-ms judges
@@ -458,10 +457,10 @@ def _preflight(plan: Plan) -> None:
         fail(1, f"the gateway at {plan.host} does not answer /healthz ({exc})",
              "start it (gamectl serve) or pass --host")
     if not plan.token_cmd:
-        from server.auth import mint
-        from server.errors import ConfigError
+        from gamegw.server.auth.tokens import mint
+        from gamegw.server.protocol.errors import ConfigError
 
-        from .main import settings_from
+        from .settings import settings_from
 
         try:
             mint(settings_from(plan.config), "gamectl-loadtest-probe", ttl_s=60)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from server.config import Settings, load_settings
-from server.errors import ConfigError
+from gamegw.server.protocol.errors import ConfigError
 
 from .output import fail, parse_duration, print_json, stderr
+from .settings import settings_from
 
 app = typer.Typer(
     help="Run and operate gamegw, a real-time gateway for multiplayer games.",
@@ -25,15 +24,6 @@ ConfigOpt = Annotated[
     typer.Option("--config", "-c", help="TOML settings file (see configs/). GAMEGW_* variables override it.",
                  envvar="GAMEGW_CONFIG", show_envvar=False),
 ]
-
-
-def settings_from(config: Path | None, **overrides: Any) -> Settings:
-    """Load settings as the server would, or exit 1 with the setting that is wrong."""
-    environ = {k: v for k, v in os.environ.items() if k != "GAMEGW_CONFIG"}
-    try:
-        return load_settings(environ, config, overrides)
-    except ConfigError as exc:
-        fail(1, str(exc), "check the config file, GAMEGW_* variables and flags (gamectl serve --help)")
 
 
 @app.command()
@@ -56,8 +46,8 @@ def serve(
     state, CORS for localhost origins and a generated HMAC key kept in your state directory
     (the same one `gamectl token` uses).
     """
-    from server.app import run
-    from server.logs import configure
+    from gamegw.server.app import run
+    from gamegw.server.logs import configure
 
     settings = settings_from(config, host=host, port=port, redis_url=redis, admin_port=admin_port)
     if workers > 1:
@@ -77,7 +67,7 @@ def serve(
     if settings.dev:
         import logging
 
-        from server.logs import log
+        from gamegw.server.logs import log
 
         log(logging.getLogger("gamegw.app"), "dev_profile", logging.WARNING,
             note="using a development JWT key; do not expose this instance",
@@ -98,7 +88,7 @@ def token(
     as_json: Annotated[bool, typer.Option("--json", help="Print {token, sub, exp} as JSON.")] = False,
 ) -> None:
     """Print a signed JWT for USER, made with the configured key."""
-    from server.auth import mint
+    from gamegw.server.auth.tokens import mint
 
     ttl_s = parse_duration(ttl, "--ttl")
     if ttl_s <= 0:

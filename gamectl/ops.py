@@ -64,8 +64,8 @@ async def _from_redis(url: str, prefix: str, user: str | None, room: str | None,
     from redis.asyncio import Redis
     from redis.exceptions import RedisError
 
-    from server.keys import Keys
-    from server.registry_redis import RedisRegistry
+    from gamegw.server.state.keys import Keys
+    from gamegw.server.state.registry_redis import RedisRegistry
 
     redis = Redis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
     try:
@@ -94,7 +94,7 @@ def connections_ls(
     config: ConfigOpt = None,
 ) -> None:
     """List connections: user, sid, instance, rooms, state, connected since, last seen, address."""
-    from .main import settings_from
+    from .settings import settings_from
 
     settings = settings_from(config)
     redis_url = redis
@@ -128,7 +128,7 @@ def kick(
 
     Exits 1 if the user had no connection, or if an instance holding one did not confirm.
     """
-    from .main import settings_from
+    from .settings import settings_from
 
     outcome = AdminClient(settings_from(config), url, token).post("/admin/kick", {"user": user, "reason": reason})
     _report(outcome, as_json, "kicked")
@@ -152,10 +152,10 @@ def revoke(
     jwt_max_lifetime_s, and keeps revocations that long). Exits 1 if an instance holding one
     of the user's connections did not confirm.
     """
-    from server.config import parse_instant
-    from server.errors import ConfigError
+    from gamegw.server.config import parse_instant
+    from gamegw.server.protocol.errors import ConfigError
 
-    from .main import settings_from
+    from .settings import settings_from
 
     body: dict[str, Any] = {"user": user} | ({"jti": jti} if jti else {})
     if exp is not None:
@@ -193,7 +193,7 @@ def simulate_drop(
     registry and reports whether the user came back, on which instance, after how long, and
     whether the session resumed. Exits 1 if the user had no connection.
     """
-    from .main import settings_from
+    from .settings import settings_from
 
     client = AdminClient(settings_from(config), url, token)
     before = {c["sid"] for c in client.get("/admin/connections", user=user)["connections"]}

@@ -25,7 +25,7 @@ import sys
 import time
 from types import FrameType
 
-from server.config import Settings
+from gamegw.server.config import Settings
 
 
 def run_workers(settings: Settings, workers: int, config: str | None) -> int:
@@ -48,7 +48,7 @@ def run_workers(settings: Settings, workers: int, config: str | None) -> int:
         if settings.dev:
             env.setdefault("GAMEGW_PROFILE", "dev")
             env.setdefault("GAMEGW_JWT_SECRET", settings.jwt_secret)
-        args = [sys.executable, "-m", "gamectl.main", "serve"] + (["--config", config] if config else [])
+        args = [sys.executable, "-m", "gamegw.gamectl.main", "serve"] + (["--config", config] if config else [])
         procs.append(subprocess.Popen(args, env=env))
 
     stopping = False

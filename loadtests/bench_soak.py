@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Soak: N players (Locust, loadtests/locustfile.py) for M minutes across two gateways in
+"""Soak: N players (Locust, gamectl/players/locustfile.py) for M minutes across two gateways in
 cluster mode over one Redis, then all of them dropped at once.
 
 Two gateways (configs/bench.toml, a random per-run key, a per-run Redis key prefix deleted

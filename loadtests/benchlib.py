@@ -19,9 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# the benchmarks read CPU and memory as gamectl loadtest does
+from gamegw.gamectl.procstat import cpu_ms as cpu_ms
+from gamegw.gamectl.procstat import rss_kb as rss_kb
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class SetupError(Exception):
@@ -92,30 +95,6 @@ def tree(pid: int) -> list[int]:
         out.append(p)
         todo.extend(children.get(p, []))
     return out
-
-
-def cpu_ms(pids: list[int]) -> float:
-    """user + system CPU time of the processes, in ms."""
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) * 1000 / TICKS
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
-
-
-def rss_kb(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
 
 
 class RedisProcess:

@@ -19,30 +19,32 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from . import jsoncodec, websocket
-from .auth import Verifier
-from .bus import Bus, LocalBus, RedisBus
-from .cluster import Cluster, LocalCluster, RedisCluster
-from .codes import POLLING_UNAVAILABLE, SHUTDOWN
+from .auth.revocation import MemoryRevocations, RedisRevocations, Revocations
+from .auth.tokens import Verifier
+from .cluster.api import Cluster
+from .cluster.bus import Bus, LocalBus, RedisBus
+from .cluster.control import LocalCluster, RedisCluster
 from .config import Settings
-from .eio import ConformantServer
 from .gateway import NAMESPACE, Gateway
-from .guards import Guards, OtherNamespaces, origin_checker
-from .guards import install as install_guards
+from .guard.guards import Guards, OtherNamespaces, origin_checker
+from .guard.guards import install as install_guards
 from .http import admin_routes, health_routes, metrics_routes
-from .keys import Keys
 from .logs import library_logger, log, quiet_bad_http
-from .manager import GameManager, GameServer
 from .metrics import Metrics
-from .pipe import RedisPipe
-from .registry import MemoryRegistry, Registry
-from .registry_redis import RedisRegistry
-from .revocation import MemoryRevocations, RedisRevocations, Revocations
-from .rooms import MemoryRoomStore, RoomStore
-from .rooms_redis import RedisRoomStore
+from .protocol import jsoncodec
+from .protocol.codes import POLLING_UNAVAILABLE, SHUTDOWN
 from .rules import make_rules
-from .sessions import MemorySessionStore, SessionStore
-from .sessions_redis import RedisSessionStore
+from .state.keys import Keys
+from .state.pipe import RedisPipe
+from .state.registry import MemoryRegistry, Registry
+from .state.registry_redis import RedisRegistry
+from .state.rooms import MemoryRoomStore, RoomStore
+from .state.rooms_redis import RedisRoomStore
+from .state.sessions import MemorySessionStore, SessionStore
+from .state.sessions_redis import RedisSessionStore
+from .transport import websocket
+from .transport.eio import ConformantServer
+from .transport.manager import GameManager, GameServer
 
 logger = logging.getLogger("gamegw.app")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from .errors import ConfigError
+from .protocol.errors import ConfigError
 
 ENV_PREFIX = "GAMEGW_"
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})

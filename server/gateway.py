@@ -14,7 +14,6 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import parse_qs
 
@@ -22,55 +21,34 @@ import orjson
 import socketio
 from redis.exceptions import RedisError
 
-from . import codes
-from .auth import Claims, Verifier
-from .codes import AckCode, Disconnect, LeftReason
+from .auth.expiry import TokenClock
+from .auth.revocation import Revocations
+from .auth.tokens import Claims, Verifier
 from .config import Settings
-from .errors import ActionError, AuthError, StoreUnavailable
-from .expiry import TokenClock
-from .guards import Guards, address_of
-from .limits import Budget, Limit, UserBudgets
+from .conn import Conn
+from .guard.guards import Guards, address_of
+from .guard.limits import Budget, Limit, UserBudgets
 from .logs import log, stop_task
-from .manager import GameManager
 from .metrics import Metrics
-from .payloads import JoinMsg, LeaveMsg, MoveMsg, RefreshMsg, StateMsg, SyncMsg, parse
-from .registry import Connection, Registry
-from .revocation import Revocations
-from .rooms import RoomStore
-from .sessions import Session, SessionStore
-from .websocket import Transports
+from .protocol import codes
+from .protocol.codes import AckCode, Disconnect, LeftReason
+from .protocol.errors import ActionError, AuthError, StoreUnavailable
+from .protocol.payloads import JoinMsg, LeaveMsg, MoveMsg, RefreshMsg, StateMsg, SyncMsg, parse
+from .state.registry import Connection, Registry
+from .state.rooms import RoomStore
+from .state.sessions import Session, SessionStore
+from .transport.manager import GameManager
+from .transport.websocket import Transports
 
 if TYPE_CHECKING:
-    from .bus import Bus
-    from .cluster import Cluster
+    from .cluster.api import Cluster
+    from .cluster.bus import Bus
 
 NAMESPACE = "/game"
 TOUCH_EVERY_S = 1.0
 
 logger = logging.getLogger("gamegw.gateway")
 Ack = dict[str, Any]
-
-
-@dataclass
-class Conn:
-    """What this instance knows of one of its own connections."""
-
-    sid: str
-    claims: Claims
-    address: str
-    session: Session
-    resumed: bool = False  # the connection took back a session (after a drop, or from a stale connection)
-    from_grace: bool = False  # ... and that session had dropped (the rooms saw player_disconnected)
-    last_seq: dict[str, int] = field(default_factory=dict)  # auth.last_seq: what the client has seen
-    touched: float = 0.0
-    closing: Disconnect | None = None  # set when the server closes the connection on purpose
-    deferred: tuple[Disconnect, str] | None = None  # a close that came while the connect was under way
-    cut: str = ""  # why the server cut the transport without a word: simulated_drop, slow_consumer
-    budget: Budget | None = None  # the user's events per second and abuse counter (shared, see limits.py)
-
-    @property
-    def rooms(self) -> dict[str, int]:
-        return self.session.rooms
 
 
 def token_from(auth: Any, environ: Mapping[str, Any]) -> str:

@@ -31,16 +31,16 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
-from . import codes
-from .auth import Claims, Verifier
-from .bus import Bus
-from .cluster import Cluster
-from .errors import AdminError, AuthError
+from .auth.revocation import Revocations
+from .auth.tokens import Claims, Verifier
+from .cluster.api import Cluster
+from .cluster.bus import Bus
 from .logs import Throttle, log
 from .metrics import Metrics
-from .registry import Registry
-from .revocation import Revocations
-from .rooms import RoomStore
+from .protocol import codes
+from .protocol.errors import AdminError, AuthError
+from .state.registry import Registry
+from .state.rooms import RoomStore
 
 logger = logging.getLogger("gamegw.admin")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

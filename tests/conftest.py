@@ -27,9 +27,9 @@ import redis as redis_sync
 import socketio
 from aiohttp import web
 
-from server.app import create_app, server_options
-from server.auth import mint
-from server.config import Settings, load_settings
+from gamegw.server.app import create_app, server_options
+from gamegw.server.auth.tokens import mint
+from gamegw.server.config import Settings, load_settings
 
 TEST_SECRET = "test-secret-0123456789-0123456789-abcdef"
 

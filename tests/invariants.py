@@ -1,7 +1,7 @@
 """What the cluster's state in Redis must look like once in-flight work has settled.
 
 :func:`snapshot` is the ONE place that reads Redis (one Lua script: every key under the prefix,
-read atomically) and knows the key layout of ``server/keys.py``; when the layout changes, adapt
+read atomically) and knows the key layout of ``server/state/keys.py``; when the layout changes, adapt
 it and the :class:`Snapshot` it fills. :func:`violations` (the seats, the sessions, the rooms
 and the registry agree with each other) and :func:`leftovers` (what is still there for users
 and rooms that are gone) only look at a snapshot and return what is wrong as text, empty when
@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.keys import Keys
+from gamegw.server.state.keys import Keys
 
 # Every key under the prefix with its type and value (string: GET, hash: HGETALL flattened,
 # zset: ZRANGE WITHSCORES flattened, set: SMEMBERS, stream: XLEN), read in one atomic script.

@@ -4,7 +4,7 @@ It is the Socket.IO suite's README app, written with python-socketio and nothing
 namespaces ``/`` and ``/custom`` answer a CONNECT with an ``auth`` event echoing the auth
 payload, ``message`` is echoed as ``message-back``, and ``message-with-ack`` acks its arguments.
 ``tests/integration/test_conformance.py`` runs both suites against it and prints its figures
-beside gamegw's: the difference is what ``server/eio.py`` fixes.
+beside gamegw's: the difference is what ``server/transport/eio.py`` fixes.
 """
 
 from __future__ import annotations

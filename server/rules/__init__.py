@@ -8,7 +8,7 @@ the default) and ``arena`` (a grid where a player moves one step at a time withi
 from __future__ import annotations
 
 from ..config import Settings
-from ..errors import ConfigError
+from ..protocol.errors import ConfigError
 from .arena import Arena
 from .base import Rules, State
 from .relay import Relay

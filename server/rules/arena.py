@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..codes import AckCode
-from ..errors import ActionError
+from ..protocol.codes import AckCode
+from ..protocol.errors import ActionError
 from .base import State
 
 STEPS = {"up": (0, -1), "down": (0, 1), "left": (-1, 0), "right": (1, 0)}

@@ -12,8 +12,8 @@ import redis as redis_sync
 import socketio
 import typer
 
-from gamectl.admin import AdminClient
-from server.config import load_settings
+from gamegw.gamectl.admin import AdminClient
+from gamegw.server.config import load_settings
 from tests.cli.run import gamectl
 from tests.conftest import TEST_SECRET, eventually, refusal
 

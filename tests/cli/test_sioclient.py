@@ -1,4 +1,4 @@
-"""The load-test client (loadtests/sioclient.py) leaves as a real client does.
+"""The load-test client (gamectl/players/sioclient.py) leaves as a real client does.
 
 It runs under gevent (inside Locust), so the check runs in a subprocess of its own: a
 websocket peer on a free port answers the handshake like the gateway, and is slow to close.
@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent('''
     import base64, hashlib, json, socket, struct, sys, time
     import gevent
     sys.path.insert(0, sys.argv[1])
-    from loadtests.sioclient import GameSocket
+    from gamegw.gamectl.players.sioclient import GameSocket
 
     GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
     seen = {"frames": [], "answered": None}

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import socketio
 
-from server.auth import mint
+from gamegw.server.auth.tokens import mint
 from tests.conftest import TEST_SECRET, eventually, free_port, make_settings
 
 GAMECTL = str(Path(sys.executable).with_name("gamectl"))

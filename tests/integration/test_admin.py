@@ -16,8 +16,8 @@ import aiohttp
 import jwt
 import pytest
 
-from server.app import PARTS
-from server.auth import mint
+from gamegw.server.app import PARTS
+from gamegw.server.auth.tokens import mint
 from tests.cli.run import GAMECTL, gamectl
 from tests.conftest import RedisServer, free_port, make_settings, process_env
 

@@ -23,7 +23,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from server.app import PARTS
+from gamegw.server.app import PARTS
 from tests.conftest import TEST_SECRET, Gateway, Player, refusal
 
 GatewayFactory = Callable[..., Awaitable[Gateway]]

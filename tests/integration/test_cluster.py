@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 import socketio
 
-from server.app import PARTS
+from gamegw.server.app import PARTS
 from tests.conftest import eventually, refusal
 
 

@@ -9,7 +9,7 @@ that a regression of any applicable test fails the build, and so does a test tha
 listed, and in docs/protocol.md ("Conformance").
 
 A stock python-socketio server (the suites' reference app, ``tests/stock_socketio.py``) runs
-the same suites for comparison, once as it is and once on ``server/eio.py``'s Engine.IO server:
+the same suites for comparison, once as it is and once on ``server/transport/eio.py``'s Engine.IO server:
 its figures are printed at the end of the session. Node and npm are required: these tests fail
 rather than skip without them, like the socket.io-client tests.
 """
@@ -31,7 +31,7 @@ import pytest
 import socketio
 from aiohttp import web
 
-from server.eio import ConformantServer
+from gamegw.server.transport.eio import ConformantServer
 from tests.conftest import Gateway, report_line
 from tests.stock_socketio import make_app
 from tests.unit.test_protocol_doc import table
@@ -248,7 +248,7 @@ async def test_stock_python_socketio_figures(reference_app: Callable[..., Awaita
 @pytest.mark.timeout(2 * RUN_TIMEOUT_S + 60)
 async def test_reference_app_on_the_conformant_engineio_server(
         reference_app: Callable[..., Awaitable[str]], conformance_cache: Path, request: pytest.FixtureRequest) -> None:
-    """server/eio.py owes nothing to gamegw: under python-socketio's own reference app it passes
+    """server/transport/eio.py owes nothing to gamegw: under python-socketio's own reference app it passes
     every Engine.IO test a Socket.IO server can, and the Socket.IO suite but for python-socketio's
     refusal of an unknown namespace (a bare string, Socket.IO v4's form; gamegw has its own).
 
@@ -260,8 +260,8 @@ async def test_reference_app_on_the_conformant_engineio_server(
     url = await reference_app(_OnConformantEngineio)
     engine = await run_suite("engine.io", url, conformance_cache)
     sock = await run_suite("socket.io", url, conformance_cache)
-    report_line(request.config, f"engine.io suite, python-socketio on server/eio.py: {engine.figure}")
-    report_line(request.config, f"socket.io suite, python-socketio on server/eio.py (reference app): {sock.figure}")
+    report_line(request.config, f"engine.io suite, python-socketio on server/transport/eio.py: {engine.figure}")
+    report_line(request.config, f"socket.io suite, python-socketio on server/transport/eio.py (reference app): {sock.figure}")
     assert engine.failing == ENGINEIO_ECHO, explain(engine, ENGINEIO_ECHO)
     assert engine.passed == ENGINEIO_TOTAL - len(ENGINEIO_ECHO), explain(engine, ENGINEIO_ECHO)
     unknown_namespace = "Socket.IO protocol > connect > should disallow connection to an unknown namespace"

@@ -1,4 +1,4 @@
-"""Engine.IO as the protocol says (server/eio.py), one rule per test, on a real gateway.
+"""Engine.IO as the protocol says (server/transport/eio.py), one rule per test, on a real gateway.
 
 Each test is a rule of the Engine.IO v4 protocol that python-engineio 4.x broke and the
 maintainers' conformance suite checks (tests/integration/test_conformance.py runs the suite
@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import pytest
 
-from server.app import PARTS
+from gamegw.server.app import PARTS
 from tests.conftest import Gateway
 from tests.rawclient import CLOSE, RawPolling, RawWebSocket
 

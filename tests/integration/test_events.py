@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from server.app import PARTS
+from gamegw.server.app import PARTS
 
 
 @pytest.fixture(params=[["websocket"], ["polling", "websocket"]], ids=["websocket", "polling+upgrade"])

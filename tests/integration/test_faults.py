@@ -24,7 +24,7 @@ import pytest
 import redis as redis_sync
 import socketio
 
-from server.auth import mint
+from gamegw.server.auth.tokens import mint
 from tests.conftest import RedisServer, eventually, make_settings
 
 pytestmark = pytest.mark.timeout(120)

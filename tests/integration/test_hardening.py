@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from server.app import PARTS
-from server.auth import mint
-from server.keys import Keys
+from gamegw.server.app import PARTS
+from gamegw.server.auth.tokens import mint
+from gamegw.server.state.keys import Keys
 from tests.conftest import eventually, make_settings, refusal
 from tests.rawclient import RawWebSocket
 

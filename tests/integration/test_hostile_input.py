@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import aiohttp
 import pytest
 
-from server.app import PARTS
-from server.auth import mint
-from server.manager import CLOSE_BOUND_S
+from gamegw.server.app import PARTS
+from gamegw.server.auth.tokens import mint
+from gamegw.server.transport.manager import CLOSE_BOUND_S
 from tests.conftest import Gateway, GatewayProcess, Player, eventually, free_port, make_settings, process_env
 from tests.rawclient import RawPolling, RawWebSocket, client_frame
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from server.app import PARTS
+from gamegw.server.app import PARTS
 from tests.conftest import eventually
 from tests.integration.test_js_client import JS_DIR, node_client  # noqa: F401  (the session fixture)
 from tests.integration.test_resume import drop

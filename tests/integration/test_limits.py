@@ -7,7 +7,7 @@ import time
 
 import aiohttp
 
-from server.app import PARTS
+from gamegw.server.app import PARTS
 from tests.conftest import refusal
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import aiohttp
 import redis as redis_sync
 
-from server.app import PARTS
-from server.logs import stop_task
+from gamegw.server.app import PARTS
+from gamegw.server.logs import stop_task
 from tests.conftest import eventually
 
 

@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 import socketio
 
-from server.app import PARTS
-from server.manager import CLOSE_BOUND_S
+from gamegw.server.app import PARTS
+from gamegw.server.transport.manager import CLOSE_BOUND_S
 from tests.conftest import Gateway, Player, eventually, refusal
 from tests.rawclient import RawPolling, RawWebSocket, stubborn_until_cut
 

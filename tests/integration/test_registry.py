@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from server.keys import Keys
-from server.registry import Connection, MemoryRegistry, Registry
-from server.registry_redis import RedisRegistry
+from gamegw.server.state.keys import Keys
+from gamegw.server.state.registry import Connection, MemoryRegistry, Registry
+from gamegw.server.state.registry_redis import RedisRegistry
 
 # -- registry ----------------------------------------------------------------------------------
 

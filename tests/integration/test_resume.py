@@ -13,7 +13,7 @@ import time
 import aiohttp
 import orjson
 
-from server.app import PARTS
+from gamegw.server.app import PARTS
 from tests.conftest import eventually
 
 

@@ -10,7 +10,7 @@ import aiohttp
 import jwt
 import pytest
 
-from server.auth import mint
+from gamegw.server.auth.tokens import mint
 from tests.conftest import make_settings, refusal
 
 

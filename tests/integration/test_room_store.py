@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from server.keys import Keys
-from server.rooms import MemoryRoomStore, RoomStore
-from server.rooms_redis import RedisRoomStore
-from server.rules.relay import Relay
+from gamegw.server.rules.relay import Relay
+from gamegw.server.state.keys import Keys
+from gamegw.server.state.rooms import MemoryRoomStore, RoomStore
+from gamegw.server.state.rooms_redis import RedisRoomStore
 
 
 @pytest.fixture(params=["memory", "redis"])

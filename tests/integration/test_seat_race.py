@@ -28,8 +28,8 @@ import aiohttp
 import pytest
 import redis.asyncio as redis_async
 
-from server.auth import mint
-from server.keys import Keys
+from gamegw.server.auth.tokens import mint
+from gamegw.server.state.keys import Keys
 from tests.conftest import GatewayProcess, RedisServer, make_settings
 from tests.invariants import check_leftovers, settled
 from tests.leanclient import LeanClient

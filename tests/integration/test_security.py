@@ -22,9 +22,9 @@ import jwt
 import pytest
 import socketio
 
-from server.app import PARTS
-from server.auth import mint
-from server.limits import Limit
+from gamegw.server.app import PARTS
+from gamegw.server.auth.tokens import mint
+from gamegw.server.guard.limits import Limit
 from tests.conftest import (
     TEST_SECRET,
     Gateway,

@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from server.app import PARTS
-from server.manager import CLOSE_BOUND_S
+from gamegw.server.app import PARTS
+from gamegw.server.transport.manager import CLOSE_BOUND_S
 from tests.conftest import Gateway, Player, eventually
 from tests.rawclient import RawPolling, RawWebSocket, stubborn_until_cut
 

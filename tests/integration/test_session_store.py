@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from server.keys import Keys
-from server.sessions import MemorySessionStore, Seat, SessionStore
-from server.sessions_redis import RedisSessionStore
+from gamegw.server.state.keys import Keys
+from gamegw.server.state.sessions import MemorySessionStore, Seat, SessionStore
+from gamegw.server.state.sessions_redis import RedisSessionStore
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -40,10 +40,10 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from server.app import PARTS
-from server.auth import mint
-from server.config import load_settings
-from server.keys import Keys
+from gamegw.server.app import PARTS
+from gamegw.server.auth.tokens import mint
+from gamegw.server.config import load_settings
+from gamegw.server.state.keys import Keys
 from tests.conftest import TEST_SECRET, Gateway, RedisServer, start_gateway
 from tests.invariants import check_invariants, check_leftovers, settled
 from tests.leanclient import LeanClient

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from server.app import PARTS
+from gamegw.server.app import PARTS
 
 
 async def test_token_expiring_then_closed_with_4005_and_resumable(gateway_factory, players):

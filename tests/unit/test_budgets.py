@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.limits import Bucket, UserBudgets
+from gamegw.server.guard.limits import Bucket, UserBudgets
 
 
 def spend(budgets: UserBudgets, user: str, now: float, n: int, stored: tuple[float, float, float] | None = None

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from server.app import origin_checker
-from server.config import MIN_HMAC_KEY_BYTES, Settings, load_settings
-from server.errors import ConfigError
+from gamegw.server.app import origin_checker
+from gamegw.server.config import MIN_HMAC_KEY_BYTES, Settings, load_settings
+from gamegw.server.protocol.errors import ConfigError
 
 SECRET = "s" * MIN_HMAC_KEY_BYTES
 DEV_ORIGINS = ("http://localhost:*", "http://127.0.0.1:*")

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.logs import JsonFormatter, TextFormatter
+from gamegw.server.logs import JsonFormatter, TextFormatter
 
 FORGED = "mallory\r\n2026-01-01 00:00:00,000 warning gamegw.gateway event=admin_kick user=root\x1b[2K"
 # every C0 control, DEL, every C1 control, and the Unicode line/paragraph separators

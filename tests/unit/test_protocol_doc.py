@@ -1,4 +1,4 @@
-"""``docs/protocol.md`` tells client developers every code ``server/codes.py`` can answer with.
+"""``docs/protocol.md`` tells client developers every code ``server/protocol/codes.py`` can answer with.
 
 The doc's Markdown tables are parsed (each with the heading it sits under), and every refusal,
 disconnect code, ack code, ``HttpRefusal`` and ``player_left`` reason must be a row of the
@@ -14,9 +14,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from server import codes
-from server.codes import DISCONNECTS, REFUSALS, AckCode, HttpRefusal, LeftReason
-from server.config import Settings
+from gamegw.server.config import Settings
+from gamegw.server.protocol import codes
+from gamegw.server.protocol.codes import DISCONNECTS, REFUSALS, AckCode, HttpRefusal, LeftReason
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 HTTP_REFUSALS = [v for v in vars(codes).values() if isinstance(v, HttpRefusal)]

@@ -9,9 +9,9 @@ from typing import Any
 import jwt
 import pytest
 
-from server.auth import Claims, Verifier
-from server.errors import AuthError
-from server.revocation import MemoryRevocations
+from gamegw.server.auth.revocation import MemoryRevocations
+from gamegw.server.auth.tokens import Claims, Verifier
+from gamegw.server.protocol.errors import AuthError
 from tests.conftest import TEST_SECRET, make_settings
 
 

@@ -12,10 +12,10 @@ from typing import Any
 import orjson
 import pytest
 
-from server.codes import AckCode
-from server.errors import ActionError
-from server.rooms import MemoryRoomStore, MoveEvent
-from server.rules import Arena, Relay, make_rules
+from gamegw.server.protocol.codes import AckCode
+from gamegw.server.protocol.errors import ActionError
+from gamegw.server.rules import Arena, Relay, make_rules
+from gamegw.server.state.rooms import MemoryRoomStore, MoveEvent
 from tests.conftest import make_settings
 
 

@@ -3,11 +3,11 @@
 Run it through ``gamectl loadtest`` (which starts Locust headless, mints tokens, shows progress
 and checks thresholds), or with Locust directly::
 
-    locust -f loadtests/locustfile.py --headless -u 100 -r 20 -t 60s --host http://127.0.0.1:8000 \\
+    locust -f gamectl/players/locustfile.py --headless -u 100 -r 20 -t 60s --host http://127.0.0.1:8000 \\
         --scenario steady --room-size 10 --move-rate 1
 
 Each simulated player is one :class:`Player`: a websocket connection to ``/game`` (the lean
-client in :mod:`loadtests.sioclient`), a token minted from the configured key (``--gw-config``
+client in :mod:`gamegw.gamectl.players.sioclient`), a token minted from the configured key (``--gw-config``
 and ``GAMEGW_*`` variables, as ``gamectl token`` does) or printed by ``--token-cmd``, and a
 room shared with ``--room-size - 1`` other players, spread over all Locust workers.
 
@@ -82,7 +82,7 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import CSV_STATS_INTERVAL_SEC, calculate_response_time_percentile
 
-from loadtests.sioclient import Closed, GameSocket, Refused
+from gamegw.gamectl.players.sioclient import Closed, GameSocket, Refused
 
 SCENARIOS = ("steady", "churn", "storm", "idle")
 REQUEST_TYPE = "sio"
@@ -125,7 +125,7 @@ class Silent(Exception):
 
 @events.init_command_line_parser.add_listener
 def _add_options(parser: Any) -> None:
-    group = parser.add_argument_group("gamegw", "Options of the gamegw players (loadtests/locustfile.py)")
+    group = parser.add_argument_group("gamegw", "Options of the gamegw players (gamectl/players/locustfile.py)")
     group.add_argument("--scenario", choices=SCENARIOS, default="steady", env_var="GAMEGW_LT_SCENARIO",
                        help="steady | churn | storm | idle (see the module docstring)")
     group.add_argument("--room-size", type=int, default=10, env_var="GAMEGW_LT_ROOM_SIZE",
@@ -219,13 +219,13 @@ class Swarm:
             if done.returncode != 0 or not done.stdout.strip():
                 raise RuntimeError(f"--token-cmd exited {done.returncode}: {done.stderr.strip()[:200]}")
             return done.stdout.strip().splitlines()[-1]
-        from server.auth import mint
+        from gamegw.server.auth.tokens import mint
 
         return mint(self._settings, user_id, ttl_s=6 * 3600)
 
 
 def _load_settings(config: str) -> Any:
-    from server.config import load_settings
+    from gamegw.server.config import load_settings
 
     environ = {k: v for k, v in os.environ.items() if k != "GAMEGW_CONFIG"}
     return load_settings(environ, Path(config) if config else None, {})
@@ -337,6 +337,8 @@ class Player(User):
 
     def open(self, name: str, auth: dict[str, Any]) -> bool:
         """Connect (or reconnect) and record it as ``name``; False when refused or failed."""
+        if self.host is None:
+            raise RuntimeError("Locust was started without --host")
         sock = GameSocket(self.host, on_event=self.on_event, on_close=self.on_close)
         started = time.perf_counter()
         try:
@@ -682,7 +684,7 @@ def _final_stats(environment: Environment, **_: Any) -> None:
             "p99": entry.get_response_time_percentile(0.99),
             "max": round(entry.max_response_time or 0, 1),
         }
-    errors = [{"name": e.name, "error": str(e.error), "occurrences": e.occurrences}
+    errors: list[dict[str, Any]] = [{"name": e.name, "error": str(e.error), "occurrences": e.occurrences}
               for e in stats.errors.values()]
     final = {
         "names": names,

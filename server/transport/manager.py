@@ -23,9 +23,9 @@ from engineio import packet as eio_packet
 from socketio import packet
 from socketio.async_manager import AsyncManager
 
-from .codes import AckCode
-from .errors import ActionError
-from .logs import stop_task
+from ..logs import stop_task
+from ..protocol.codes import AckCode
+from ..protocol.errors import ActionError
 from .websocket import Transports, text_frame
 
 ConnectedHook = Callable[[str, str], Awaitable[None]]
@@ -129,7 +129,7 @@ class GameServer(socketio.AsyncServer):  # type: ignore[misc]
         if socket is None or socket.upgraded:
             await self.end_transport(eio_sid)
             return
-        await socket.end(self.reason.TRANSPORT_ERROR)  # a ConformantSocket (server/eio.py)
+        await socket.end(self.reason.TRANSPORT_ERROR)  # a ConformantSocket (server/transport/eio.py)
         self.eio.sockets.pop(eio_sid, None)
 
     async def _close_when_fetched(self, eio_sid: str, socket: Any) -> None:

@@ -12,8 +12,8 @@
 
 from __future__ import annotations
 
+from ..guard.limits import Limit
 from .codes import AckCode, Refusal
-from .limits import Limit
 
 
 class GamegwError(Exception):

@@ -20,9 +20,9 @@ from typing import Any, Protocol
 
 import orjson
 
-from .codes import AckCode
-from .errors import ActionError
-from .rules import Rules, State
+from ..protocol.codes import AckCode
+from ..protocol.errors import ActionError
+from ..rules import Rules, State
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,21 +40,22 @@ import asyncio
 import fnmatch
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import socketio
 from aiohttp import web
 from engineio import packet as eio_packet
 from engineio import payload as eio_payload
 
-from . import codes
-from .config import Settings
+from ..config import Settings
+from ..logs import Throttle
+from ..metrics import Metrics
+from ..protocol import codes
 from .limits import AddressLimiter, Limit
-from .logs import Throttle
-from .metrics import Metrics
 
 if TYPE_CHECKING:
-    from .gateway import Gateway
+    from ..conn import Conn
+    from ..transport.manager import GameManager, GameServer
 
 logger = logging.getLogger("gamegw.limits")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -83,13 +84,30 @@ def origin_checker(settings: Settings) -> Callable[[str | None], bool]:
     return check
 
 
+class Guarded(Protocol):
+    """The gateway, as the guards see it (create_app wires the one to the other)."""
+
+    @property
+    def manager(self) -> GameManager: ...
+
+    @property
+    def server(self) -> GameServer: ...
+
+    @property
+    def conns(self) -> dict[str, Conn]: ...
+
+    def close_soon(self, conn: Conn, why: codes.Disconnect, message: str = "") -> None: ...
+
+    async def close(self, sid: str, why: codes.Disconnect, message: str = "") -> bool: ...
+
+
 class Guards:
     def __init__(self, settings: Settings, metrics: Metrics, *, throttle: Throttle | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         self.throttle = throttle or Throttle()
         self.origin_allowed = origin_checker(settings)
-        self.gateway: Gateway  # wired by create_app
+        self.gateway: Guarded  # wired by create_app
         self.handshakes = AddressLimiter(settings.max_connects_per_address_per_s,
                                          settings.max_connects_per_address_burst)
         self._tasks: set[asyncio.Task[Any]] = set()

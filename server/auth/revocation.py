@@ -28,8 +28,8 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
-from .auth import Claims
-from .keys import Keys
+from ..state.keys import Keys
+from .tokens import Claims
 
 # keep a jti record ARGV[1] ms, unless it is already kept longer
 KEEP_JTI = """

@@ -34,15 +34,15 @@ from engineio import packet as eio_packet
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .keys import Keys
-from .logs import log, stop_task
-from .manager import GameManager
-from .metrics import Metrics
-from .rooms import MoveEvent
-from .subscriber import SUBSCRIBED, subscribe
+from ..logs import log, stop_task
+from ..metrics import Metrics
+from ..state.keys import Keys
+from ..state.rooms import MoveEvent
+from ..state.subscriber import SUBSCRIBED, subscribe
+from ..transport.manager import GameManager
 
 if TYPE_CHECKING:
-    from .rooms_redis import RedisRoomStore
+    from ..state.rooms_redis import RedisRoomStore
 
 NAMESPACE = "/game"
 logger = logging.getLogger("gamegw.bus")

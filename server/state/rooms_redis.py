@@ -28,13 +28,13 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .codes import AckCode
-from .errors import ActionError, StoreUnavailable
+from ..logs import log
+from ..protocol.codes import AckCode
+from ..protocol.errors import ActionError, StoreUnavailable
+from ..rules import Rules, State
 from .keys import Keys
-from .logs import log
 from .pipe import RedisPipe
 from .rooms import Joined, MoveEvent, move_json, move_prefix, move_suffix
-from .rules import Rules, State
 
 CAS_RETRIES = 20
 logger = logging.getLogger("gamegw.rooms")

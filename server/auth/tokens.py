@@ -27,10 +27,10 @@ from typing import Any
 
 import jwt
 
-from . import codes
-from .config import HMAC_ALGORITHMS, Settings
-from .errors import AuthError, ConfigError
-from .limits import Limit
+from ..config import HMAC_ALGORITHMS, Settings
+from ..guard.limits import Limit
+from ..protocol import codes
+from ..protocol.errors import AuthError, ConfigError
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The load-test players: the Locust user class and the lean websocket client it drives."""
