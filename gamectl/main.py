@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from gamegw import __version__
 from gamegw.server.protocol.errors import ConfigError
 
 from .output import fail, parse_duration, print_json, stderr
@@ -18,6 +19,20 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"gamectl (gamegw) {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print gamegw's version and exit.")] = False) -> None:
+    pass
+
 
 ConfigOpt = Annotated[
     Path | None,
