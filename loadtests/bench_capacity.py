@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Capacity sweep: the peer-bench load (../shared/peer-bench/node/loadgen.js, the official
+"""Capacity sweep: the peer-bench load (loadtests/peer-bench/node/loadgen.js, the official
 socket.io-client: P players in rooms of R, each sending `move` at a fixed rate) at a series of
 per-player rates, each against fresh gateways; reports per rate the delivery ratio, move RTT
 p50/p99 and the gateways' CPU per thousand deliveries, then the highest total move rate at
@@ -49,7 +49,7 @@ from benchlib import (
     tree,
 )
 
-LOADGEN = REPO.parent / "shared" / "peer-bench" / "node" / "loadgen.js"
+LOADGEN = HERE / "peer-bench" / "node" / "loadgen.js"  # the copy of ../shared/peer-bench
 NAME = "bench_capacity"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -222,7 +222,7 @@ def main() -> int:
     ap.add_argument("--connect-timeout", type=float, default=90.0,
                     help="seconds for all players to connect and join (default 90)")
     ap.add_argument("--config", type=Path, default=REPO / "configs" / "bench.toml", help="gateway config")
-    ap.add_argument("--loadgen", type=Path, default=LOADGEN, help="load generator (default ../shared/peer-bench)")
+    ap.add_argument("--loadgen", type=Path, default=LOADGEN, help="load generator (default loadtests/peer-bench)")
     ap.add_argument("--server-cpu", type=int, default=0, help="CPU the gateways are pinned to (default 0)")
     ap.add_argument("--load-cpu", type=int, default=1, help="CPU the load generator is pinned to (default 1)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin anything with taskset")

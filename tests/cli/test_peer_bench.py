@@ -1,0 +1,52 @@
+"""The README's side-by-side figures can be reproduced from a clone: ``loadtests/peer_bench.sh``
+runs the project's copy of peer-bench (``loadtests/peer-bench``: the Node reference server, the
+official-client load generator, the runner), and the copy is the shipped one, unchanged.
+
+A short run only (40 players, 3 s): what is checked is that every part works from the clone,
+both modes, and that the candidates deliver everything; the figures themselves are measured
+on a quiet machine, not in a test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+COPY = REPO / "loadtests" / "peer-bench"
+SHIPPED = REPO.parent / "shared" / "peer-bench"
+
+
+def test_the_copy_is_the_shipped_peer_bench() -> None:
+    files = sorted(p.relative_to(COPY) for p in COPY.rglob("*") if p.is_file())
+    assert {Path("run"), Path("node/reference_server.js"), Path("node/loadgen.js")} <= set(files)
+    assert os.access(COPY / "run", os.X_OK)
+    if not SHIPPED.is_dir():  # CI's clone may sit anywhere: then the copy is all there is
+        return
+    assert files == sorted(p.relative_to(SHIPPED) for p in SHIPPED.rglob("*") if p.is_file())
+    assert all((COPY / f).read_bytes() == (SHIPPED / f).read_bytes() for f in files)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("mode", ["single", "cluster"])
+def test_peer_bench_runs_from_the_clone(mode: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GAMEGW_", "REDIS"))}
+    env.update(PEER_BENCH_DIR="loadtests/peer-bench", BARE="0",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
+    run = subprocess.run(["bash", "loadtests/peer_bench.sh", mode, "--clients", "40", "--seconds", "3"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = {row["name"]: row for row in (json.loads(line) for line in run.stdout.splitlines()
+                                          if line.startswith("{"))}
+    assert set(rows) == {"node", "gateway"}, run.stdout
+    for row in rows.values():
+        assert row["delivery_ratio"] == 1, row
+    assert rows["gateway"]["seq_gaps"] == 0
+    table = run.stdout.split("\ncandidate", 1)[1].splitlines()
+    assert [line.split()[0] for line in table[1:] if line.strip()] == ["node", "gateway"]
+    assert "(1.00x)" in table[1]  # the ratios are to the first candidate, Node
