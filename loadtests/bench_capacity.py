@@ -49,7 +49,7 @@ from benchlib import (
     tree,
 )
 
-LOADGEN = HERE / "peer-bench" / "node" / "loadgen.js"  # the copy of ../shared/peer-bench
+LOADGEN = Path(__file__).resolve().parent / "peer-bench" / "node" / "loadgen.js"  # the copy of ../shared/peer-bench
 NAME = "bench_capacity"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
