@@ -73,6 +73,8 @@ def _last_seq(auth: Any) -> dict[str, int]:
 
 
 class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
+    EVENTS = ("join", "leave", "move", "sync", "state", "refresh")  # what a client may send; _<name> handles it
+
     def __init__(
         self,
         settings: Settings,
@@ -114,13 +116,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         self.bus: Bus
         self.cluster: Cluster
         self._handlers: dict[str, Callable[[Conn, Any], Awaitable[Ack]]] = {
-            "join": self._join,
-            "leave": self._leave,
-            "move": self._move,
-            "sync": self._sync,
-            "state": self._state,
-            "refresh": self._refresh,
-        }
+            name: getattr(self, f"_{name}") for name in self.EVENTS}
 
     @property
     def manager(self) -> GameManager:

@@ -143,3 +143,30 @@ def test_numeric_defaults_in_the_settings_table_are_the_real_ones() -> None:
             assert _number(value) == float(default), f"{name}: the doc says {value}, the default is {default}"
             checked += 1
     assert checked >= 20, checked
+
+
+SERVER = Path(__file__).resolve().parents[2] / "server"
+SENT = re.compile(r'(?:emit|emit_room|encode|encode_json)\((?:[^()"]*?, *)?"([a-z_]+)"')
+
+
+def _section(text: str, heading: str) -> str:
+    start = text.index(f"\n## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end]
+
+
+def test_every_event_a_client_may_send_has_its_own_section() -> None:
+    from gamegw.server.gateway import Gateway
+
+    handled = set(Gateway.EVENTS)
+    documented = set(re.findall(r"^### `([a-z_]+)`$", _section(DOC.read_text(), "Events a client sends"),
+                                re.MULTILINE))
+    assert handled == {"join", "leave", "move", "sync", "state", "refresh"}
+    assert documented == handled
+
+
+def test_every_event_the_server_sends_is_a_row() -> None:
+    sent = {name for path in SERVER.rglob("*.py") for name in SENT.findall(path.read_text())}
+    assert {"session", "move", "player_left", "disconnect_reason", "token_expiring"} <= sent
+    [table] = [t for t in parse_tables(DOC.read_text()) if t.heading == "Events the server sends" and "event" in t.headers]
+    assert {row["event"].strip("`") for row in table.rows} == sent
