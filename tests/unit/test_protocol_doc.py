@@ -168,5 +168,6 @@ def test_every_event_a_client_may_send_has_its_own_section() -> None:
 def test_every_event_the_server_sends_is_a_row() -> None:
     sent = {name for path in SERVER.rglob("*.py") for name in SENT.findall(path.read_text())}
     assert {"session", "move", "player_left", "disconnect_reason", "token_expiring"} <= sent
-    [table] = [t for t in parse_tables(DOC.read_text()) if t.heading == "Events the server sends" and "event" in t.headers]
+    [table] = [t for t in parse_tables(DOC.read_text())
+               if t.heading == "Events the server sends" and "event" in t.headers]
     assert {row["event"].strip("`") for row in table.rows} == sent
