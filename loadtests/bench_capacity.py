@@ -18,7 +18,7 @@ message on a setup failure.
 Examples:
   .venv/bin/python loadtests/bench_capacity.py
   .venv/bin/python loadtests/bench_capacity.py --rates 1,2 --seconds 5
-  .venv/bin/python loadtests/bench_capacity.py --instances 2 --redis redis://127.0.0.1:6379/0
+  .venv/bin/python loadtests/bench_capacity.py --instances 2     # a redis-server of its own
 """
 
 from __future__ import annotations
