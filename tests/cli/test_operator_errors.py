@@ -223,7 +223,8 @@ BAD_URLS = ["notaurl", "http://127.0.0.1:6379", "redis://127.0.0.1:99999/0", "re
 
 @pytest.mark.parametrize("url", BAD_URLS)
 def test_connections_ls_with_a_bad_redis_url(env: dict[str, str], url: str) -> None:
-    failed(run(env, "connections", "ls", "--redis", url), "--redis", hint=("redis://", "unix://"))
+    failed(run(env, "connections", "ls", "--redis", url), "--redis",
+           hint=("redis://[user:password@]host:port/db", "unix://"))
 
 
 @pytest.mark.parametrize("url", BAD_URLS)
