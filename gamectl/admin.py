@@ -18,6 +18,7 @@ from .output import fail
 class AdminClient:
     def __init__(self, settings: Settings, url: str | None, token: str | None, timeout_s: float = 10) -> None:
         self.url = (url or default_url(settings)).rstrip("/")
+        self._minted = token is None
         if token is None:
             try:
                 # short-lived, and never longer than the gateway accepts
@@ -46,14 +47,27 @@ class AdminClient:
                 error = json.loads(exc.read())["error"]
                 message = f"{error['code']}: {error['message']}"
             except (ValueError, KeyError, TypeError):
-                message = f"HTTP {exc.code}"
-            hint = ("the admin API needs a JWT with role=admin signed with the gateway's key (--token, --config)"
-                    if exc.code in (401, 403) else None)
-            fail(1, f"the gateway refused: {message}", hint)
+                error, message = {}, f"HTTP {exc.code}"
+            fail(1, f"the gateway refused: {message}",
+                 self._refusal_hint(str(error.get("message", ""))) if exc.code in (401, 403) else None)
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             fail(1, f"cannot reach the gateway at {self.url}: {reason}",
                  "is `gamectl serve` running there? pass --url http://host:port")
+
+
+    def _refusal_hint(self, detail: str) -> str:
+        """What makes the gateway accept the admin token, by what it said was wrong with it."""
+        if not self._minted:
+            return ("--token must be a JWT with role=admin signed with the gateway's key "
+                    "(`gamectl token ops --role admin` with GAMEGW_JWT_SECRET set to that key makes one)")
+        for claim in ("audience", "issuer"):
+            if claim in detail.lower():
+                return (f"gamectl signs its admin token for the configured {claim}: set GAMEGW_JWT_{claim.upper()} "
+                        f"as the gateway has it, or pass --config with the gateway's file")
+        return ("gamectl signed its admin token with a key the gateway does not accept: set GAMEGW_JWT_SECRET "
+                "to the gateway's key (GAMEGW_JWT_PRIVATE_KEY_FILE for RS/ES keys), pass --config with the "
+                "gateway's file, or pass --token with an admin JWT")
 
 
 def default_url(settings: Settings) -> str:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from gamegw import __version__
-from gamegw.server.protocol.errors import ConfigError
+from gamegw.server.protocol.errors import ConfigError, StartupError
 
 from .output import fail, parse_duration, print_json, stderr
 from .settings import settings_from
@@ -36,8 +36,9 @@ def _options(version: Annotated[bool, typer.Option(
 
 ConfigOpt = Annotated[
     Path | None,
+    # readable=False: load_settings says what is wrong with the file, with a hint, like every setting
     typer.Option("--config", "-c", help="TOML settings file (see configs/). GAMEGW_* variables override it.",
-                 envvar="GAMEGW_CONFIG", show_envvar=False),
+                 envvar="GAMEGW_CONFIG", show_envvar=False, readable=False),
 ]
 
 
@@ -89,8 +90,8 @@ def serve(
             key_file=str(Path(settings.state_dir) / "dev-jwt-secret"))
     try:
         run(settings)
-    except OSError as exc:  # a port that is taken, an address that is not ours
-        fail(1, f"cannot listen: {exc.strerror or exc}", "choose another --port / --admin-port (or host)")
+    except (StartupError, ConfigError) as exc:  # a port that is taken, Redis unreachable
+        fail(1, str(exc), exc.hint or None)
 
 
 @app.command()

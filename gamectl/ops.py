@@ -24,7 +24,8 @@ UrlOpt = Annotated[str | None, typer.Option("--url", envvar="GAMEGW_URL", show_e
 TokenOpt = Annotated[str | None, typer.Option("--token", envvar="GAMEGW_ADMIN_TOKEN", show_envvar=False,
                                               help="Admin JWT (default: signed with the configured key).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file (for the key and URL).")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file (for the key and URL).",
+                                                readable=False)]
 
 connections_app = typer.Typer(help="The live registry of connections, cluster-wide.", no_args_is_help=True)
 
@@ -64,6 +65,7 @@ async def _from_redis(url: str, prefix: str, user: str | None, room: str | None,
     from redis.asyncio import Redis
     from redis.exceptions import RedisError
 
+    from gamegw.server.startup import redis_failure
     from gamegw.server.state.keys import Keys
     from gamegw.server.state.registry_redis import RedisRegistry
 
@@ -72,7 +74,8 @@ async def _from_redis(url: str, prefix: str, user: str | None, room: str | None,
         registry = RedisRegistry(redis, Keys(prefix), "gamectl")
         conns = await registry.list(user_id=user, room=room, instance_id=instance)
     except (RedisError, OSError) as exc:
-        fail(1, f"cannot read the registry from {url}: {exc}", "check --redis (redis://host:port/db)")
+        failure = redis_failure(url, exc, setting="--redis")
+        fail(1, str(failure), failure.hint)
     finally:
         await redis.aclose()
     return [c.to_dict() for c in sorted(conns, key=lambda c: c.connected_at)]
@@ -98,6 +101,14 @@ def connections_ls(
 
     settings = settings_from(config)
     redis_url = redis
+    if redis_url:
+        from gamegw.server.config import check_redis_url
+        from gamegw.server.protocol.errors import ConfigError
+
+        try:
+            check_redis_url("--redis", redis_url)
+        except ConfigError as exc:
+            fail(1, str(exc), exc.hint)
     client = None if redis_url else AdminClient(settings, url, token)
     key_prefix = prefix or settings.redis_prefix
     if as_json:
@@ -164,7 +175,7 @@ def revoke(
         try:
             body["exp"] = parse_instant("--exp", exp)
         except ConfigError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--exp") from None
+            raise typer.BadParameter(str(exc).removeprefix("--exp: "), param_hint="--exp") from None
     outcome = AdminClient(settings_from(config), url, token).post("/admin/revoke", body)
     if as_json:
         print_json(outcome)

@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -19,9 +20,11 @@ UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 
 def fail(code: int, message: str, hint: str | None = None) -> NoReturn:
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escaped: a message quotes what the operator typed (a URL form such as [user:password@], a
+    # user id), which rich would otherwise take for markup and drop
+    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     if hint:
-        stderr.print(f"[dim]hint: {hint}[/]", highlight=False, soft_wrap=True)
+        stderr.print(f"[dim]hint: {escape(hint)}[/]", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

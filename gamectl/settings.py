@@ -18,4 +18,4 @@ def settings_from(config: Path | None, **overrides: Any) -> Settings:
     try:
         return load_settings(environ, config, overrides)
     except ConfigError as exc:
-        fail(1, str(exc), "check the config file, GAMEGW_* variables and flags (gamectl serve --help)")
+        fail(1, str(exc), exc.hint or "check the config file, GAMEGW_* variables and flags (gamectl serve --help)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
 from .auth.revocation import MemoryRevocations, RedisRevocations, Revocations
 from .auth.tokens import Verifier
@@ -34,6 +36,7 @@ from .metrics import Metrics
 from .protocol import jsoncodec
 from .protocol.codes import POLLING_UNAVAILABLE, SHUTDOWN
 from .rules import make_rules
+from .startup import check_redis, listen, redis_failure
 from .state.keys import Keys
 from .state.pipe import RedisPipe
 from .state.registry import MemoryRegistry, Registry
@@ -208,15 +211,25 @@ def create_app(
         app.add_routes(ops_routes)
 
     async def on_startup(app: web.Application) -> None:
-        if admin_runner is not None:  # first: a port that is taken stops startup before anything runs
-            await admin_runner.setup()
-            site = web.TCPSite(admin_runner, settings.admin_host, settings.admin_port)
-            await site.start()
-            host, port = admin_runner.addresses[0][:2]
-            parts.admin_url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-        await bus.start()
-        await cluster.start()
-        await gateway.start()
+        try:
+            if admin_runner is not None:  # first: a port that is taken stops startup before anything runs
+                sockets = listen(settings.admin_host, settings.admin_port or 0, host_setting="GAMEGW_ADMIN_HOST",
+                                 port_setting="--admin-port")
+                await admin_runner.setup()
+                for sock in sockets:
+                    await web.SockSite(admin_runner, sock).start()
+                parts.admin_url = url_of(sockets[0])
+            if redis is not None:
+                await check_redis(redis, settings.redis_url)  # before anything waits on it, retrying
+            await bus.start()
+            await cluster.start()
+            await gateway.start()
+        except BaseException as exc:
+            # aiohttp runs no cleanup for a startup that failed: close what was opened here
+            await close_parts()
+            if redis is not None and isinstance(exc, (RedisError, OSError)):
+                raise redis_failure(settings.redis_url, exc) from None
+            raise
         log(logger, "start", instance=settings.instance_id, profile=settings.profile, game=settings.game,
             state="redis" if redis is not None else "memory", admin=parts.admin_url or "game listener")
         if not settings.dev and not settings.jwt_audience:
@@ -250,7 +263,13 @@ def create_app(
         log(logger, "drained", instance=settings.instance_id, closed=len(sids) - len(gateway.conns),
             took_ms=int((time.monotonic() - started) * 1000))
 
-    async def on_cleanup(app: web.Application) -> None:
+    closed = False
+
+    async def close_parts() -> None:
+        nonlocal closed
+        if closed:
+            return
+        closed = True
         if admin_runner is not None:
             await admin_runner.cleanup()
         await sio.shutdown()
@@ -262,6 +281,9 @@ def create_app(
         await sessions.aclose()
         if redis is not None:
             await redis.aclose()
+
+    async def on_cleanup(app: web.Application) -> None:
+        await close_parts()
         log(logger, "stop", instance=settings.instance_id)
 
     app.on_startup.append(on_startup)
@@ -270,8 +292,19 @@ def create_app(
     return app
 
 
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
 def run(settings: Settings) -> None:
-    """Serve until SIGINT/SIGTERM. uvloop when installed: it measurably speeds up the I/O path."""
+    """Serve until SIGINT/SIGTERM. uvloop when installed: it measurably speeds up the I/O path.
+
+    Raises :class:`StartupError` (a port in use, Redis unreachable) before ``ready`` is logged;
+    ``ready`` means every listener is bound and listening.
+    """
+    # bound first: a port that is taken stops the start before anything else runs
+    sockets = listen(settings.host, settings.port, reuse_port=settings.reuse_port)
     loop: asyncio.AbstractEventLoop
     try:
         import uvloop
@@ -283,11 +316,15 @@ def run(settings: Settings) -> None:
     app = create_app(settings)
 
     async def ready(app: web.Application) -> None:
-        log(logger, "ready", instance=settings.instance_id, url=f"http://{settings.host}:{settings.port}",
-            admin_url=app[PARTS].admin_url or f"http://{settings.host}:{settings.port}")
+        url = url_of(sockets[0])
+        log(logger, "ready", instance=settings.instance_id, url=url, admin_url=app[PARTS].admin_url or url)
 
     app.on_startup.append(ready)
-    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None, loop=loop,
-                handle_signals=True, shutdown_timeout=settings.drain_s, reuse_port=settings.reuse_port or None,
-                # a connect storm must not overflow the listen queue (aiohttp: 128)
-                backlog=4096, **server_options(settings))
+    try:
+        web.run_app(app, sock=sockets, print=None, access_log=None, loop=loop, handle_signals=True,
+                    shutdown_timeout=settings.drain_s,
+                    # a connect storm must not overflow the listen queue (aiohttp: 128)
+                    backlog=4096, **server_options(settings))
+    finally:
+        for sock in sockets:  # the sites close theirs; these are for a start that failed before them
+            sock.close()

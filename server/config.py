@@ -170,7 +170,11 @@ def default_state_dir(environ: Mapping[str, str]) -> Path:
     return Path(base) / "gamegw"
 
 
-def _parse(name: str, raw: Any) -> Any:
+KIND_HINTS = {"int": "a whole number", "float": "a number", "bool": "true or false",
+              "list": "a comma-separated list (a TOML array in a file)", "str": "a string"}
+
+
+def _parse(name: str, raw: Any, source: str = "") -> Any:
     """One value, from TOML (already typed) or from the environment / a flag (a string)."""
     kind = FIELDS[name].type
     try:
@@ -203,7 +207,8 @@ def _parse(name: str, raw: Any) -> Any:
         return str(raw)
     except (TypeError, ValueError):
         kind_name = {"tuple[str, ...]": "list", "int | None": "int"}.get(str(kind), str(kind))
-        raise ConfigError(f"{name}: {raw!r} is not a valid {kind_name}") from None
+        raise ConfigError(f"{name}: {raw!r} is not a valid {kind_name}{f' ({source})' if source else ''}",
+                          hint=f"{name} takes {KIND_HINTS.get(kind_name, kind_name)}") from None
 
 
 def load_settings(
@@ -223,20 +228,32 @@ def load_settings(
             data = tomllib.loads(Path(path).read_text())
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"config file {path}: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not text (TOML is UTF-8)",
+                              hint="pass --config a TOML file such as configs/dev.toml") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a directory", hint="pass --config a TOML file") from None
+        except PermissionError:
+            raise ConfigError(f"config file {path} cannot be read: permission denied",
+                              hint=f"make it readable by this user (chmod o+r {path}), or run as its owner") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}",
+                              hint='settings are lines of key = value, strings quoted: port = 8000, host = "0.0.0.0"'
+                              ) from None
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
         for key, raw in data.items():
             if key not in FIELDS:
                 raise ConfigError(f"config file {path}: unknown setting {key!r}")
-            values[key] = _parse(key, raw)
+            values[key] = _parse(key, raw, f"in {path}")
     env_keys = [k for k in environ if k.startswith(ENV_PREFIX)]
     for key in env_keys:
         name = key[len(ENV_PREFIX) :].lower()
         if name in FIELDS:
-            values[name] = _parse(name, environ[key])
+            values[name] = _parse(name, environ[key], f"from {key}")
     for name, raw in (overrides or {}).items():
         if raw is not None:
-            values[name] = _parse(name, raw)
+            values[name] = _parse(name, raw, "from the command line")
     if "profile" not in values:
         values["profile"] = "dev" if path is None and not env_keys else "prod"
     state_dir = values.get("state_dir") or str(default_state_dir(environ))
@@ -283,7 +300,9 @@ def _check_key(algorithms: tuple[str, ...], secret: str, public_key_file: str, *
     if hmac:
         if not secret:
             raise ConfigError(f"{prefix}secret: no key configured for {', '.join(algorithms)}; "
-                              f"set GAMEGW_{prefix.upper()}SECRET (32 bytes or more)")
+                              f"set GAMEGW_{prefix.upper()}SECRET (32 bytes or more)",
+                              hint=f"set GAMEGW_{prefix.upper()}SECRET; a config file or any GAMEGW_* variable "
+                                   "ends the development profile and its generated key (GAMEGW_PROFILE=dev keeps it)")
         if len(secret.encode()) < MIN_HMAC_KEY_BYTES:
             raise ConfigError(
                 f"{prefix}secret: the HMAC key is {len(secret.encode())} bytes; "
@@ -294,6 +313,38 @@ def _check_key(algorithms: tuple[str, ...], secret: str, public_key_file: str, *
             raise ConfigError(f"{prefix}public_key_file: required for {', '.join(algorithms)}")
         if not Path(public_key_file).is_file():
             raise ConfigError(f"{prefix}public_key_file: {public_key_file} does not exist")
+
+
+REDIS_URL_FORMS = "redis://[user:password@]host:port/db, rediss://... (TLS) or unix:///path/to/redis.sock"
+
+
+def check_redis_url(name: str, url: str) -> None:
+    """A URL redis-py can open, or a :class:`ConfigError` naming ``name`` and the accepted forms."""
+    try:
+        parsed = urlparse(url)
+        parsed.port  # noqa: B018  (raises on a bad port)
+    except ValueError:
+        raise ConfigError(f"{name}: {redacted(url)!r} has a bad port", hint=f"use {REDIS_URL_FORMS}") from None
+    if parsed.scheme not in ("redis", "rediss", "unix") or (parsed.scheme != "unix" and not parsed.hostname) or (
+            parsed.scheme == "unix" and not parsed.path):
+        raise ConfigError(f"{name}: {redacted(url)!r} is not a Redis URL", hint=f"use {REDIS_URL_FORMS}")
+    if parsed.scheme != "unix" and not parsed.path.strip("/").isdigit() and parsed.path.strip("/"):
+        raise ConfigError(f"{name}: {redacted(url)!r}: the database {parsed.path.strip('/')!r} is not a number",
+                          hint=f"use {REDIS_URL_FORMS}")
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password masked, for messages and logs."""
+    try:
+        parsed = urlparse(url)
+        password = parsed.password
+    except ValueError:
+        return url.split("@", 1)[-1] if "@" in url else url
+    if not password:
+        return url
+    user = parsed.username or ""
+    host = parsed.netloc.rsplit("@", 1)[1]
+    return parsed._replace(netloc=f"{user}:***@{host}").geturl()
 
 
 def validate(s: Settings) -> None:
@@ -328,13 +379,7 @@ def validate(s: Settings) -> None:
     if s.jwt_max_lifetime_s <= 0:
         raise ConfigError("jwt_max_lifetime_s: must be positive")
     if s.redis_url:
-        url = urlparse(s.redis_url)
-        if url.scheme not in ("redis", "rediss", "unix") or (url.scheme != "unix" and not url.hostname):
-            raise ConfigError(f"redis_url: {s.redis_url!r} is not a redis://host:port/db URL")
-        try:
-            url.port  # noqa: B018  (raises on a bad port)
-        except ValueError:
-            raise ConfigError(f"redis_url: {s.redis_url!r} has a bad port") from None
+        check_redis_url("redis_url", s.redis_url)
     if s.heartbeat_ttl_s <= s.heartbeat_interval_s:
         raise ConfigError("heartbeat_ttl_s: must be longer than heartbeat_interval_s")
     for name in ("grace_s", "ping_interval_s", "ping_timeout_s", "redis_timeout_s", "heartbeat_interval_s",

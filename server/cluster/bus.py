@@ -288,11 +288,14 @@ class RedisBus:
             return False
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._listen(), name="gamegw-bus-listener")
-        await asyncio.wait_for(self.subscribed.wait(), 10)
+        """Subscribe, or raise why not. The gateway has just had an answer to a PING, so a first
+        subscription that fails is refused (credentials, ACL), not an outage to wait out."""
+        first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._listen(first=first), name="gamegw-bus-listener")
+        await asyncio.wait_for(first, 10)
         self._prober = asyncio.create_task(self._probe_loop(), name="gamegw-bus-probe")
 
-    async def _listen(self, *, lost: bool = False) -> None:
+    async def _listen(self, *, lost: bool = False, first: asyncio.Future[None] | None = None) -> None:
         backoff = 0.1
         channel = self._k.channel(self._instance_id)
         while True:
@@ -301,6 +304,8 @@ class RedisBus:
                     for message in batch:
                         if message == SUBSCRIBED:
                             self.subscribed.set()
+                            if first is not None and not first.done():
+                                first.set_result(None)
                             backoff = 0.1
                             if lost:
                                 log(logger, "listener_back", logging.WARNING)
@@ -312,6 +317,9 @@ class RedisBus:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis went away: resubscribe with capped backoff
+                if first is not None and not first.done():  # the first subscription: start() raises it
+                    first.set_exception(exc)
+                    return
                 self.subscribed.clear()
                 lost = True
                 log(logger, "listener_lost", logging.WARNING, error=str(exc), retry_in_s=backoff)

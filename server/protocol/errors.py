@@ -3,7 +3,9 @@
 ::
 
     GamegwError
-    ├── ConfigError          a bad setting; startup stops with its one-line message
+    ├── ConfigError          a bad setting; startup stops with its one-line message and hint
+    ├── StartupError         the settings are fine but the gateway cannot start with them here:
+    │                        a port in use, an address not this machine's, Redis unreachable
     ├── AuthError            a handshake refused; carries a codes.Refusal
     ├── ActionError          an event refused; carries a codes.AckCode, becomes an error ack
     │   └── StoreUnavailable the state store did not answer in time (ack code ``unavailable``)
@@ -21,7 +23,21 @@ class GamegwError(Exception):
 
 
 class ConfigError(GamegwError):
-    """A setting is missing or wrong. The message names the setting and what would fix it."""
+    """A setting is missing or wrong. The message names the setting; ``hint``, when there is
+    one, says what would fix it (the accepted forms, the variable to set)."""
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class StartupError(GamegwError):
+    """The gateway cannot start: one line saying what failed (naming the address or the URL),
+    and a hint naming the fix. Raised before ``ready`` is logged, after closing what was opened."""
+
+    def __init__(self, message: str, *, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 class AuthError(GamegwError):

@@ -19,6 +19,14 @@ import hiredis
 SUBSCRIBED = ""  # yielded once the subscription is confirmed (no published message is empty)
 
 
+class SubscriptionRefused(ConnectionError):
+    """Redis answered AUTH or SUBSCRIBE with an error; ``reply`` is its text."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(f"Redis refused the subscription: {reply}")
+        self.reply = reply
+
+
 def command(*args: str) -> bytes:
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
@@ -39,8 +47,9 @@ async def subscribe(url: str, channel: str, *, timeout_s: float) -> AsyncIterato
     parser = hiredis.Reader(encoding="utf-8", errors="replace")
     try:
         if parsed.password:
-            user = [unquote(parsed.username)] if parsed.username else []
-            writer.write(command("AUTH", *user, unquote(parsed.password)))
+            # the two-argument form, as redis-py sends it (HELLO 3 AUTH): Redis accepts any
+            # password for a user without one, and the one-argument form would be refused
+            writer.write(command("AUTH", unquote(parsed.username or "") or "default", unquote(parsed.password)))
         writer.write(command("SUBSCRIBE", channel))
         await writer.drain()
         while True:
@@ -51,7 +60,7 @@ async def subscribe(url: str, channel: str, *, timeout_s: float) -> AsyncIterato
             batch: list[str] = []
             while (reply := parser.gets()) is not False:
                 if isinstance(reply, hiredis.ReplyError):
-                    raise ConnectionError(f"Redis refused the subscription: {reply}")
+                    raise SubscriptionRefused(str(reply))
                 if isinstance(reply, list) and len(reply) == 3:
                     if reply[0] == "message":
                         batch.append(reply[2])

@@ -194,13 +194,14 @@ async def test_an_admin_port_that_is_taken_stops_startup_with_one_line(tmp_path:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        env = process_env("inst-a", GAMEGW_ADMIN_PORT=str(taken.getsockname()[1]))
+        port = taken.getsockname()[1]
+        env = process_env("inst-a", GAMEGW_ADMIN_PORT=str(port))
         proc = await asyncio.create_subprocess_exec(GAMECTL, "serve", "--port", str(free_port()), env=env,
                                                     stderr=asyncio.subprocess.PIPE)
         _, err = await asyncio.wait_for(proc.communicate(), 30)
     lines = err.decode().strip().splitlines()
     assert proc.returncode == 1 and "Traceback" not in err.decode()
-    assert lines[-2].startswith("error: cannot listen: ") and lines[-1].startswith("hint: "), lines
+    assert lines[-2] == f"error: port {port} on 127.0.0.1 is in use" and lines[-1].startswith("hint: "), lines
 
 
 # -- the audience warning ----------------------------------------------------------------------
