@@ -298,7 +298,11 @@ async def players() -> AsyncIterator[Callable[..., Awaitable[Player]]]:
             player.events[event].append(data)
             player.arrived.set()
 
+        async def leaving(*_: Any) -> None:
+            await client.sleep(0)  # disconnect() writes its packet first: a leave, not a drop (docs/protocol.md)
+
         client.on("*", record, namespace="/game")
+        client.on("disconnect", leaving, namespace="/game")
         made.append(player)
         if auth is None:
             auth = {"token": token} if token is not None else None
