@@ -16,17 +16,25 @@ from .output import fail
 
 
 class AdminClient:
-    def __init__(self, settings: Settings, url: str | None, token: str | None, timeout_s: float = 10) -> None:
+    """Without ``token``, each request signs an admin token of its own: short-lived (never longer
+    than the gateway accepts), and fresh however long the command runs (``--watch``)."""
+
+    def __init__(self, settings: Settings, url: str | None, token: str | None, timeout_s: float = 10,
+                 token_ttl_s: float = 120.0) -> None:
         self.url = (url or default_url(settings)).rstrip("/")
-        self._minted = token is None
-        if token is None:
-            try:
-                # short-lived, and never longer than the gateway accepts
-                token = mint(settings, "gamectl", ttl_s=min(120.0, settings.jwt_max_lifetime_s), role="admin")
-            except ConfigError as exc:
-                fail(1, str(exc), "pass --token with an admin JWT, or configure the signing key")
-        self._token = token
+        self._settings = settings
+        self._ttl_s = min(token_ttl_s, settings.jwt_max_lifetime_s)
+        self._given = token
         self._timeout = timeout_s
+        self._token()  # a key that cannot sign fails here, before anything is sent
+
+    def _token(self) -> str:
+        if self._given is not None:
+            return self._given
+        try:
+            return mint(self._settings, "gamectl", ttl_s=self._ttl_s, role="admin")
+        except ConfigError as exc:
+            fail(1, str(exc), "pass --token with an admin JWT, or configure the signing key")
 
     def get(self, path: str, **query: str | None) -> Any:
         params = urllib.parse.urlencode({k: v for k, v in query.items() if v})
@@ -38,7 +46,7 @@ class AdminClient:
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.url + path, data=data, method=method, headers={
-            "Authorization": f"Bearer {self._token}", "Content-Type": "application/json"})
+            "Authorization": f"Bearer {self._token()}", "Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=self._timeout) as resp:
                 return json.loads(resp.read())
@@ -55,10 +63,9 @@ class AdminClient:
             fail(1, f"cannot reach the gateway at {self.url}: {reason}",
                  "is `gamectl serve` running there? pass --url http://host:port")
 
-
     def _refusal_hint(self, detail: str) -> str:
         """What makes the gateway accept the admin token, by what it said was wrong with it."""
-        if not self._minted:
+        if self._given is not None:
             return ("--token must be a JWT with role=admin signed with the gateway's key "
                     "(`gamectl token ops --role admin` with GAMEGW_JWT_SECRET set to that key makes one)")
         for claim in ("audience", "issuer"):

@@ -177,7 +177,7 @@ class ServerWatch:
             "deliveries": int(deliveries),
             "resumes": delta_by("gamegw_resumes_total", "result"),
             "cpu_s": round(cpu_s, 2),
-            "cpu_s_per_1k_deliveries": round(cpu_s / deliveries * 1000, 4) if deliveries else None,
+            "cpu_ms_per_1k_deliveries": round(cpu_s * 1000 / deliveries * 1000, 2) if deliveries else None,
             "refusals": delta_by("gamegw_refusals_total", "code"),
             "error_acks": {k: v for k, v in acks.items() if k != "ok"},
             "scrape_errors": self.errors,
@@ -188,23 +188,44 @@ class ServerWatch:
 
 @dataclass
 class Proc:
-    """One Locust process and its /proc readings, counted from :meth:`mark` (the test's start,
-    after the imports) so that start-up does not weigh on the per-player figures."""
+    """One Locust process and its /proc readings, counted from just before its first player: the
+    baseline the process writes itself at its test start (``baseline-PID.json`` in the run's
+    folder, see the locustfile), else from :meth:`mark` (the first progress line), so that
+    start-up does not weigh on the per-player figures."""
 
     role: str
     popen: subprocess.Popen[bytes]
+    baseline: Path | None = None
     cpu_ms_first: float = 0.0
     cpu_ms_last: float = 0.0
     rss_kb_first: int = 0
     rss_kb_peak: int = 0
+    marked: bool = False
 
     def mark(self) -> None:
+        if self.marked:
+            return
         pid = self.popen.pid
         self.cpu_ms_first = self.cpu_ms_last = cpu_ms([pid])
         self.rss_kb_first = self.rss_kb_peak = rss_kb([pid])
+        self.load_baseline()
+
+    def load_baseline(self) -> None:
+        """Take the process's own reading from before its first player, once it has written it."""
+        if self.baseline is None or not self.baseline.exists():
+            return
+        try:
+            data = orjson.loads(self.baseline.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return
+        self.cpu_ms_first, self.rss_kb_first = float(data["cpu_ms"]), int(data["rss_kb"])
+        self.cpu_ms_last = max(self.cpu_ms_last, self.cpu_ms_first)
+        self.rss_kb_peak = max(self.rss_kb_peak, self.rss_kb_first)
+        self.baseline, self.marked = None, True
 
     def sample(self, *, cpu: bool) -> None:
         """Read RSS, and CPU time when ``cpu`` (inside the run window, not the wind-down)."""
+        self.load_baseline()
         if self.popen.poll() is not None:
             return
         pid = self.popen.pid
@@ -306,7 +327,7 @@ def summary_tables(report: dict[str, Any]) -> list[Table]:
         t = Table(title="gateway (from --metrics-url)", title_justify="left")
         t.add_column("figure")
         t.add_column("value", justify="right")
-        for key in ("connects", "peak_connections", "moves", "deliveries", "cpu_s", "cpu_s_per_1k_deliveries"):
+        for key in ("connects", "peak_connections", "moves", "deliveries", "cpu_s", "cpu_ms_per_1k_deliveries"):
             t.add_row(key, str(srv[key]))
         t.add_row("resumes", ", ".join(f"{k} {v}" for k, v in srv["resumes"].items()) or "0")
         t.add_row("refusals", ", ".join(f"{k} {v}" for k, v in srv["refusals"].items()) or "0")
@@ -350,6 +371,8 @@ def build_report(plan: Plan, final: dict[str, Any], procs: list[Proc], wall_s: f
             "processes": len(procs),
             "cpu_cores": round(cpu_s / wall_s, 3) if wall_s else 0.0,
             "rss_mb_peak": round(sum(p.rss_kb_peak for p in procs) / 1024, 1),
+            # what the figures per player leave out: the processes just before their first player
+            "rss_kb_before_players": sum(p.rss_kb_first for p in procs),
             "cpu_us_per_s_per_player": round(cpu_player_s / wall_s / local_users * 1e6, 1)
             if wall_s and local_users else None,
             "rss_kb_per_player": round(sum(rss_grown) / local_users, 1) if local_users else None,
@@ -481,14 +504,14 @@ def _run(plan: Plan, server: ServerWatch | None, max_fail_ratio: float, max_p99_
     lead_cmd, worker_cmds = plan.commands(run_dir, progress)
     _raise_nofile(plan.users + 512)
     console = stderr if as_json else Console()
-    env = dict(os.environ)
+    env = {**os.environ, "GAMEGW_LT_BASELINE_DIR": str(run_dir)}
     procs: list[Proc] = []
 
     def spawn(role: str, cmd: list[str]) -> Proc:
         log = (run_dir / f"{role}.out").open("wb")
         popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         log.close()
-        proc = Proc(role, popen)
+        proc = Proc(role, popen, run_dir / f"baseline-{popen.pid}.json")
         procs.append(proc)
         return proc
 

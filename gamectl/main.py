@@ -12,8 +12,9 @@ from gamegw.server.protocol.errors import ConfigError, StartupError
 
 from .output import fail, parse_duration, print_json, stderr
 from .settings import settings_from
+from .usage import group
 
-app = typer.Typer(
+app = group(
     help="Run and operate gamegw, a real-time gateway for multiplayer games.",
     no_args_is_help=True,
     add_completion=False,
@@ -136,6 +137,7 @@ def _register() -> None:
     from . import loadtest, ops
 
     app.add_typer(ops.connections_app, name="connections")
+    app.command("instances")(ops.instances)
     app.command("kick")(ops.kick)
     app.command("simulate-drop")(ops.simulate_drop)
     app.command("revoke")(ops.revoke)

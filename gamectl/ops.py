@@ -9,14 +9,20 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from .admin import AdminClient
 from .output import fail, print_json, stdout
+from .usage import group
+
+if TYPE_CHECKING:
+    from gamegw.server.config import Settings
 
 UrlOpt = Annotated[str | None, typer.Option("--url", envvar="GAMEGW_URL", show_envvar=False,
                                             help="Any instance's admin base URL (default: from the config's "
@@ -27,7 +33,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file (for the key and URL).",
                                                 readable=False)]
 
-connections_app = typer.Typer(help="The live registry of connections, cluster-wide.", no_args_is_help=True)
+INTERRUPTED = 130  # 128 + SIGINT: what shells report for a command stopped with Ctrl-C
+
+connections_app = group(help="The live registry of connections, cluster-wide.", no_args_is_help=True)
 
 
 def _ago(ts: float, now: float) -> str:
@@ -39,14 +47,57 @@ def _ago(ts: float, now: float) -> str:
     return f"{s / 3600:.1f}h ago"
 
 
-def connections_table(conns: list[dict[str, Any]], now: float) -> Table:
-    table = Table(title=f"{len(conns)} connection{'s' if len(conns) != 1 else ''}", title_justify="left")
+def connections_table(conns: list[dict[str, Any]], now: float, console: Console | None = None) -> Table:
+    """The registry as a table that fits the terminal. When the one-line rows do not fit, each
+    row takes two lines: the sid under the user, the address under the instance. The user is
+    never cut (the sid folds first; ``--json`` has every field whole)."""
+    table = _wide_table(conns, now)
+    console = console or stdout
+    if console.measure(table, options=console.options.update_width(10_000)).maximum > console.width:
+        table = _narrow_table(conns, now, console.width)
+    return table
+
+
+def _title(conns: list[dict[str, Any]]) -> str:
+    return f"{len(conns)} connection{'s' if len(conns) != 1 else ''}"
+
+
+def _state(c: dict[str, Any]) -> str:
+    return "[green]connected[/]" if c["state"] == "connected" else f"[yellow]{c['state']}[/]"
+
+
+def _wide_table(conns: list[dict[str, Any]], now: float) -> Table:
+    table = Table(title=_title(conns), title_justify="left")
     for col in ("user", "sid", "instance", "rooms", "state", "connected", "last seen", "address"):
         table.add_column(col, no_wrap=col in ("sid", "instance"))
     for c in conns:
-        state = "[green]connected[/]" if c["state"] == "connected" else f"[yellow]{c['state']}[/]"
-        table.add_row(c["user_id"], c["sid"], c["instance_id"], ", ".join(c["rooms"]) or "-", state,
+        table.add_row(c["user_id"], c["sid"], c["instance_id"], ", ".join(c["rooms"]) or "-", _state(c),
                       _ago(c["connected_at"], now), _ago(c["last_seen"], now), c["address"])
+    return table
+
+
+def _narrow_table(conns: list[dict[str, Any]], now: float, width: int) -> Table:
+    # no grid: two columns' worth of width go to the cells; a blank line parts the rows
+    table = Table(title=_title(conns), title_justify="left", box=None, pad_edge=False,
+                  header_style="bold underline")
+    # widths set here, not left to rich (which may cut the last columns): the user and sid
+    # first, then instance and address, the rooms get what is left
+    user_w = min(40, max((len(c[k]) for c in conns for k in ("user_id", "sid")), default=10))
+    where_w = min(15, max((len(c[k]) for c in conns for k in ("instance_id", "address")), default=8))
+    rooms_w = max(5, width - user_w - where_w - 3 * len("connected") - 2 * 5)
+    table.add_column("user / sid", overflow="fold", width=user_w)
+    table.add_column("instance / address", overflow="fold", width=where_w)
+    table.add_column("rooms", overflow="fold", width=rooms_w)
+    table.add_column("state", no_wrap=True)
+    table.add_column("connected", no_wrap=True)
+    table.add_column("last seen", no_wrap=True)
+    for i, c in enumerate(conns):
+        if i:
+            table.add_row()
+        table.add_row(f"{escape(c['user_id'])}\n[dim]{c['sid']}[/]",
+                      f"{escape(c['instance_id'])}\n[dim]{escape(c['address'])}[/]",
+                      escape(", ".join(c["rooms"]) or "-"), _state(c),
+                      _ago(c["connected_at"], now), _ago(c["last_seen"], now))
     return table
 
 
@@ -88,7 +139,8 @@ def connections_ls(
     instance: Annotated[str | None, typer.Option(help="Only connections held by this instance.")] = None,
     as_json: JsonOpt = False,
     watch: Annotated[float | None, typer.Option(
-        "--watch", help="Refresh every N seconds (Ctrl-C to stop).", min=0.2)] = None,
+        "--watch", help="Refresh every N seconds; Ctrl-C stops it, with exit code 130 (128 + SIGINT, "
+                        "as shells report an interrupt).", min=0.2)] = None,
     redis: Annotated[str | None, typer.Option(
         "--redis", help="Read the registry straight from Redis instead of through an instance.")] = None,
     prefix: Annotated[str | None, typer.Option(help="Redis key prefix (default: from config, gamegw).")] = None,
@@ -99,16 +151,23 @@ def connections_ls(
     """List connections: user, sid, instance, rooms, state, connected since, last seen, address."""
     from .settings import settings_from
 
-    settings = settings_from(config)
-    redis_url = redis
-    if redis_url:
+    if redis:
         from gamegw.server.config import check_redis_url
         from gamegw.server.protocol.errors import ConfigError
 
         try:
-            check_redis_url("--redis", redis_url)
+            check_redis_url("--redis", redis)
         except ConfigError as exc:
             fail(1, str(exc), exc.hint)
+    try:
+        _list_connections(settings_from(config), redis, prefix, user, room, instance, as_json, watch, url, token)
+    except KeyboardInterrupt:  # how a --watch ends, at any moment: the exit code shells give an interrupt
+        raise typer.Exit(INTERRUPTED) from None
+
+
+def _list_connections(settings: Settings, redis_url: str | None, prefix: str | None, user: str | None,
+                      room: str | None, instance: str | None, as_json: bool, watch: float | None,
+                      url: str | None, token: str | None) -> None:
     client = None if redis_url else AdminClient(settings, url, token)
     key_prefix = prefix or settings.redis_prefix
     if as_json:
@@ -117,14 +176,47 @@ def connections_ls(
     if watch is None:
         stdout.print(connections_table(_fetch(client, redis_url, key_prefix, user, room, instance), time.time()))
         return
-    try:
-        with Live(console=stdout, auto_refresh=False) as live:
-            while True:
-                conns = _fetch(client, redis_url, key_prefix, user, room, instance)
-                live.update(connections_table(conns, time.time()), refresh=True)
-                time.sleep(watch)
-    except KeyboardInterrupt:
-        pass
+    with Live(console=stdout, auto_refresh=False) as live:
+        while True:
+            conns = _fetch(client, redis_url, key_prefix, user, room, instance)
+            live.update(connections_table(conns, time.time()), refresh=True)
+            time.sleep(watch)
+
+
+def instances_table(rows: list[dict[str, Any]], now: float) -> Table:
+    alive = sum(1 for r in rows if r.get("alive"))
+    table = Table(title=f"{len(rows)} instance{'s' if len(rows) != 1 else ''}, {alive} alive", title_justify="left")
+    table.add_column("instance", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    for col in ("connections", "started", "last heartbeat"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in rows:
+        # an instance whose heartbeat expired is known by its name only (until the survivors reap it)
+        table.add_row(escape(str(r["instance"])), "[green]alive[/]" if r.get("alive") else "[red]gone[/]",
+                      str(r["connections"]) if "connections" in r else "-",
+                      _ago(r["started"], now) if "started" in r else "-",
+                      _ago(r["beat"], now) if "beat" in r else "-")
+    return table
+
+
+def instances(
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """List the cluster's instances: alive or gone, connections held, started, last heartbeat.
+
+    An instance whose heartbeat expired shows as gone until a survivor has turned its
+    connections into drops.
+    """
+    from .settings import settings_from
+
+    rows: list[dict[str, Any]] = AdminClient(settings_from(config), url, token).get("/admin/instances")["instances"]
+    if as_json:
+        print_json({"instances": rows})
+    else:
+        stdout.print(instances_table(rows, time.time()))
 
 
 def kick(
@@ -228,8 +320,7 @@ def simulate_drop(
     if as_json:
         print_json(result)
     else:
-        stdout.print(f"dropped {outcome['count']} connection(s) of [bold]{user}[/] on "
-                     f"{', '.join(f'{k} ({v})' for k, v in outcome['instances'].items())}")
+        stdout.print(f"dropped {outcome['count']} connection(s) of [bold]{user}[/]: {_per_instance(outcome)}")
         if back:
             stdout.print(f"came back after {result['after_s']:.2f}s on {back['instance_id']}; "
                          f"session {'resumed' if result['resumed'] else 'not resumed (fresh session)'}")
@@ -239,12 +330,16 @@ def simulate_drop(
         fail(1, f"instances did not confirm: {', '.join(outcome['unconfirmed'])}", "check `gamectl connections ls`")
 
 
+def _per_instance(outcome: dict[str, Any]) -> str:
+    """``2 on gw-a, 1 on gw-b``: how many of the connections each instance held."""
+    return ", ".join(f"{count} on {iid}" for iid, count in outcome["instances"].items())
+
+
 def _report(outcome: dict[str, Any], as_json: bool, verb: str) -> None:
     if as_json:
         print_json(outcome)
     elif outcome["count"]:
-        where = ", ".join(f"{k} ({v})" for k, v in outcome["instances"].items())
-        stdout.print(f"{verb} {outcome['count']} connection(s) of [bold]{outcome['user']}[/] on {where}")
+        stdout.print(f"{verb} {outcome['count']} connection(s) of [bold]{outcome['user']}[/]: {_per_instance(outcome)}")
     if outcome.get("ended"):
         stdout.print(f"ended {outcome['ended']} session(s) of [bold]{outcome['user']}[/] waiting in grace")
     if outcome["count"] == 0 and not outcome.get("ended"):

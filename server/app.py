@@ -182,6 +182,8 @@ def create_app(
     gateway.bus = bus
     gateway.cluster = cluster
     sio.register_namespace(gateway)
+    if isinstance(sio.eio, ConformantServer):
+        sio.eio.on_pong = gateway.on_pong
     sio.register_namespace(OtherNamespaces(guards))
 
     async def connected(sid: str, namespace: str) -> None:

@@ -520,9 +520,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
                 budget.limited = False
             if handler is None:
                 raise ActionError(AckCode.BAD_REQUEST, f"unknown event {event!r}")
-            if now - conn.touched >= TOUCH_EVERY_S:
-                conn.touched = now
-                await self.registry.touch(sid, now)
+            await self._touch(conn, now)
             ack = await handler(conn, data)
             result = "ok"
         except ActionError as exc:
@@ -539,6 +537,20 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         self.metrics.ack(label, result).inc()
         timed.observe(time.perf_counter() - started)
         return ack
+
+    async def _touch(self, conn: Conn, now: float) -> None:
+        """``last seen``, at most once per TOUCH_EVERY_S per connection (the Redis registry
+        batches these into one write per heartbeat of the instance)."""
+        if now - conn.touched >= TOUCH_EVERY_S:
+            conn.touched = now
+            await self.registry.touch(conn.sid, now)
+
+    async def on_pong(self, eio_sid: str) -> None:
+        """A client answered the Engine.IO ping: an idle player is still there."""
+        sid = self.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
+        conn = self.conns.get(sid) if sid is not None else None
+        if conn is not None and conn.closing is None:
+            await self._touch(conn, self.clock())
 
     def _rate_limited(self, conn: Conn, budget: Budget, now: float) -> NoReturn:
         """Refuse an event over the user's rate; close the connection if that goes on (4029)."""

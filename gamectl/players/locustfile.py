@@ -83,6 +83,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import CSV_STATS_INTERVAL_SEC, calculate_response_time_percentile
 
 from gamegw.gamectl.players.sioclient import Closed, GameSocket, Refused
+from gamegw.gamectl.procstat import cpu_ms, rss_kb
 
 SCENARIOS = ("steady", "churn", "storm", "idle")
 REQUEST_TYPE = "sio"
@@ -520,14 +521,40 @@ def _code(ack: Any) -> str:
 
 # -- live progress for gamectl (master or standalone process only) ------------------------------
 
+def _at_most(percentile: float | None, most: float) -> float | None:
+    """Locust reads percentiles off its rounded buckets (21.6 ms counts as 22, 995 ms as 1000,
+    see ``locust.stats``), while the max is exact: a percentile is never above the max."""
+    return None if percentile is None else min(percentile, most)
+
+
+class Rates:
+    """Requests per second per name, from the counts of the last ``RATE_WINDOW_S`` seconds.
+
+    Locust's ``current_rps`` leaves out the last two seconds and, on a master, the seconds its
+    workers have not reported yet: for the first seconds of play it said 0 moves/s."""
+
+    RATE_WINDOW_S = 2.0
+
+    def __init__(self) -> None:
+        self.history: list[tuple[float, dict[str, int]]] = []
+
+    def update(self, now: float, counts: dict[str, int]) -> dict[str, float]:
+        self.history.append((now, counts))
+        while len(self.history) > 2 and now - self.history[1][0] >= self.RATE_WINDOW_S:
+            self.history.pop(0)
+        then, before = self.history[0]
+        if now - then <= 0:
+            return {name: 0.0 for name in counts}
+        return {name: round(max(0, n - before.get(name, 0)) / (now - then), 1) for name, n in counts.items()}
+
+
 def _entry(stats: Any, name: str) -> dict[str, Any]:
     entry = stats.entries.get((name, REQUEST_TYPE))
     if entry is None or not entry.num_requests:
         return {"count": 0, "failures": 0, "rps": 0.0, "p50": None, "p99": None}
-    return {
+    return {  # rps: see Rates
         "count": entry.num_requests,
         "failures": entry.num_failures,
-        "rps": round(entry.current_rps, 1),
         "p50": entry.get_current_response_time_percentile(0.5),
         "p99": entry.get_current_response_time_percentile(0.99),
     }
@@ -615,6 +642,7 @@ def _progress_loop(environment: Environment, path: str) -> None:
     windows = _windows = Windows(environment, float(getattr(opts, "window_s", 60.0) or 60.0),
                                  float(getattr(opts, "window_origin", 0.0) or 0.0),
                                  float(getattr(opts, "drop_at", 0.0) or 0.0))
+    rates = Rates()
     with open(path, "ab", buffering=0) as out:
         next_line = time.monotonic()
         while True:
@@ -629,21 +657,48 @@ def _progress_loop(environment: Environment, path: str) -> None:
                 next_line = max(next_line + 1.0, time.monotonic() - 1.0)
             runner = environment.runner
             stats = environment.stats
-            line = {
-                "t": time.time(),
+            now = time.time()
+            names = {name: _entry(stats, name) for name in ("connect", "join", "move", "broadcast", "resume",
+                                                            "replayed", "leave", "lost", "drop", "recovery", "silent")}
+            rps = rates.update(now, {name: e["count"] for name, e in names.items()})
+            for name, entry in names.items():
+                entry["rps"] = rps[name]
+            line: dict[str, Any] = {
+                "t": now,
                 "state": runner.state if runner else "",
                 "users": runner.user_count if runner else 0,
                 "workers": len(runner.clients.ready + runner.clients.running + runner.clients.spawning)
                 if isinstance(runner, MasterRunner) else None,
                 "requests": stats.total.num_requests,
                 "failures": stats.total.num_failures,
-                "names": {name: _entry(stats, name) for name in
-                          ("connect", "join", "move", "broadcast", "resume", "replayed", "leave", "lost",
-                           "drop", "recovery", "silent")},
+                "names": names,
             }
             if window is not None:
                 line["minute"] = window
             out.write(orjson.dumps(line) + b"\n")
+
+
+@events.test_start.add_listener
+def _baseline(environment: Environment, **_: Any) -> None:
+    """This process's CPU time and RSS before its first player (every process: the master or
+    standalone one, and each worker when its spawning begins), for ``gamectl loadtest``'s figures
+    per player. Read from outside, once the progress shows the test running, the baseline already
+    held the players spawned meanwhile: with a fast spawn, RSS per player came out near 0."""
+    folder = os.environ.get("GAMEGW_LT_BASELINE_DIR", "")
+    if not folder:
+        return
+    pid = os.getpid()
+    path = Path(folder) / f"baseline-{pid}.json"
+    if path.exists():  # once per run
+        return
+    # what the first player would import (its token's signing code, the settings): part of the
+    # process, not of its players
+    import gamegw.server.auth.tokens
+    import gamegw.server.config  # noqa: F401
+
+    scratch = path.with_suffix(".tmp")
+    scratch.write_bytes(orjson.dumps({"pid": pid, "cpu_ms": cpu_ms([pid]), "rss_kb": rss_kb([pid])}))
+    scratch.replace(path)
 
 
 @events.test_start.add_listener
@@ -674,15 +729,14 @@ def _final_stats(environment: Environment, **_: Any) -> None:
     for (name, method), entry in stats.entries.items():
         if method != REQUEST_TYPE:
             continue
+        most = round(entry.max_response_time or 0, 1)
         names[name] = {
             "count": entry.num_requests,
             "failures": entry.num_failures,
             "rps": round(entry.total_rps, 2),
             "avg": round(entry.avg_response_time, 1),
-            "p50": entry.get_response_time_percentile(0.5),
-            "p90": entry.get_response_time_percentile(0.9),
-            "p99": entry.get_response_time_percentile(0.99),
-            "max": round(entry.max_response_time or 0, 1),
+            **{f"p{round(q * 100)}": _at_most(entry.get_response_time_percentile(q), most) for q in (0.5, 0.9, 0.99)},
+            "max": most,
         }
     errors: list[dict[str, Any]] = [{"name": e.name, "error": str(e.error), "occurrences": e.occurrences}
               for e in stats.errors.values()]

@@ -12,8 +12,10 @@ they match can still be accepted, and no longer:
 
 ``iat`` has one-second resolution: a token minted in the cut-off's second, after it, carries an
 ``iat`` below the cut-off and counts as issued before it. A user's revocation therefore returns
-only once the clock has reached the next whole second (:func:`settle_s`, under a second): a token
-minted after it returned is accepted at once, and one minted before the cut-off never is.
+only once the clock has reached the next whole second (:func:`settle`, under a second): a token
+minted after it returned is accepted at once, and one minted before the cut-off never is. The
+clock is read again after each sleep: a timer may fire before the clock gets there (uvloop's
+timers, which ``gamectl serve`` runs on, count whole milliseconds and round).
 
 A token without ``iat`` cannot be dated: a user's revocation refuses every such token of the
 user while its record lasts, which covers all of them that could be accepted when it was made.
@@ -21,6 +23,7 @@ user while its record lasts, which covers all of them that could be accepted whe
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable
@@ -58,6 +61,17 @@ def settle_s(cut_off: float, now: float) -> float:
     """How long a revocation at ``cut_off`` waits, at ``now``, before it returns: until the next
     whole second, from which on a newly minted token's ``iat`` is not below the cut-off."""
     return min(1.0, max(0.0, math.ceil(cut_off) - now))
+
+
+async def settle(cut_off: float, clock: Callable[[], float]) -> None:
+    """Return once ``clock`` has reached the whole second after ``cut_off`` (see the module
+    docstring), however early the event loop's timer fires; a second and a half at most."""
+    deadline = time.monotonic() + 1.5  # a clock that stands still must not hold the revoke
+    for _ in range(8):
+        wait = settle_s(cut_off, clock())
+        if wait <= 0 or time.monotonic() >= deadline:
+            return
+        await asyncio.sleep(wait + 0.0005)
 
 
 class MemoryRevocations:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from redis.asyncio import Redis
 
-from ..auth.revocation import settle_s
+from ..auth.revocation import settle
 from ..logs import log, stop_task
 from ..protocol import codes
 from ..protocol.codes import Disconnect, LeftReason
@@ -67,7 +67,7 @@ class LocalCluster:
         await self._gateway.revocations.revoke(user_id, jti, cut_off, exp)
         outcome = self._here(user_id, await self._gateway.revoke_local(user_id))
         if jti is None:
-            await asyncio.sleep(settle_s(cut_off, self._clock()))
+            await settle(cut_off, self._clock)
         return outcome
 
     async def drop(self, user_id: str, block_s: float) -> Outcome:
@@ -133,7 +133,7 @@ class RedisCluster:
         await self._gateway.revocations.revoke(user_id, jti, cut_off, exp)
         outcome = await self._fan_out(user_id, {"op": "revoke", "user": user_id})
         if jti is None:
-            await asyncio.sleep(settle_s(cut_off, self._clock()))
+            await settle(cut_off, self._clock)
         return outcome
 
     async def drop(self, user_id: str, block_s: float) -> Outcome:

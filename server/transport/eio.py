@@ -29,6 +29,7 @@ mirrors python-engineio's own, with a socket class that can be chosen (``socket_
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import engineio
@@ -75,7 +76,9 @@ class ConformantSocket(async_socket.AsyncSocket):  # type: ignore[misc]
 
     async def receive(self, pkt: Any) -> None:
         await super().receive(pkt)
-        if pkt.packet_type == packet.CLOSE:
+        if pkt.packet_type == packet.PONG and self.server.on_pong is not None:
+            await self.server.on_pong(self.sid)
+        elif pkt.packet_type == packet.CLOSE:
             # The transport ends now, as with Node's engine.io, not after ping interval + timeout
             # (python-engineio's): a pending long-polling GET gets a NOOP, a websocket's writer ends
             # and closes it.
@@ -120,6 +123,8 @@ async def _close_at_once(ws: Any) -> None:
 
 class ConformantServer(engineio.AsyncServer):  # type: ignore[misc]
     socket_class: type[ConformantSocket] = ConformantSocket
+    # (eio_sid) a client answered a ping: the one sign of life an idle client gives
+    on_pong: Callable[[str], Awaitable[None]] | None = None
 
     def attach(self, app: Any, engineio_path: str = "engine.io") -> None:
         super().attach(app, engineio_path)

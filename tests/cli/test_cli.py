@@ -294,3 +294,27 @@ def test_serve_dev_profile_end_to_end(
     assert code == 0, stderr
     assert "Traceback" not in stderr, stderr
     assert "Error" not in stderr.replace("error=", ""), stderr
+
+
+@pytest.mark.parametrize("command", [[], ["serve"], ["token"], ["connections"], ["connections", "ls"], ["instances"],
+                                     ["kick"], ["simulate-drop"], ["revoke"], ["loadtest"]])
+def test_help_shows_flags_bare_and_arguments_in_capitals(env: dict[str, str], command: list[str]) -> None:
+    result = gamectl(env, *command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "<bool>" not in result.stdout and "{" not in result.stdout.split("Usage:")[1].splitlines()[0]
+    flags = [line.split()[1:3] for line in result.stdout.splitlines() if line.startswith("│ --help")]
+    assert flags == [["--help", "Show"]]
+
+
+@pytest.mark.parametrize(("command", "usage"), [(["kick"], "gamectl kick [OPTIONS] USER"),
+                                                (["token"], "gamectl token [OPTIONS] USER"),
+                                                (["revoke"], "gamectl revoke [OPTIONS] USER"),
+                                                (["connections"], "gamectl connections [OPTIONS] COMMAND [ARGS]...")])
+def test_usage_lines_name_arguments_in_capitals(env: dict[str, str], command: list[str], usage: str) -> None:
+    result = gamectl(env, *command, "--help")
+    assert f"Usage: {usage}" in result.stdout, result.stdout
+    json_lines = [line.split()[1:3] for line in result.stdout.splitlines() if line.startswith("│ --json")]
+    assert json_lines in ([], [["--json", "Print"]]), json_lines
+    if command != ["connections"]:
+        missing = gamectl(env, *command)
+        assert missing.returncode == 2 and "Missing argument 'USER'" in missing.stderr, missing.stderr

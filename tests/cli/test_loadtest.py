@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -42,14 +43,35 @@ async def loadtest(url: str, *args: str, **env: str) -> tuple[int, dict[str, Any
     return code, report, err
 
 
+def read_baselines(run_parent: Path) -> list[dict[str, Any]]:
+    """What each Locust process read of itself just before its first player."""
+    return [json.loads(f.read_text()) for f in run_parent.glob("gamegw-loadtest-*/baseline-*.json")]
+
+
+def check_progress_rates(run_parent: Path, *, players: int, moves_per_s: float) -> None:
+    """moves/s in the progress lines is never 0 while moves are being counted, and near the
+    offered rate once every player has played for a while."""
+    [progress] = run_parent.glob("gamegw-loadtest-*/progress.jsonl")
+    lines = [json.loads(raw) for raw in progress.read_text().splitlines()]
+    lines = [line for line in lines if "final" not in line]
+    first_move = next(line["t"] for line in lines if line["names"]["move"]["count"])
+    for prev, line in itertools.pairwise(lines):
+        move = line["names"]["move"]
+        if move["count"] > prev["names"]["move"]["count"]:
+            assert move["rps"] > 0, (line["t"] - first_move, move)
+        if line["state"] == "running" and line["t"] - first_move >= 2.5:
+            assert 0.3 * players * moves_per_s <= move["rps"] <= 1.7 * players * moves_per_s, move
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 async def test_counts_match_the_gateway_and_the_csv(gateway_factory, tmp_path: Path, workers: int) -> None:
     gw = await gateway_factory()
     before = await metrics(gw.url)
     prefix = tmp_path / "run"
-    code, report, err = await loadtest(gw.url, "-u", "24", "-r", "24", "-t", "4s", "--room-size", "6",
+    code, report, err = await loadtest(gw.url, "-u", "24", "-r", "240", "-t", "4s", "--room-size", "6",
                                        "--move-rate", "2", "--workers", str(workers),
-                                       "--metrics-url", gw.url + "/metrics", "--csv", str(prefix))
+                                       "--metrics-url", gw.url + "/metrics", "--csv", str(prefix),
+                                       TMPDIR=str(tmp_path))  # where gamectl keeps the run's files
     after = await metrics(gw.url)
     assert code == 0, err
     assert report["ok"] and report["violations"] == []
@@ -73,9 +95,24 @@ async def test_counts_match_the_gateway_and_the_csv(gateway_factory, tmp_path: P
     assert (server["connects"], server["moves"], server["deliveries"]) == (24, moves, deliveries)
     assert server["peak_connections"] == 24
     assert server["refusals"] == {} and server["error_acks"] == {}
-    assert server["cpu_s_per_1k_deliveries"] > 0
+    # CPU per 1k deliveries in ms, as the README and bench_capacity.py speak of it
+    assert "cpu_s_per_1k_deliveries" not in server
+    assert server["cpu_ms_per_1k_deliveries"] == pytest.approx(server["cpu_s"] * 1e6 / deliveries,
+                                                               abs=0.005 * 1e6 / deliveries + 0.01)
     assert report["loadgen"]["processes"] == workers + 1
     assert report["loadgen"]["cpu_us_per_s_per_player"] > 0
+    # A player (its greenlet, socket and buffers) costs tens of KB. Read against a baseline taken
+    # once the progress showed the test running, this said ~0 (the players, all spawned in the
+    # first 0.1 s, were in the baseline) or hundreds (the first player's one-off imports, ~9 MB,
+    # counted as the players' memory), depending on when that reading fell.
+    assert 8 <= report["loadgen"]["rss_kb_per_player"] <= 200, report["loadgen"]
+    # ... so each process reads itself just before its first player, and the summary counts from that
+    baselines = read_baselines(tmp_path)
+    assert len(baselines) == workers + 1
+    assert report["loadgen"]["rss_kb_before_players"] == sum(b["rss_kb"] for b in baselines)
+    for name, e in req.items():  # Locust's percentiles come off rounded buckets; the max is exact
+        assert e["p50"] <= e["p90"] <= e["p99"] <= e["max"], (name, e)
+    check_progress_rates(tmp_path, players=24, moves_per_s=2)
 
     lines = Path(f"{prefix}_stats.csv").read_text().splitlines()  # noqa: ASYNC240 (a small local file)
     rows = {(r["Type"], r["Name"]): r for r in csv.DictReader(lines)}

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pty
+import signal
 import time
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import typer
 
 from gamegw.gamectl.admin import AdminClient
 from gamegw.server.config import load_settings
-from tests.cli.run import gamectl
+from tests.cli.run import GAMECTL, gamectl
 from tests.conftest import TEST_SECRET, eventually, refusal
 
 
@@ -152,3 +155,80 @@ def test_the_default_url_is_the_admin_listener():
     with pytest.raises(typer.Exit) as exited:  # a port chosen at start cannot be guessed
         AdminClient(load_settings(env, None, {"admin_port": 0}), None, "t")
     assert exited.value.exit_code == 1
+
+
+async def test_instances_lists_the_cluster(cluster_factory, players):
+    a_gw, b_gw = await cluster_factory(2)
+    await players(b_gw.url, b_gw.token("bob"))
+    await asyncio.sleep(0.3)  # a heartbeat (every 0.2 s here) carries the count
+    code, out, err = await gamectl("instances", "--json", "--url", a_gw.url)
+    assert code == 0, err
+    rows = json.loads(out)["instances"]
+    assert [(r["instance"], r["alive"], r["connections"]) for r in rows] == [("inst-1", True, 0), ("inst-2", True, 1)]
+    assert all(r["beat"] >= r["started"] for r in rows)
+    code, out, err = await gamectl("instances", "--url", b_gw.url)
+    assert code == 0, err
+    assert "2 instances, 2 alive" in out
+    lines = {line.split()[1]: line.split()[1:-1] for line in out.splitlines() if "inst-" in line}
+    assert lines["inst-1"][:3] == ["inst-1", "│", "alive"] and lines["inst-2"][:5] == ["inst-2", "│", "alive", "│", "1"]
+
+
+async def test_connections_ls_at_80_columns_keeps_users_and_sids_whole(cluster_factory, players):
+    a_gw, b_gw = await cluster_factory(2)
+    alice = await players(a_gw.url, a_gw.token("alice"))
+    builder = await players(b_gw.url, b_gw.token("bob-the-builder"))
+    await builder.call("join", {"room": "lobby"})
+    await builder.call("join", {"room": "arena-7"})
+    sids = {alice.client.get_sid("/game"), builder.client.get_sid("/game")}
+    code, out, err = await gamectl("connections", "ls", "--url", a_gw.url, COLUMNS="80")
+    assert code == 0, err
+    assert max(len(line) for line in out.splitlines()) <= 80, out
+    words = out.split()
+    assert {"alice", "bob-the-builder", "inst-1", "inst-2", "arena-7,", "lobby", "connected"} <= set(words), out
+    assert sids <= set(words), out  # whole, each on its line under its user
+    assert words.count("127.0.0.1") == 2 and "2 connections" in out and "…" not in out
+    for user, sid in (("alice", alice.client.get_sid("/game")), ("bob-the-builder", builder.client.get_sid("/game"))):
+        assert out.splitlines()[[line.split()[:1] for line in out.splitlines()].index([user]) + 1].split()[0] == sid
+    # wide enough, one line per connection as before
+    code, out, err = await gamectl("connections", "ls", "--url", a_gw.url, COLUMNS="200")
+    assert code == 0, err
+    assert next(line for line in out.splitlines() if "alice" in line).split("│")[2].strip() in sids
+
+
+async def test_kick_says_how_many_connections_each_instance_held(cluster_factory, players):
+    a_gw, b_gw = await cluster_factory(2, max_connections_per_user=3)
+    for gw in (a_gw, b_gw, b_gw):
+        await players(gw.url, gw.token("bob"))
+    code, out, err = await gamectl("kick", "bob", "--url", a_gw.url)
+    assert code == 0, err
+    assert out.strip() == "kicked 3 connection(s) of bob: 1 on inst-1, 2 on inst-2"
+
+
+async def test_ctrl_c_ends_a_watch_with_130_and_no_traceback(cluster_factory, players):
+    [gw] = await cluster_factory(1)
+    await players(gw.url, gw.token("alice"))
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GAMEGW_")}
+    environ.update({"GAMEGW_JWT_SECRET": TEST_SECRET, "COLUMNS": "200"})
+    terminal, tty = pty.openpty()  # on a terminal, as an operator runs it: the table is drawn live
+    proc = await asyncio.create_subprocess_exec(GAMECTL, "connections", "ls", "--watch", "0.2", "--url", gw.url,
+                                                env=environ, stdout=tty, stderr=asyncio.subprocess.PIPE)
+    os.close(tty)
+    try:
+        seen = b""
+        while b"alice" not in seen:  # it is watching
+            seen += await asyncio.wait_for(asyncio.to_thread(os.read, terminal, 4096), 10)
+        await asyncio.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 10)
+    finally:
+        os.close(terminal)
+    assert proc.returncode == 130
+    assert err.decode() == ""  # no traceback, no "Aborted!"
+
+
+async def test_a_long_command_signs_fresh_admin_tokens(gateway_factory):
+    gw = await gateway_factory()
+    client = AdminClient(gw.settings, gw.url, None, token_ttl_s=1)
+    first = await asyncio.to_thread(client.get, "/admin/connections")
+    await asyncio.sleep(2.1)  # the first token has expired (no leeway here)
+    assert await asyncio.to_thread(client.get, "/admin/connections") == first == {"connections": []}

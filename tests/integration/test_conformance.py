@@ -260,8 +260,9 @@ async def test_reference_app_on_the_conformant_engineio_server(
     url = await reference_app(_OnConformantEngineio)
     engine = await run_suite("engine.io", url, conformance_cache)
     sock = await run_suite("socket.io", url, conformance_cache)
-    report_line(request.config, f"engine.io suite, python-socketio on transport/eio.py: {engine.figure}")
-    report_line(request.config, f"socket.io suite, python-socketio on transport/eio.py (reference app): {sock.figure}")
+    report_line(request.config, f"engine.io suite, python-socketio on server/transport/eio.py: {engine.figure}")
+    report_line(request.config,
+                f"socket.io suite, python-socketio on server/transport/eio.py (reference app): {sock.figure}")
     assert engine.failing == ENGINEIO_ECHO, explain(engine, ENGINEIO_ECHO)
     assert engine.passed == ENGINEIO_TOTAL - len(ENGINEIO_ECHO), explain(engine, ENGINEIO_ECHO)
     unknown_namespace = "Socket.IO protocol > connect > should disallow connection to an unknown namespace"
