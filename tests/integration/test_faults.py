@@ -308,3 +308,39 @@ async def test_pubsub_connections_killed_under_load(process_factory, players, ow
     check_registry(await registry(a.url), {s.user for s in table.seats}, {"connected"})
     print(f"\nCLIENT KILL TYPE pubsub: listeners back and proven in {back_s:.2f} s, {gaps} gaps filled from "
           f"the logs, {figures}")
+
+
+async def test_redis_back_empty_keeps_the_seq_a_listener_was_delivered(process_factory, players, own_redis) -> None:
+    """Commit 8c67039's recovery floor: an instance whose players only listened in a room (the
+    moves came from another instance's players, who have since left) puts the room's ``seq``
+    back at least at the last seq its bus delivered. Otherwise a Redis that comes back empty
+    restarts the room at 1 and the listener sees seq 1 twice, for two different moves. (Kills
+    the mutant ``Bus.delivered() -> {}``: the seats' own acks are the only other floor.)"""
+    env = {"GAMEGW_REDIS_URL": own_redis.url, "GAMEGW_REDIS_TIMEOUT_S": "0.5", "GAMEGW_GRACE_S": "30"}
+    a = await process_factory("inst-a", **env)
+    b = await process_factory("inst-b", **env)
+    mover = await players(a.url, token("mover"))
+    listener = await players(b.url, token("listener"))
+    assert (await listener.call("join", {"room": "r"}))["seq"] == 0
+    await mover.call("join", {"room": "r"})
+    for i in range(5):
+        assert (await mover.call("move", {"room": "r", "action": {"i": i}}))["seq"] == i + 1
+    await listener.wait_for("move", 5)
+    assert (await mover.call("leave", {"room": "r"}))["ok"] is True
+
+    own_redis.stop()
+    wipe(own_redis)
+    own_redis.start()
+    await eventually(lambda: _ready(a.url, b.url), timeout=15)
+
+    acks: list[dict[str, Any]] = []
+
+    async def moved() -> bool:
+        acks.append(await listener.call("move", {"room": "r", "action": {"after": True}}))
+        return bool(acks[-1].get("ok"))
+
+    await eventually(moved, timeout=10)  # the first move after the outage may find recovery under way
+    assert acks[-1] == {"ok": True, "seq": 6}, acks
+    [*_, last] = await listener.wait_for("move", 6)
+    assert [m["seq"] for m in listener.events["move"]] == [1, 2, 3, 4, 5, 6]
+    assert last["action"] == {"after": True}
