@@ -344,3 +344,34 @@ async def test_redis_back_empty_keeps_the_seq_a_listener_was_delivered(process_f
     [*_, last] = await listener.wait_for("move", 6)
     assert [m["seq"] for m in listener.events["move"]] == [1, 2, 3, 4, 5, 6]
     assert last["action"] == {"after": True}
+
+
+async def test_an_instance_late_back_from_an_outage_is_not_reaped(process_factory, players, own_redis) -> None:
+    """After a Redis outage every heartbeat key has expired. An instance that is slow to beat
+    again (here: stopped while Redis comes back) is given one ``heartbeat_ttl_s`` from when a
+    survivor first sees it missing, so its live players do not become drops (commit f31e9e2).
+    Kills the mutant that reaps as soon as the heartbeat is seen missing."""
+    env = {"GAMEGW_REDIS_URL": own_redis.url, "GAMEGW_REDIS_TIMEOUT_S": "0.5", "GAMEGW_GRACE_S": "30",
+           "GAMEGW_HEARTBEAT_INTERVAL_S": "0.2", "GAMEGW_HEARTBEAT_TTL_S": "3"}
+    a = await process_factory("inst-a", **env)
+    b = await process_factory("inst-b", **env)
+    on_a = await players(a.url, token("on-a"))
+    on_b = await players(b.url, token("on-b"))
+    for player in (on_a, on_b):
+        assert (await player.call("join", {"room": "r"}))["ok"] is True
+
+    own_redis.stop()  # its data is kept, but every heartbeat key expires while it is down
+    await asyncio.sleep(3.5)
+    a.kill(signal.SIGSTOP)
+    try:
+        own_redis.start()
+        await eventually(lambda: _ready(b.url), timeout=15)
+        await asyncio.sleep(0.5)  # b's reaper sees a missing: the mutant reaps it now
+    finally:
+        a.kill(signal.SIGCONT)
+    await eventually(lambda: _ready(a.url, b.url), timeout=15)
+    await asyncio.sleep(3.5)  # past a's bound, had it never come back
+
+    check_registry(await registry(b.url), {"on-a", "on-b"}, {"connected"})
+    assert on_b.events["player_disconnected"] == []
+    assert (await on_a.call("move", {"room": "r", "action": {}}))["ok"] is True
