@@ -26,6 +26,7 @@ from .auth.revocation import Revocations
 from .auth.tokens import Claims, Verifier
 from .config import Settings
 from .conn import Conn
+from .dashboard.feed import Feed
 from .guard.guards import Guards, address_of
 from .guard.limits import Budget, Limit, UserBudgets
 from .logs import log, stop_task
@@ -115,6 +116,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         # wired by create_app once they exist (they need the gateway too)
         self.bus: Bus
         self.cluster: Cluster
+        self.feed = Feed()  # inert until create_app gives the dashboard's feed
         self._handlers: dict[str, Callable[[Conn, Any], Awaitable[Ack]]] = {
             name: getattr(self, f"_{name}") for name in self.EVENTS}
 
@@ -646,6 +648,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
                                       int(self.clock() * 1000))
         await self.bus.publish_move(msg.room, event)
         self.metrics.moves.inc()
+        self.feed.move(msg.room, event.seq)
         return {"ok": True, "seq": event.seq}
 
     async def _sync(self, conn: Conn, data: Any) -> Ack:
