@@ -26,7 +26,6 @@ from .auth.revocation import Revocations
 from .auth.tokens import Claims, Verifier
 from .config import Settings
 from .conn import Conn
-from .dashboard.feed import Feed
 from .guard.guards import Guards, address_of
 from .guard.limits import Budget, Limit, UserBudgets
 from .logs import log, stop_task
@@ -50,6 +49,10 @@ TOUCH_EVERY_S = 1.0
 
 logger = logging.getLogger("gamegw.gateway")
 Ack = dict[str, Any]
+
+
+def _ignore_move(room: str, seq: int) -> None:
+    return None
 
 
 def token_from(auth: Any, environ: Mapping[str, Any]) -> str:
@@ -116,7 +119,8 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         # wired by create_app once they exist (they need the gateway too)
         self.bus: Bus
         self.cluster: Cluster
-        self.feed = Feed()  # inert until create_app gives the dashboard's feed
+        # each accepted move, (room, seq): the dashboard's feed counts them while a page is open
+        self.on_move: Callable[[str, int], None] = _ignore_move
         self._handlers: dict[str, Callable[[Conn, Any], Awaitable[Ack]]] = {
             name: getattr(self, f"_{name}") for name in self.EVENTS}
 
@@ -648,7 +652,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
                                       int(self.clock() * 1000))
         await self.bus.publish_move(msg.room, event)
         self.metrics.moves.inc()
-        self.feed.move(msg.room, event.seq)
+        self.on_move(msg.room, event.seq)
         return {"ok": True, "seq": event.seq}
 
     async def _sync(self, conn: Conn, data: Any) -> Ack:

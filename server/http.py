@@ -37,7 +37,6 @@ from .auth.revocation import Revocations
 from .auth.tokens import Claims, Verifier
 from .cluster.api import Cluster
 from .cluster.bus import Bus
-from .dashboard.feed import Feed
 from .logs import Throttle, log
 from .metrics import Metrics
 from .protocol import codes
@@ -82,7 +81,8 @@ def metrics_routes(*, metrics: Metrics) -> list[web.RouteDef]:
 
 
 def admin_routes(*, verifier: Verifier, revocations: Revocations, registry: Registry,
-                 cluster: Cluster, feed: Feed | None = None) -> list[web.RouteDef]:
+                 cluster: Cluster, on_revoke: Callable[[str], None] | None = None) -> list[web.RouteDef]:
+    """``on_revoke(user)`` hears of each revocation once it holds (open dashboards re-check their tokens)."""
     throttle = Throttle()
 
     def admin(handler: Callable[[web.Request, Claims], Awaitable[Any]]) -> Handler:
@@ -137,8 +137,8 @@ def admin_routes(*, verifier: Verifier, revocations: Revocations, registry: Regi
                                 or not math.isfinite(exp) or exp < 0):
             raise AdminError(400, "bad_request", "exp (with jti only) must be the token's exp in epoch seconds")
         outcome = await cluster.revoke(user, jti, None if exp is None else float(exp))
-        if feed is not None:  # open dashboards check their tokens now, not at their next round
-            feed.publish({"t": "revoked", "user": user})
+        if on_revoke is not None:
+            on_revoke(user)
         log(logger, "admin_revoke", by=claims.user_id, user=user, jti=jti or "", exp=exp or "", count=outcome.count)
         return outcome.to_dict()
 

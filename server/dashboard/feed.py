@@ -85,8 +85,8 @@ class Subscription:
 
 
 class Feed:
-    """The feed of one instance. This base never watches (nobody can subscribe): what a gateway
-    has before ``create_app`` gives it a real one."""
+    """The feed of one instance: collects while ``watching`` and sends a batch per ``flush_s``.
+    This base never watches (nobody can subscribe); :class:`LocalFeed` and :class:`RedisFeed` do."""
 
     def __init__(self, instance_id: str = "", stats: Stats | None = None, *, flush_s: float = 0.25,
                  tick_s: float = 1.0, clock: Callable[[], float] = time.time) -> None:
@@ -122,6 +122,10 @@ class Feed:
     def seen(self, sid: str, at: float) -> None:
         if self.watching:
             self._seen[sid] = at
+
+    def revoked(self, user_id: str) -> None:
+        """Open streams re-check their tokens now, not at their next round."""
+        self.publish({"t": "revoked", "user": user_id})
 
     # -- streams -------------------------------------------------------------------------
 
