@@ -248,3 +248,16 @@ async def test_the_page_is_served_on_the_admin_listener(gateway_factory) -> None
         for path in ("/admin/ui", "/admin/live"):  # not on the players' port
             async with http.get(gw.url + path) as resp:
                 assert resp.status == 404, path
+
+
+async def test_an_open_stream_does_not_hold_up_a_stop(cluster_factory) -> None:
+    [gw] = await cluster_factory(1)
+    async with live(gw.url, gw.token("ops", role="admin")) as stream:
+        assert (await stream.event())[0] == "snapshot"
+        started = time.monotonic()
+        closing = asyncio.create_task(gw.aclose())
+        while (name := (await stream.event())[0]) == "delta":
+            pass
+        assert name == "resync"  # the page opens it again, on another instance
+        await closing
+        assert time.monotonic() - started < 1.0  # not the runner's shutdown_timeout
