@@ -134,7 +134,7 @@ def token(
 
 
 def _register() -> None:
-    from . import loadtest, ops
+    from . import dashboard, loadtest, ops
 
     app.add_typer(ops.connections_app, name="connections")
     app.command("instances")(ops.instances)
@@ -142,6 +142,7 @@ def _register() -> None:
     app.command("simulate-drop")(ops.simulate_drop)
     app.command("revoke")(ops.revoke)
     app.command("loadtest")(loadtest.loadtest)
+    app.command("dashboard")(dashboard.dashboard)
 
 
 _register()

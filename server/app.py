@@ -27,12 +27,15 @@ from .cluster.api import Cluster
 from .cluster.bus import Bus, LocalBus, RedisBus
 from .cluster.control import LocalCluster, RedisCluster
 from .config import Settings
+from .dashboard.feed import Feed, LocalFeed, RedisFeed
+from .dashboard.routes import dashboard_routes
+from .dashboard.watch import WatchedRegistry
 from .gateway import NAMESPACE, Gateway
 from .guard.guards import Guards, OtherNamespaces, origin_checker
 from .guard.guards import install as install_guards
 from .http import admin_routes, health_routes, metrics_routes
 from .logs import library_logger, log, quiet_bad_http
-from .metrics import Metrics
+from .metrics import Metrics, Sampler
 from .protocol import jsoncodec
 from .protocol.codes import POLLING_UNAVAILABLE, SHUTDOWN
 from .rules import make_rules
@@ -62,6 +65,7 @@ class Parts:
     metrics: Metrics
     cluster: Cluster
     bus: Bus
+    feed: Feed
     redis: Redis | None = None
     admin_url: str = ""  # the admin listener's bound address, once started (admin_port set)
 
@@ -169,8 +173,21 @@ def create_app(
         revocations = MemoryRevocations(ttl_s=settings.jwt_max_lifetime_s, leeway_s=settings.jwt_leeway_s,
                                         clock=clock)
     verifier = Verifier(settings, clock=clock)
-    gateway = Gateway(settings, verifier=verifier, registry=registry, rooms=rooms, sessions=sessions,
-                      revocations=revocations, metrics=metrics, transports=transports, guards=guards, clock=clock)
+    sampler = Sampler(metrics)
+
+    def stats() -> dict[str, Any]:
+        return {"connections": len(gateway.conns), **sampler.process(), "rates": sampler.rates()}
+
+    feed: Feed
+    if redis is not None:
+        feed = RedisFeed(redis, keys, settings.instance_id, stats, url=settings.redis_url,
+                         timeout_s=settings.redis_timeout_s, clock=clock)
+    else:
+        feed = LocalFeed(settings.instance_id, stats, clock=clock)
+    gateway = Gateway(settings, verifier=verifier, registry=WatchedRegistry(registry, feed), rooms=rooms,
+                      sessions=sessions, revocations=revocations, metrics=metrics, transports=transports,
+                      guards=guards, clock=clock)
+    gateway.on_move = feed.move
     guards.gateway = gateway
     cluster: Cluster
     if redis is not None:
@@ -196,11 +213,15 @@ def create_app(
     if settings.websocket_only:
         middlewares.insert(1, polling_refused)
     app = web.Application(middlewares=middlewares)
-    parts = app[PARTS] = Parts(settings, sio, gateway, registry, rooms, metrics, cluster, bus, redis)
+    parts = app[PARTS] = Parts(settings, sio, gateway, registry, rooms, metrics, cluster, bus, feed, redis)
     sio.attach(app)
     app.add_routes(health_routes(rooms=rooms, bus=bus, instance_id=settings.instance_id))
     ops_routes = [*metrics_routes(metrics=metrics),
-                  *admin_routes(verifier=verifier, revocations=revocations, registry=registry, cluster=cluster)]
+                  *admin_routes(verifier=verifier, revocations=revocations, registry=registry, cluster=cluster,
+                                on_revoke=feed.revoked),
+                  *dashboard_routes(verifier=verifier, revocations=revocations, registry=registry, rooms=rooms,
+                                    cluster=cluster, feed=feed, instance_id=settings.instance_id,
+                                    leeway_s=settings.jwt_leeway_s, clock=clock)]
     admin_runner: web.AppRunner | None = None
     if settings.admin_listener:
         # /admin/* and /metrics only there: the game listener answers 404 for them
@@ -226,6 +247,7 @@ def create_app(
             await bus.start()
             await cluster.start()
             await gateway.start()
+            await feed.start()
         except BaseException as exc:
             # aiohttp runs no cleanup for a startup that failed: close what was opened here
             await close_parts()
@@ -243,6 +265,7 @@ def create_app(
         """The listener is already closed (aiohttp stops its sites first): every client gets
         ``4000 shutdown`` and its session stays, as a drop, for another instance to resume."""
         started = time.monotonic()
+        feed.end_streams()  # the dashboards' streams would hold the exit; their pages reconnect elsewhere
         sids = list(gateway.conns)
         log(logger, "drain", instance=settings.instance_id, connections=len(sids), drain_s=settings.drain_s)
         limit = asyncio.Semaphore(64)
@@ -274,6 +297,7 @@ def create_app(
         closed = True
         if admin_runner is not None:
             await admin_runner.cleanup()
+        await feed.aclose()
         await sio.shutdown()
         await gateway.aclose()
         await cluster.aclose()

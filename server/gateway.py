@@ -51,6 +51,10 @@ logger = logging.getLogger("gamegw.gateway")
 Ack = dict[str, Any]
 
 
+def _ignore_move(room: str, seq: int) -> None:
+    return None
+
+
 def token_from(auth: Any, environ: Mapping[str, Any]) -> str:
     """Credentials, first found wins: auth payload, Authorization header, query string."""
     if isinstance(auth, dict) and isinstance(auth.get("token"), str) and auth["token"]:
@@ -115,6 +119,8 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         # wired by create_app once they exist (they need the gateway too)
         self.bus: Bus
         self.cluster: Cluster
+        # each accepted move, (room, seq): the dashboard's feed counts them while a page is open
+        self.on_move: Callable[[str, int], None] = _ignore_move
         self._handlers: dict[str, Callable[[Conn, Any], Awaitable[Ack]]] = {
             name: getattr(self, f"_{name}") for name in self.EVENTS}
 
@@ -646,6 +652,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
                                       int(self.clock() * 1000))
         await self.bus.publish_move(msg.room, event)
         self.metrics.moves.inc()
+        self.on_move(msg.room, event.seq)
         return {"ok": True, "seq": event.seq}
 
     async def _sync(self, conn: Conn, data: Any) -> Ack:

@@ -17,6 +17,8 @@ GET      /admin/instances         the instances and whether their heartbeat is a
 POST     /admin/kick              {"user", "reason"}: close with 4503 everywhere
 POST     /admin/drop              {"user", "block_s"}: cut the transport, refuse reconnects
 POST     /admin/revoke            {"user", "jti"?, "exp"?}: revoke tokens, close what used them (4500)
+GET      /admin/live              the dashboard's stream: a snapshot, then deltas (``dashboard/``)
+GET      /admin/ui                the dashboard's page (static; the token stays in its fragment)
 =======  =======================  ==================================================
 """
 
@@ -79,13 +81,14 @@ def metrics_routes(*, metrics: Metrics) -> list[web.RouteDef]:
 
 
 def admin_routes(*, verifier: Verifier, revocations: Revocations, registry: Registry,
-                 cluster: Cluster) -> list[web.RouteDef]:
+                 cluster: Cluster, on_revoke: Callable[[str], None] | None = None) -> list[web.RouteDef]:
+    """``on_revoke(user)`` hears of each revocation once it holds (open dashboards re-check their tokens)."""
     throttle = Throttle()
 
     def admin(handler: Callable[[web.Request, Claims], Awaitable[Any]]) -> Handler:
         async def wrapped(request: web.Request) -> web.StreamResponse:
             try:
-                claims = await _admin_claims(request, verifier, revocations)
+                claims = await admin_claims(request, verifier, revocations)
                 return web.json_response(await handler(request, claims))
             except AdminError as exc:
                 return web.json_response({"error": {"code": exc.code, "message": exc.message}}, status=exc.status)
@@ -134,6 +137,8 @@ def admin_routes(*, verifier: Verifier, revocations: Revocations, registry: Regi
                                 or not math.isfinite(exp) or exp < 0):
             raise AdminError(400, "bad_request", "exp (with jti only) must be the token's exp in epoch seconds")
         outcome = await cluster.revoke(user, jti, None if exp is None else float(exp))
+        if on_revoke is not None:
+            on_revoke(user)
         log(logger, "admin_revoke", by=claims.user_id, user=user, jti=jti or "", exp=exp or "", count=outcome.count)
         return outcome.to_dict()
 
@@ -142,7 +147,7 @@ def admin_routes(*, verifier: Verifier, revocations: Revocations, registry: Regi
             web.post("/admin/revoke", admin(revoke))]
 
 
-async def _admin_claims(request: web.Request, verifier: Verifier, revocations: Revocations) -> Claims:
+async def admin_claims(request: web.Request, verifier: Verifier, revocations: Revocations) -> Claims:
     """The caller's claims, verified and checked against the revocations exactly as ``/game`` does."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

@@ -1,7 +1,14 @@
-"""Prometheus metrics, in a registry of the app's own (no global state, one per gateway)."""
+"""Prometheus metrics, in a registry of the app's own (no global state, one per gateway), and
+:class:`Sampler`, which turns them (and the process's CPU and memory) into figures per second."""
 
 from __future__ import annotations
 
+import math
+import os
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -80,3 +87,79 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now (``/proc/self/statm``); elsewhere its peak."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * PAGE_BYTES
+    except (OSError, IndexError, ValueError):  # pragma: no cover - not Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class Sampler:
+    """Figures between one call and the next: the process's CPU (percent of one core) and the
+    gateway's rates. Each caller keeps a sampler of its own (the heartbeat, the dashboard's
+    feed), so that each one's window is its own interval."""
+
+    def __init__(self, metrics: Metrics, *, clock: Callable[[], float] = time.monotonic,
+                 cpu: Callable[[], float] = time.process_time) -> None:
+        self._metrics = metrics
+        self._clock = clock
+        self._cpu = cpu
+        self._cpu_at = (clock(), cpu())
+        self._rates_at = (clock(), self._counts())
+
+    def process(self) -> dict[str, Any]:
+        """``{"cpu_pct", "rss_bytes"}``: CPU since the last call, memory now."""
+        now, cpu = self._clock(), self._cpu()
+        then, cpu_then = self._cpu_at
+        self._cpu_at = (now, cpu)
+        pct = 100.0 * (cpu - cpu_then) / (now - then) if now > then else 0.0
+        return {"cpu_pct": round(max(0.0, pct), 1), "rss_bytes": rss_bytes()}
+
+    def rates(self) -> dict[str, Any]:
+        """``{"connects_s", "moves_s", "deliveries_s", "move_p99_ms"}`` since the last call;
+        ``move_p99_ms`` is the upper bound of the latency bucket holding the 99th percentile of
+        the moves handled meanwhile (None without moves; the last finite bound past it)."""
+        now, counts = self._clock(), self._counts()
+        then, before = self._rates_at
+        self._rates_at = (now, counts)
+        span = max(now - then, 1e-9)
+        out: dict[str, Any] = {name: round((counts[name] - before[name]) / span, 2)
+                               for name in ("connects", "moves", "deliveries")}
+        out = {f"{name}_s": value for name, value in out.items()}
+        out["move_p99_ms"] = p99_ms(before["move_buckets"], counts["move_buckets"])
+        return out
+
+    def _counts(self) -> dict[str, Any]:
+        m = self._metrics
+        return {"connects": _total(m.connects), "moves": _total(m.moves), "deliveries": _total(m.deliveries),
+                "move_buckets": _buckets(m.handler_seconds, "move")}
+
+
+def _total(counter: Counter) -> float:
+    return sum(s.value for metric in counter.collect() for s in metric.samples if s.name.endswith("_total"))
+
+
+def _buckets(histogram: Histogram, event: str) -> list[tuple[float, float]]:
+    """The cumulative ``(le, count)`` buckets of one event's latency."""
+    return [(float(s.labels["le"]), s.value) for metric in histogram.collect() for s in metric.samples
+            if s.name.endswith("_bucket") and s.labels.get("event") == event]
+
+
+def p99_ms(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> float | None:
+    """The 99th percentile, in ms, of what the cumulative buckets gained from ``before`` to ``after``."""
+    was = dict(before)
+    gained = [(le, count - was.get(le, 0.0)) for le, count in after]
+    total = gained[-1][1] if gained else 0.0
+    if total <= 0:
+        return None
+    finite = [le for le, _ in gained if not math.isinf(le)]
+    for le, count in gained:
+        if count >= 0.99 * total:
+            return round(1000 * (finite[-1] if math.isinf(le) else le), 3)
+    return None  # pragma: no cover - the +Inf bucket holds everything

@@ -7,11 +7,12 @@ confirm: the caller learns how many connections were acted on, and whether every
 held one answered. :class:`LocalCluster` is the same surface for a single in-memory instance.
 
 Heartbeats: every ``heartbeat_interval_s`` an instance refreshes ``{p}:inst:{iid}:alive`` with
-a TTL of ``heartbeat_ttl_s``. A survivor that finds an instance's heartbeat gone takes the
-instance's reap lock and turns its connections into drops, within at most
-``2 * heartbeat_ttl_s + heartbeat_interval_s`` seconds (the key expires, then a survivor watches
-it stay missing for one more TTL): the rooms hear ``player_disconnected``, the
-sessions wait in grace for their users to come back on any instance, and when grace ends
+a TTL of ``heartbeat_ttl_s``; its value says when the instance started and beat, its connections,
+and its process's CPU (``cpu_pct``, over the last interval) and memory (``rss_bytes``). A
+survivor that finds an instance's heartbeat gone takes the instance's reap lock and turns its
+connections into drops, within at most ``2 * heartbeat_ttl_s + heartbeat_interval_s`` seconds
+(the key expires, then a survivor watches it stay missing for one more TTL): the rooms hear
+``player_disconnected``, the sessions wait in grace for their users to come back on any instance, and when grace ends
 (``grace_s`` later) the last entries go. No connected entry of a dead instance remains.
 """
 
@@ -29,6 +30,7 @@ from redis.asyncio import Redis
 
 from ..auth.revocation import settle
 from ..logs import log, stop_task
+from ..metrics import Sampler
 from ..protocol import codes
 from ..protocol.codes import Disconnect, LeftReason
 from ..state.keys import Keys
@@ -52,6 +54,7 @@ class LocalCluster:
         self._clock = clock
         self._blocked_until: dict[str, float] = {}
         self._started = clock()
+        self._sampler = Sampler(gateway.metrics)
 
     def _here(self, user_id: str, count: int) -> Outcome:
         """One instance: everything acted on is here, and it always confirms."""
@@ -88,8 +91,8 @@ class LocalCluster:
         return True
 
     async def instances(self) -> list[dict[str, Any]]:
-        return [{"instance": self._gateway.settings.instance_id, "started": self._started,
-                 "connections": len(self._gateway.conns), "alive": True}]
+        return [{"instance": self._gateway.settings.instance_id, "started": self._started, "beat": self._clock(),
+                 "connections": len(self._gateway.conns), **self._sampler.process(), "alive": True}]
 
     async def start(self) -> None:
         return None
@@ -113,6 +116,7 @@ class RedisCluster:
         self._clock = clock
         self._iid = gateway.settings.instance_id
         self._started = clock()
+        self._sampler = Sampler(gateway.metrics)  # the heartbeat's CPU is over one heartbeat interval
         self._tasks: list[asyncio.Task[None]] = []
         self._recover_needed = False
         bus.on_control = self._on_control
@@ -210,7 +214,7 @@ class RedisCluster:
 
     async def _beat(self) -> None:
         info = {"instance": self._iid, "started": self._started, "beat": self._clock(),
-                "connections": len(self._gateway.conns)}
+                "connections": len(self._gateway.conns), **self._sampler.process()}
         async with self._r.pipeline(transaction=False) as pipe:
             pipe.set(self._k.alive(self._iid), orjson.dumps(info), px=int(self._ttl * 1000))
             pipe.sadd(self._k.instances, self._iid)

@@ -26,6 +26,8 @@
     {p}:room:{{r}}:insts          set    instances with members in the room (who gets its events)
     {p}:room:{{r}}:state          string the game state (JSON) and its version {p}:room:{{r}}:ver
     {p}:ch:{iid}                  channel everything addressed to one instance
+    {p}:dash:watchers             string a dashboard is open somewhere; expires unless refreshed
+    {p}:dash:feed                 channel the dashboard's deltas, published only while watchers exists
 
 Room keys carry the room in a hash tag, so one room's keys stay in one slot.
 """
@@ -39,6 +41,8 @@ class Keys:
         self.instances = f"{prefix}:instances"
         self.seen = f"{prefix}:seen"
         self.grace = f"{prefix}:grace"
+        self.dash_watchers = f"{prefix}:dash:watchers"
+        self.dash_feed = f"{prefix}:dash:feed"
 
     def alive(self, instance_id: str) -> str:
         return f"{self.p}:inst:{instance_id}:alive"

@@ -45,6 +45,11 @@ def test_the_wheel_installs_one_import_package(wheel: Path) -> None:
     assert {"gamegw/server/app.py", "gamegw/server/state/rooms_redis.py", "gamegw/gamectl/main.py",
             "gamegw/gamectl/players/locustfile.py"} <= set(names)
     assert not [n for n in names if "bench_" in n or "/tests/" in n or "conftest" in n]
+    # the dashboard's page, modules and style: the gateway serves them from the package itself
+    static = REPO / "server" / "dashboard" / "static"
+    shipped = {f"gamegw/server/dashboard/static/{f.name}" for f in static.iterdir()}
+    assert {"gamegw/server/dashboard/static/index.html", "gamegw/server/dashboard/static/app.js"} <= shipped
+    assert shipped <= set(names)
 
 
 def test_gamectl_from_the_wheel_answers_its_version(wheel: Path, tmp_path: Path) -> None:
@@ -58,6 +63,12 @@ def test_gamectl_from_the_wheel_answers_its_version(wheel: Path, tmp_path: Path)
     run = subprocess.run([sys.executable, "-m", "gamegw.gamectl.main", "--version"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert (run.returncode, run.stdout, run.stderr) == (0, f"gamectl (gamegw) {__version__}\n", "")
+    # the dashboard's assets, as the installed gateway reads them
+    page = subprocess.run([sys.executable, "-c", "from gamegw.server.dashboard.routes import STATIC, asset; "
+                           "print(len(asset('index.html')), *(len(asset(n)) > 0 for n in STATIC))"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=True)
+    size, *found = page.stdout.split()
+    assert int(size) > 500 and found == ["True"] * 4
 
 
 def test_the_installed_gamectl_answers_its_version() -> None:
