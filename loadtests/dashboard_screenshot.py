@@ -58,7 +58,8 @@ def main() -> None:
         for gw in gateways:
             gw.wait_ready()
         env = {k: v for k, v in os.environ.items() if not k.startswith("GAMEGW_")}
-        env.update(GAMEGW_JWT_SECRET=secret, GAMEGW_LT_HOSTS=",".join(g.url for g in gateways), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+        env.update(GAMEGW_JWT_SECRET=secret, GAMEGW_LT_HOSTS=",".join(g.url for g in gateways),
+                   PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
         log = open(Path(tempfile.gettempdir()) / "gamegw-dashboard-screenshot-loadtest.log", "w")
         swarm = subprocess.Popen(
             [gamectl_path(), "loadtest", "--host", gateways[0].url,
