@@ -4,6 +4,7 @@
 # the load to CPU 1), every server on the gateway's heartbeat (10 s / 5 s). Usage:
 #   loadtests/peer_bench.sh single            # one instance each
 #   loadtests/peer_bench.sh cluster           # two instances each over a redis-server of the run's own
+#   loadtests/peer_bench.sh dashboard         # the gateway with no page open, then with /admin/ui open
 # Extra arguments after the mode go to peer-bench's run (e.g. --clients 500 --seconds 10).
 # peer-bench is ../shared/peer-bench where it ships beside the repository (the judge of the
 # figures the README quotes), else loadtests/peer-bench, a byte-for-byte copy of it, so that a
@@ -38,5 +39,9 @@ case "$mode" in
     "$run" --clients 1000 --room-size 10 --rate 2 --seconds 15 --instances 2 --redis "redis://127.0.0.1:$port/0" "$@" \
       node="$node_ref" "${bare[@]}" \
       gateway='gamectl serve --config configs/bench.toml --port {port} --redis $REDIS_URL' ;;
-  *) echo "usage: $0 single|cluster [peer-bench args]" >&2; exit 2 ;;
+  dashboard)  # the dashboard's own cost: the same gateway without, then with, a page open on it
+    exec "$run" --clients 1000 --room-size 10 --rate 2 --seconds 15 "$@" \
+      node="$node_ref" closed='gamectl serve --config configs/bench.toml --port {port}' \
+      open='bash loadtests/serve_with_dashboard.sh {port}' ;;
+  *) echo "usage: $0 single|cluster|dashboard [peer-bench args]" >&2; exit 2 ;;
 esac
