@@ -303,7 +303,9 @@ class RedisRoomStore:
             out = await self._run_move(keys, [prefix, move_suffix(user_id, action_json, ts), *fixed, "", ""])
         else:
             for _ in range(CAS_RETRIES):
-                state, ver = await self._read_state(room)
+                state, ver, member = await self._read_move_state(room, user_id)
+                if not member:  # the rules see members only (an arena has no cell for anyone else)
+                    raise ActionError(AckCode.NOT_IN_ROOM, f"not in room {room!r}")
                 applied = self._rules.apply(state, user_id, action)
                 aj = action_json if applied is action else orjson.dumps(applied).decode()
                 out = await self._run_move(keys, [prefix, move_suffix(user_id, aj, ts), *fixed, ver,
@@ -349,7 +351,10 @@ class RedisRoomStore:
         """After an outage: put back this instance's rooms (``seats``: room -> {session: user}
         seated through live connections here), their routing and ``seq`` (never below what the joins and moves
         here returned, nor below ``delivered``: the last seq the bus delivered here, per room),
-        and the moves accepted offline. Returns, per room, how many offline moves were written back."""
+        and the moves accepted offline; the seated users are put back into the game state too
+        (``on_join``, which leaves a user the state still has as it is: a Redis back empty lost
+        the state, and an arena's rules cannot apply a move of a player they do not know).
+        Returns, per room, how many offline moves were written back."""
         written: dict[str, int] = {}
         for room in sorted(set(seats) | set(self._local) | set(self._offline)):
             seated = sorted(seats.get(room, {}).items())
@@ -363,6 +368,8 @@ class RedisRoomStore:
             before = int(await self._reassert(keys=keys, args=args))
             if args[0]:
                 self._routed.add(room)
+            for _session_id, user_id in seated:  # a state that went with the data seats them again
+                await self._update_state(room, lambda s, u=user_id: self._rules.on_join(s, u), user_id, member=True)
             if offline and before > offline[0].seq - 1:
                 log(logger, "offline_conflict", logging.WARNING, room=room, redis_seq=before,
                     offline_from=offline[0].seq)
@@ -388,6 +395,15 @@ class RedisRoomStore:
         raw, ver = await self._r.mget([self._k.room(room, "state"), self._k.room(room, "ver")])
         state = orjson.loads(raw) if raw is not None else self._rules.initial_state()
         return state, str(ver or "0")
+
+    async def _read_move_state(self, room: str, user_id: str) -> tuple[State, str, bool]:
+        """The state, its version and whether ``user_id`` is a member, in one round trip."""
+        async with self._r.pipeline(transaction=False) as pipe:
+            pipe.mget([self._k.room(room, "state"), self._k.room(room, "ver")])
+            pipe.hexists(self._k.room(room, "users"), user_id)
+            (raw, ver), member = await pipe.execute()
+        state = orjson.loads(raw) if raw is not None else self._rules.initial_state()
+        return state, str(ver or "0"), bool(member)
 
     async def _update_state(self, room: str, change: Any, user_id: str, *, member: bool) -> None:
         keys = [self._k.room(room, "state"), self._k.room(room, "ver"), self._k.room(room, "users")]

@@ -1,7 +1,9 @@
 """The session store: the memory and the Redis implementation pass the same suite.
 
 The seat rule (new, resume, takeover, refuse, evict), the holder checks (only the connection
-that holds a session changes it) and grace expiry; then the race the rule exists for: many
+that holds a session changes it) and grace expiry, then grace, claim and takeover in detail
+(what a drop writes, the moment grace ends, what a claim resets, refusing while a session
+waits in grace, evicting below a lowered limit); then the race the rule exists for: many
 connects of one user at the same moment never hold more seats than the limit.
 """
 
@@ -191,3 +193,70 @@ class TestRace:
         results: list[Any] = await asyncio.gather(*(seat(store, f"r{i}", now=6) for i in range(20)))
         assert sum(r.outcome == "resumed" for r in results) == 1
         assert len(await live(store)) == 1
+
+
+class TestGrace:
+    """Grace, claim and takeover in the detail the rule has: what a drop writes, the moment
+    grace ends, what a claim resets, and what the connection that lost the session can do."""
+
+    async def test_a_drop_writes_the_grace_and_it_ends_at_grace_until(self, store: SessionStore) -> None:
+        await seat(store, "c1", now=1)
+        assert await drop(store, "c1", at=10, rooms={"r": 7})
+        got = await store.get("s-c1")
+        assert got is not None
+        assert (got.sid, got.state, got.dropped_at, got.grace_until, got.cause, got.rooms) == (
+            "c1", "grace", 10.0, 40.0, "transport_close", {"r": 7})
+        assert await store.expire_due(39.999) == []
+        [ended] = await store.expire_due(40.0)
+        assert (ended.session_id, ended.state, ended.rooms, ended.grace_until) == ("s-c1", "grace", {"r": 7}, 40.0)
+        assert await store.get("s-c1") is None and await store.of_user("alice") == []
+
+    async def test_a_claim_reseats_the_session_and_shuts_its_old_holder_out(self, store: SessionStore) -> None:
+        await seat(store, "c1", now=1)
+        [old] = await store.of_user("alice")
+        await drop(store, "c1", at=10, rooms={"r": 7})
+        got = await seat(store, "c2", now=12, instance="gw-2")
+        assert (got.outcome, got.previous_sid, got.previous_instance, got.dropped_at, got.live) == (
+            "resumed", "c1", "gw-1", 10.0, 0)
+        assert got.session is not None
+        claimed = got.session
+        assert (claimed.session_id, claimed.sid, claimed.instance_id, claimed.state, claimed.dropped_at,
+                claimed.grace_until, claimed.rooms, claimed.created_at) == (
+            "s-c1", "c2", "gw-2", "connected", None, None, {"r": 7}, 1.0)
+        assert await store.get("s-c1") == claimed
+        old.state, old.dropped_at = "grace", 11.0  # the old connection's late drop
+        assert not await store.drop(old, 41.0)
+        assert not await store.set_room(old, "r", 9)
+        assert await store.end(old) is None
+        assert await store.get("s-c1") == claimed
+        assert await store.expire_due(1e12) == []
+
+    async def test_a_claimed_session_dropped_again_gets_a_new_grace(self, store: SessionStore) -> None:
+        await seat(store, "c1", now=1)
+        await drop(store, "c1", at=10, rooms={"r": 7})
+        await seat(store, "c2", now=12)
+        assert await drop(store, "c2", at=50, rooms={"r": 8})
+        assert await store.expire_due(79.5) == []  # not the first grace's end (40), the new one's (80)
+        [ended] = await store.expire_due(80.0)
+        assert (ended.sid, ended.dropped_at, ended.grace_until, ended.rooms) == ("c2", 50.0, 80.0, {"r": 8})
+
+    async def test_refuse_keeps_the_session_in_grace(self, store: SessionStore) -> None:
+        await seat(store, "c1", now=1, most=2)
+        await seat(store, "c2", now=2, most=2)
+        await drop(store, "c2", at=3)
+        got = await seat(store, "c3", now=4, most=1, policy="refuse")  # the limit went down to 1
+        assert (got.outcome, got.session, got.live, got.evicted) == ("refused", None, 1, [])
+        kept = await store.get("s-c2")
+        assert kept is not None and (kept.sid, kept.state, kept.grace_until) == ("c2", "grace", 33.0)
+        assert await live(store) == ["c1"]
+
+    async def test_takeover_below_a_lowered_limit_evicts_the_others(self, store: SessionStore) -> None:
+        for i in (1, 2, 3):
+            await seat(store, f"c{i}", now=i, most=3)
+        await store.set_room((await store.of_user("alice"))[1], "r", 4)
+        got = await seat(store, "c4", now=4, most=1)
+        assert (got.outcome, got.previous_sid, got.live) == ("takeover", "c1", 3)
+        assert got.session is not None and (got.session.session_id, got.session.sid) == ("s-c1", "c4")
+        assert [(e.session_id, e.sid, e.rooms) for e in got.evicted] == [("s-c2", "c2", {"r": 4}), ("s-c3", "c3", {})]
+        assert await live(store) == ["c4"]
+        assert not await store.exists("s-c2") and not await store.exists("s-c3")

@@ -1,5 +1,6 @@
-"""Token lifetime and revocation records, on an injected clock: a revoked token stays refused
-until its own exp, because no accepted token outlives the record that revokes it."""
+"""Token lifetime on an injected clock (no accepted token outlives the record that revokes it;
+the records themselves: tests/integration/test_revocation_store.py), and how long a user's
+revocation waits before it returns."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Any
 import jwt
 import pytest
 
-from gamegw.server.auth.revocation import MemoryRevocations
-from gamegw.server.auth.tokens import Claims, Verifier
+from gamegw.server.auth.revocation import settle_s
+from gamegw.server.auth.tokens import Verifier
 from gamegw.server.protocol.errors import AuthError
 from tests.conftest import TEST_SECRET, make_settings
 
@@ -53,35 +54,12 @@ def test_without_iat_a_token_is_dated_from_now_within_the_leeway(ahead: int, acc
             verifier.verify(text)
 
 
-def claims(iat: float | None, exp: float, jti: str | None = None) -> Claims:
-    return Claims(user_id="alice", exp=exp, iat=iat, jti=jti)
-
-
-async def test_a_user_revocation_lasts_until_the_last_token_it_covers_expires() -> None:
-    clock = Clock(1000.0)
-    revocations = MemoryRevocations(ttl_s=60, leeway_s=2, clock=clock)
-    latest = claims(iat=999, exp=999 + 60)  # the longest-lived token issued before the cut-off
-    await revocations.revoke("alice", None, 1000.0)
-    for now in (1000.0, 1050.0, 999 + 60 + 2 - 0.01):  # accepted until exp + leeway: refused until then
-        clock.now = now
-        assert await revocations.is_revoked(latest), now
-    assert not await revocations.is_revoked(claims(iat=1001, exp=1100))  # issued after the cut-off
-    clock.now = 1000 + 60 + 2
-    assert not await revocations.is_revoked(latest)  # lapsed, once nothing it covers can be accepted
-
-
-async def test_a_jti_revocation_lasts_until_that_tokens_exp_when_told() -> None:
-    clock = Clock(1000.0)
-    revocations = MemoryRevocations(ttl_s=5, leeway_s=0, clock=clock)
-    long_lived = claims(iat=1000, exp=4600, jti="long")  # e.g. accepted by an instance with a larger max
-    plain = claims(iat=1000, exp=1005, jti="plain")
-    await revocations.revoke("alice", "long", 1000.0, exp=4600)
-    await revocations.revoke("alice", "plain", 1000.0)
-    await revocations.revoke("alice", "long", 1001.0)  # a second revocation without exp does not shorten it
-    clock.now = 1006.5
-    assert await revocations.is_revoked(long_lived)
-    assert not await revocations.is_revoked(plain)
-    clock.now = 4599.9
-    assert await revocations.is_revoked(long_lived)
-    clock.now = 4600.0
-    assert not await revocations.is_revoked(long_lived)
+@pytest.mark.parametrize(("cut_off", "now", "wait_s"), [
+    (1000.25, 1000.25, 0.75),  # until 1001: a token minted from then on says iat 1001, not below
+    (1000.25, 1000.75, 0.25),
+    (1000.25, 1001.0, 0.0),
+    (1000.0, 1000.0, 0.0),  # a whole-second cut-off: a token minted now says iat 1000, not below
+    (1000.25, 998.5, 1.0),  # a clock behind the cut-off: a second at most
+])
+def test_a_user_revocation_returns_at_the_next_whole_second(cut_off: float, now: float, wait_s: float) -> None:
+    assert settle_s(cut_off, now) == wait_s

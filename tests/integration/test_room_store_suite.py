@@ -1,0 +1,448 @@
+"""Rooms: seq, the move log, the state and forgetting a room, one suite over both stores.
+
+Every test in the first part runs over :class:`MemoryRoomStore` and :class:`RedisRoomStore`
+(the ``stores`` fixture builds either, with the rules and sizes a test asks for). The second
+part is the Redis store's own: the compare-and-set of the state between instances, and
+:meth:`RedisRoomStore.reassert` after Redis lost its data. The memory store has neither: its
+methods never await, so one room's moves cannot interleave (nothing to compare), and its rooms
+live as long as the process does (nothing is lost that could be put back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis as redis_sync
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from gamegw.server.protocol.codes import AckCode
+from gamegw.server.protocol.errors import ActionError, StoreUnavailable
+from gamegw.server.rules import Arena, Relay, Rules, State
+from gamegw.server.state.keys import Keys
+from gamegw.server.state.rooms import MemoryRoomStore, MoveEvent, RoomStore
+from gamegw.server.state.rooms_redis import CAS_RETRIES, RedisRoomStore
+from tests.conftest import RedisServer
+
+Make = Callable[..., Awaitable[RoomStore]]
+TS = 1_700_000_000_000
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def stores(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncIterator[Make]:
+    """Builds room stores of the parametrised kind. Redis stores share one prefix: two of them
+    are two instances of one cluster; a second memory store is a separate process."""
+    opened: list[RoomStore] = []
+    clients: list[Redis] = []
+
+    async def make(rules: Rules, *, log_size: int = 1000, max_members: int = 100,
+                   instance_id: str = "gw-1") -> RoomStore:
+        store: RoomStore
+        if request.param == "memory":
+            store = MemoryRoomStore(rules, log_size=log_size, max_members=max_members)
+        else:
+            redis = Redis.from_url(request.getfixturevalue("redis_server").url, decode_responses=True)
+            clients.append(redis)
+            store = RedisRoomStore(redis, Keys(redis_prefix), rules, instance_id=instance_id, log_size=log_size,
+                                   max_members=max_members)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in reversed(opened):
+        await store.aclose()
+    for client in clients:
+        await client.aclose()
+
+
+async def move(rooms: RoomStore, room: str, user: str, action: dict[str, Any], ts: int = TS) -> MoveEvent:
+    return await rooms.move(room, user, action, orjson.dumps(action).decode(), ts)
+
+
+def wire(room: str, seq: int, user: str, action: dict[str, Any], ts: int = TS) -> str:
+    """The move payload, written out by hand (not with the code under test)."""
+    return (f'{{"room":"{room}","seq":{seq},"user":"{user}","action":{orjson.dumps(action).decode()},'
+            f'"ts":{ts}}}')
+
+
+def seqs(events: list[MoveEvent]) -> list[int]:
+    return [e.seq for e in events]
+
+
+class TestSeq:
+    async def test_each_accepted_move_gets_the_next_seq_of_its_room(self, stores: Make) -> None:
+        rooms = await stores(Relay())
+        assert await rooms.seq("r") == 0
+        await rooms.join("r", "alice", "s-a")
+        await rooms.join("q", "alice", "s-a")
+        got = [await move(rooms, "r", "alice", {"n": n}, TS + n) for n in range(3)]
+        assert [(e.seq, e.json) for e in got] == [(n + 1, wire("r", n + 1, "alice", {"n": n}, TS + n))
+                                                  for n in range(3)]
+        assert got[0].wire() == {"room": "r", "seq": 1, "user": "alice", "action": {"n": 0}, "ts": TS}
+        other = await move(rooms, "q", "alice", {"n": 9})  # another room counts from 1 on its own
+        assert (other.seq, other.json) == (1, wire("q", 1, "alice", {"n": 9}))
+        assert (await rooms.seq("r"), await rooms.seq("q"), await rooms.seq("elsewhere")) == (3, 1, 0)
+
+    async def test_a_join_is_told_the_rooms_seq(self, stores: Make) -> None:
+        rooms = await stores(Relay())
+        first = await rooms.join("r", "alice", "s-a")
+        assert (first.seq, first.members, first.first) == (0, ["alice"], True)
+        for n in range(4):
+            await move(rooms, "r", "alice", {"n": n})
+        second = await rooms.join("r", "bob", "s-b")
+        assert (second.seq, sorted(second.members), second.first) == (4, ["alice", "bob"], True)
+
+    async def test_a_refused_move_takes_no_seq(self, stores: Make) -> None:
+        rooms = await stores(Arena(width=2, height=2))
+        await rooms.join("r", "alice", "s-a")  # seated at (0, 0)
+        with pytest.raises(ActionError) as outsider:
+            await move(rooms, "r", "bob", {"dir": "down"})
+        assert outsider.value.code == AckCode.NOT_IN_ROOM
+        with pytest.raises(ActionError) as off_grid:
+            await move(rooms, "r", "alice", {"dir": "up"})
+        assert (off_grid.value.code, off_grid.value.message) == (AckCode.INVALID_ACTION,
+                                                                 "(0, -1) is off the 2x2 grid")
+        assert await rooms.seq("r") == 0
+        assert (await move(rooms, "r", "alice", {"dir": "down"})).seq == 1
+
+    async def test_moves_racing_from_two_players_get_seqs_without_gaps(self, stores: Make) -> None:
+        """Ten moves at once, alice's through one store and bob's through another (two
+        instances on Redis, which then conflict on the state's version and retry): every move
+        is applied once, seqs 1..10, and the state is what the moves say, in seq order."""
+        a = await stores(Arena(width=4, height=8))
+        b = a if isinstance(a, MemoryRoomStore) else await stores(Arena(width=4, height=8), instance_id="gw-2")
+        await a.join("r", "alice", "s-a")  # (0, 0)
+        await b.join("r", "bob", "s-b")  # (1, 0)
+        events = await asyncio.gather(*(move(a, "r", "alice", {"dir": "down"}) for _ in range(5)),
+                                      *(move(b, "r", "bob", {"dir": "down"}) for _ in range(5)))
+        assert sorted(seqs(list(events))) == list(range(1, 11))
+        by_seq = sorted(events, key=lambda e: e.seq)
+        walked = {"alice": 0, "bob": 0}
+        for e in by_seq:  # each player's positions come in seq order, one step each
+            payload = e.wire()
+            walked[payload["user"]] += 1
+            x = 0 if payload["user"] == "alice" else 1
+            assert payload["action"] == {"dir": "down", "pos": [x, walked[payload["user"]]]}, by_seq
+        assert await a.state("r") == (10, {"width": 4, "height": 8, "players": {"alice": [0, 5], "bob": [1, 5]}})
+        assert seqs((await a.events_after("r", 0))[0]) == list(range(1, 11))
+
+
+class TestLog:
+    async def test_events_after_a_seq_are_the_later_moves_in_order(self, stores: Make) -> None:
+        rooms = await stores(Relay(), log_size=3)
+        await rooms.join("r", "alice", "s-a")
+        for n in range(1, 6):
+            await move(rooms, "r", "alice", {"n": n}, TS + n)
+        expected = {n: MoveEvent(n, wire("r", n, "alice", {"n": n}, TS + n)) for n in range(1, 6)}
+        # the log keeps the last 3 moves (3, 4, 5): it reaches back to after_seq 2
+        assert await rooms.events_after("r", 4) == ([expected[5]], True)
+        assert await rooms.events_after("r", 3) == ([expected[4], expected[5]], True)
+        assert await rooms.events_after("r", 2) == ([expected[3], expected[4], expected[5]], True)
+        assert await rooms.events_after("r", 1) == ([expected[3], expected[4], expected[5]], False)
+        assert await rooms.events_after("r", 0) == ([expected[3], expected[4], expected[5]], False)
+        # nothing after the last seq (or beyond it), and nothing in a room nobody is in
+        assert await rooms.events_after("r", 5) == ([], True)
+        assert await rooms.events_after("r", 9) == ([], True)
+        assert await rooms.events_after("elsewhere", 0) == ([], True)
+
+    async def test_the_log_stays_bounded_as_moves_go_on(self, stores: Make) -> None:
+        rooms = await stores(Relay(), log_size=4)
+        await rooms.join("r", "alice", "s-a")
+        for n in range(1, 4):
+            await move(rooms, "r", "alice", {"n": n})
+        assert await rooms.events_after("r", 0) == ([MoveEvent(n, wire("r", n, "alice", {"n": n}))
+                                                     for n in range(1, 4)], True)  # not full yet
+        for n in range(4, 31):
+            await move(rooms, "r", "alice", {"n": n})
+        events, complete = await rooms.events_after("r", 0)
+        assert (seqs(events), complete) == ([27, 28, 29, 30], False)
+        assert await rooms.events_after("r", 26) == (events, True)
+        assert await rooms.events_after("r", 25) == (events, False)
+
+
+class TestState:
+    async def test_the_state_of_a_room_nobody_joined_is_the_initial_one(self, stores: Make) -> None:
+        assert await (await stores(Relay())).state("r") == (0, {"players": []})
+        assert await (await stores(Arena(width=3, height=2))).state("r") == (0, {"width": 3, "height": 2,
+                                                                                  "players": {}})
+
+    async def test_relay_state_is_who_plays_and_comes_with_the_seq(self, stores: Make) -> None:
+        rooms = await stores(Relay())
+        await rooms.join("r", "alice", "s-a")
+        await rooms.join("r", "bob", "s-b")
+        await rooms.join("r", "alice", "s-a2")  # a second session: still one player
+        assert await rooms.state("r") == (0, {"players": ["alice", "bob"]})
+        await move(rooms, "r", "bob", {"any": ["thing"]})
+        await move(rooms, "r", "alice", {})
+        assert await rooms.state("r") == (2, {"players": ["alice", "bob"]})
+        assert await rooms.leave("r", "alice", "s-a") is False  # alice still sits through s-a2
+        assert await rooms.state("r") == (2, {"players": ["alice", "bob"]})
+        assert await rooms.leave("r", "alice", "s-a2") is True
+        assert await rooms.state("r") == (2, {"players": ["bob"]})
+
+    async def test_arena_state_follows_joins_moves_and_leaves(self, stores: Make) -> None:
+        rooms = await stores(Arena(width=3, height=2))
+        await rooms.join("r", "alice", "s-a")
+        await rooms.join("r", "bob", "s-b")
+        assert await rooms.state("r") == (0, {"width": 3, "height": 2, "players": {"alice": [0, 0], "bob": [1, 0]}})
+        stepped = await move(rooms, "r", "alice", {"dir": "down"})
+        assert stepped.json == wire("r", 1, "alice", {"dir": "down", "pos": [0, 1]})  # the action as applied
+        assert (await move(rooms, "r", "bob", {"dir": "left"})).seq == 2  # onto (0, 0), free again
+        after_two = (2, {"width": 3, "height": 2, "players": {"alice": [0, 1], "bob": [0, 0]}})
+        assert await rooms.state("r") == after_two
+        with pytest.raises(ActionError) as taken:
+            await move(rooms, "r", "alice", {"dir": "up"})
+        assert (taken.value.code, taken.value.message) == (AckCode.INVALID_ACTION, "(0, 0) is taken")
+        assert await rooms.state("r") == after_two  # a refused move changes nothing
+        assert await rooms.leave("r", "bob", "s-b")
+        await rooms.join("r", "carol", "s-c")  # the first free cell in reading order: bob's
+        assert await rooms.state("r") == (2, {"width": 3, "height": 2, "players": {"alice": [0, 1], "carol": [0, 0]}})
+
+    async def test_a_join_the_rules_refuse_seats_nobody(self, stores: Make) -> None:
+        rooms = await stores(Arena(width=1, height=1))
+        await rooms.join("r", "alice", "s-a")
+        with pytest.raises(ActionError) as full:
+            await rooms.join("r", "bob", "s-b")
+        assert (full.value.code, full.value.message) == (AckCode.ROOM_FULL, "the arena has no free cell")
+        assert await rooms.members("r") == ["alice"]
+        assert await rooms.state("r") == (0, {"width": 1, "height": 1, "players": {"alice": [0, 0]}})
+        with pytest.raises(ActionError) as outsider:
+            await move(rooms, "r", "bob", {"dir": "up"})
+        assert outsider.value.code == AckCode.NOT_IN_ROOM
+
+
+class TestForget:
+    async def test_when_the_last_member_leaves_the_room_is_forgotten(self, stores: Make) -> None:
+        rooms = await stores(Relay())
+        await rooms.join("r", "alice", "s-a")
+        await rooms.join("r", "bob", "s-b")
+        for n in range(3):
+            await move(rooms, "r", "bob", {"n": n})
+        assert await rooms.leave("r", "bob", "s-b")
+        assert (await rooms.seq("r"), await rooms.members("r")) == (3, ["alice"])  # alice keeps the room
+        assert seqs((await rooms.events_after("r", 0))[0]) == [1, 2, 3]
+        assert await rooms.leave("r", "alice", "s-a")
+        assert (await rooms.seq("r"), await rooms.members("r")) == (0, [])
+        assert await rooms.events_after("r", 0) == ([], True)
+        assert await rooms.state("r") == (0, {"players": []})
+        again = await rooms.join("r", "carol", "s-c")
+        assert (again.seq, again.members, again.first) == (0, ["carol"], True)
+        assert await move(rooms, "r", "carol", {"n": 0}) == MoveEvent(1, wire("r", 1, "carol", {"n": 0}))
+        assert await rooms.events_after("r", 0) == ([MoveEvent(1, wire("r", 1, "carol", {"n": 0}))], True)
+        assert await rooms.state("r") == (1, {"players": ["carol"]})
+
+    async def test_arena_seats_start_over_in_a_forgotten_room(self, stores: Make) -> None:
+        rooms = await stores(Arena(width=2, height=2))
+        await rooms.join("r", "alice", "s-a")
+        await move(rooms, "r", "alice", {"dir": "right"})
+        await rooms.leave("r", "alice", "s-a")
+        await rooms.join("r", "bob", "s-b")
+        assert await rooms.state("r") == (0, {"width": 2, "height": 2, "players": {"bob": [0, 0]}})
+
+
+# The Redis store's own: the compare-and-set of the state, and recovery after an outage.
+
+
+class Interleaved(Arena):
+    """The arena, where "another instance" writes the room's state between this store's read
+    of the state and its compare-and-set, the first ``times`` times a move is applied: it puts
+    bob on ``bob_to`` and bumps the state's version, as another instance's move would."""
+
+    def __init__(self, url: str, keys: Keys, *, times: int, bob_to: list[int]) -> None:
+        super().__init__(width=3, height=3)
+        self._url, self._keys, self._left, self._bob_to = url, keys, times, bob_to
+        self.applied = 0
+
+    def apply(self, state: State, user_id: str, action: dict[str, Any]) -> dict[str, Any]:
+        self.applied += 1
+        if self._left > 0:
+            self._left -= 1
+            with redis_sync.Redis.from_url(self._url, decode_responses=True) as other:
+                stored = orjson.loads(other.get(self._keys.room("r", "state")) or "{}")
+                stored["players"]["bob"] = self._bob_to
+                other.set(self._keys.room("r", "state"), orjson.dumps(stored))
+                other.incr(self._keys.room("r", "ver"))
+        return super().apply(state, user_id, action)
+
+
+@pytest.fixture
+async def redis_client(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    redis = Redis.from_url(redis_server.url, decode_responses=True)
+    yield redis
+    await redis.aclose()
+
+
+async def interleaved_room(redis: Redis, url: str, keys: Keys, **kw: Any) -> tuple[RedisRoomStore, Interleaved]:
+    rules = Interleaved(url, keys, **kw)
+    rooms = RedisRoomStore(redis, keys, rules, instance_id="gw-1")
+    await rooms.join("r", "alice", "s-a")  # (0, 0); the state's version is 1
+    await rooms.join("r", "bob", "s-b")  # (1, 0); version 2
+    assert await redis.get(keys.room("r", "ver")) == "2"
+    return rooms, rules
+
+
+class TestCompareAndSet:
+    async def test_a_move_whose_state_changed_meanwhile_is_applied_again_to_the_new_state(
+            self, redis_server: RedisServer, redis_client: Redis, redis_prefix: str) -> None:
+        keys = Keys(redis_prefix)
+        rooms, rules = await interleaved_room(redis_client, redis_server.url, keys, times=1, bob_to=[2, 2])
+        event = await move(rooms, "r", "alice", {"dir": "down"})
+        assert event == MoveEvent(1, wire("r", 1, "alice", {"dir": "down", "pos": [0, 1]}))
+        assert rules.applied == 2  # refused by the version check once, then applied to the new state
+        assert await rooms.state("r") == (1, {"width": 3, "height": 3, "players": {"alice": [0, 1], "bob": [2, 2]}})
+        assert await redis_client.get(keys.room("r", "ver")) == "4"  # the other writer's 3, this move's 4
+        await rooms.aclose()
+
+    async def test_a_move_made_illegal_by_the_change_is_refused(
+            self, redis_server: RedisServer, redis_client: Redis, redis_prefix: str) -> None:
+        keys = Keys(redis_prefix)
+        rooms, rules = await interleaved_room(redis_client, redis_server.url, keys, times=1, bob_to=[0, 1])
+        with pytest.raises(ActionError) as taken:
+            await move(rooms, "r", "alice", {"dir": "down"})
+        assert (taken.value.code, taken.value.message) == (AckCode.INVALID_ACTION, "(0, 1) is taken")
+        assert rules.applied == 2
+        assert await rooms.state("r") == (0, {"width": 3, "height": 3, "players": {"alice": [0, 0], "bob": [0, 1]}})
+        assert await redis_client.get(keys.room("r", "ver")) == "3"
+        await rooms.aclose()
+
+    async def test_a_room_changing_under_every_try_answers_unavailable(
+            self, redis_server: RedisServer, redis_client: Redis, redis_prefix: str) -> None:
+        keys = Keys(redis_prefix)
+        rooms, rules = await interleaved_room(redis_client, redis_server.url, keys, times=CAS_RETRIES,
+                                              bob_to=[2, 2])
+        with pytest.raises(ActionError) as busy:
+            await move(rooms, "r", "alice", {"dir": "down"})
+        assert (busy.value.code, busy.value.message) == (AckCode.UNAVAILABLE, "the room is too busy, retry")
+        assert rules.applied == CAS_RETRIES == 20
+        assert await rooms.events_after("r", 0) == ([], True)
+        assert await rooms.state("r") == (0, {"width": 3, "height": 3, "players": {"alice": [0, 0], "bob": [2, 2]}})
+        assert await redis_client.get(keys.room("r", "ver")) == str(2 + CAS_RETRIES)
+        assert (await move(rooms, "r", "alice", {"dir": "down"})).seq == 1  # the room is quiet again
+        await rooms.aclose()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, without persistence: stopped and started, it is empty."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def fails_fast(url: str) -> Redis:
+    """A client that reports a stopped server at once (one immediate retry, as the app's)."""
+    return Redis.from_url(url, decode_responses=True, retry=Retry(NoBackoff(), 1), socket_connect_timeout=2)
+
+
+class TestReassert:
+    async def test_redis_back_empty_gets_the_seats_routing_seq_and_offline_moves(
+            self, own_redis: RedisServer, redis_prefix: str) -> None:
+        keys = Keys(redis_prefix)
+        redis, other_redis = fails_fast(own_redis.url), fails_fast(own_redis.url)
+        rooms = RedisRoomStore(redis, keys, Relay(), instance_id="gw-1", log_size=10)
+        other = RedisRoomStore(other_redis, keys, Relay(), instance_id="gw-2")
+        heard: list[tuple[str, MoveEvent]] = []
+
+        async def offline_move(room: str, event: MoveEvent) -> None:
+            heard.append((room, event))
+
+        rooms.on_offline_move = offline_move
+        try:
+            for user in ("alice", "bob"):
+                await rooms.join("r", user, f"s-{user[0]}")
+                await rooms.attach("r", f"sid-{user[0]}")
+            for n in range(1, 4):
+                await move(rooms, "r", "alice", {"n": n})
+            await rooms.join("span", "alice", "s-a")  # a room with a member on gw-2 as well
+            await rooms.attach("span", "sid-a")
+            await other.join("span", "dave", "s-d")
+            await other.attach("span", "sid-d")
+            assert (await move(rooms, "span", "alice", {"n": 1})).seq == 1  # which tells gw-1 the room spans
+
+            own_redis.stop()
+            offline = [await move(rooms, "r", "bob", {"n": 4}), await move(rooms, "r", "alice", {"n": 5})]
+            assert offline == [MoveEvent(4, wire("r", 4, "bob", {"n": 4})),
+                               MoveEvent(5, wire("r", 5, "alice", {"n": 5}))]
+            assert heard == [("r", offline[0]), ("r", offline[1])] and rooms.down
+            with pytest.raises(StoreUnavailable):  # no cluster-wide seq for a room that spans instances
+                await move(rooms, "span", "alice", {"n": 2})
+
+            own_redis.start()  # empty
+            seats = {"r": {"s-a": "alice", "s-b": "bob"}, "span": {"s-a": "alice"}}
+            assert await rooms.reassert(seats, {"r": 3, "span": 1}) == {"r": 2, "span": 0}
+            assert not rooms.down
+            assert await rooms.seq("r") == 5 and await rooms.seq("span") == 1
+            assert sorted(await rooms.members("r")) == ["alice", "bob"]
+            assert await redis.hgetall(keys.room("r", "seats")) == {"s-a": "alice", "s-b": "bob"}
+            assert await redis.hgetall(keys.room("r", "users")) == {"alice": "1", "bob": "1"}
+            assert await redis.smembers(keys.room("r", "insts")) == {"gw-1"}
+            assert await redis.smembers(keys.inst_rooms("gw-1")) == {"r", "span"}
+            assert await rooms.events_after("r", 3) == (offline, True)
+            assert await rooms.events_after("r", 0) == (offline, False)  # moves 1-3 went with the data
+            assert await rooms.state("r") == (5, {"players": ["alice", "bob"]})
+
+            assert await move(rooms, "r", "bob", {"n": 6}) == MoveEvent(6, wire("r", 6, "bob", {"n": 6}))
+            assert len(heard) == 2  # online again
+            assert await rooms.reassert(seats, {"r": 6, "span": 1}) == {"r": 0, "span": 0}  # twice: no change
+            assert await redis.hgetall(keys.room("r", "users")) == {"alice": "1", "bob": "1"}
+            assert await rooms.seq("r") == 6
+            assert seqs((await rooms.events_after("r", 0))[0]) == [4, 5, 6]
+        finally:
+            await rooms.aclose()
+            await other.aclose()
+            await redis.aclose()
+            await other_redis.aclose()
+
+    @pytest.mark.parametrize(("redis_seq", "delivered", "expected"), [
+        (None, 0, 2),  # back empty: the seq this instance's joins and moves returned
+        (None, 7, 7),  # back empty: the seq the bus delivered here (moves of the other instance's players)
+        (9, 7, 9),  # back with its data (or ahead): never lowered
+    ])
+    async def test_the_seq_after_a_reassert_is_never_below_one_given_out(
+            self, redis_client: Redis, redis_prefix: str, redis_seq: int | None, delivered: int,
+            expected: int) -> None:
+        keys = Keys(redis_prefix)
+        rooms = RedisRoomStore(redis_client, keys, Relay(), instance_id="gw-1")
+        await rooms.join("r", "alice", "s-a")
+        await rooms.attach("r", "sid-a")
+        await move(rooms, "r", "alice", {"n": 1})
+        await move(rooms, "r", "alice", {"n": 2})
+        await redis_client.delete(*[k async for k in redis_client.scan_iter(match=f"{redis_prefix}:*")])
+        if redis_seq is not None:
+            await redis_client.set(keys.room("r", "seq"), redis_seq)
+        assert await rooms.reassert({"r": {"s-a": "alice"}}, {"r": delivered}) == {"r": 0}
+        assert await rooms.seq("r") == expected
+        assert (await move(rooms, "r", "alice", {"n": 3})).seq == expected + 1
+        await rooms.aclose()
+
+    async def test_arena_players_are_seated_again_when_redis_came_back_empty(
+            self, own_redis: RedisServer, redis_prefix: str) -> None:
+        """A game whose moves change the state cannot play offline, and its state (where each
+        player stands) goes with Redis' data: the players seated through this instance get a
+        cell again, so that their moves are checked against a state that knows them."""
+        keys = Keys(redis_prefix)
+        redis = fails_fast(own_redis.url)
+        rooms = RedisRoomStore(redis, keys, Arena(width=3, height=3), instance_id="gw-1")
+        try:
+            for user in ("alice", "bob"):
+                await rooms.join("r", user, f"s-{user[0]}")
+                await rooms.attach("r", f"sid-{user[0]}")
+            await move(rooms, "r", "bob", {"dir": "down"})  # bob to (1, 1)
+            own_redis.stop()
+            with pytest.raises(StoreUnavailable):
+                await move(rooms, "r", "alice", {"dir": "down"})
+            own_redis.start()  # empty
+            assert await rooms.reassert({"r": {"s-a": "alice", "s-b": "bob"}}, {"r": 1}) == {"r": 0}
+            assert await rooms.state("r") == (1, {"width": 3, "height": 3, "players": {"alice": [0, 0], "bob": [1, 0]}})
+            assert await move(rooms, "r", "alice", {"dir": "down"}) == MoveEvent(
+                2, wire("r", 2, "alice", {"dir": "down", "pos": [0, 1]}))
+        finally:
+            await rooms.aclose()
+            await redis.aclose()
