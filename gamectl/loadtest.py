@@ -1,10 +1,17 @@
-"""``gamectl loadtest``: a Locust swarm of gamegw players, headless, with live progress.
+"""``gamectl loadtest``: a Locust swarm of gamegw players, headless or from Locust's web UI,
+with live progress.
 
 The players are ``gamectl/players/locustfile.py``. This command starts Locust (one process, or a
 master and ``--workers`` worker processes on this machine), follows the run through the
 progress file the locustfile writes every second, optionally scrapes the gateway's ``/metrics``
 for the server side of the run, and ends with a summary and an exit code that says whether the
 run met ``--max-fail-ratio`` and ``--max-p99-ms``.
+
+With ``--web``, Locust serves its web UI instead of starting the swarm itself: the operator
+starts, grows and stops the swarm from the page, and the run ends on Ctrl-C here (or
+``--run-time`` after the first start). The summary then covers the last start from the page,
+as the page's own tables do (Locust clears its statistics whenever a stopped swarm starts
+again); the gateway's figures cover the whole session.
 """
 
 from __future__ import annotations
@@ -62,6 +69,9 @@ class Plan:
     reconnect_delay_s: float
     churn_every: int
     stop_timeout_s: float
+    web: bool = False
+    web_host: str = "127.0.0.1"
+    web_port: int = 0
     run_id: str = field(default_factory=lambda: f"lt-{uuid.uuid4().hex[:6]}")
 
     def gamegw_args(self, progress: Path | None) -> list[str]:
@@ -76,11 +86,23 @@ class Plan:
             args += ["--progress-file", str(progress)]
         return args
 
+    @property
+    def web_url(self) -> str:
+        """Where the operator opens Locust's web UI (a wildcard bind is reached on loopback here)."""
+        host = "127.0.0.1" if self.web_host in ("*", "", "0.0.0.0") else self.web_host
+        host = "[::1]" if host == "::" else f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.web_port}"
+
     def commands(self, run_dir: Path, progress: Path) -> tuple[list[str], list[list[str]]]:
-        """The Locust command lines: the master (or the only process) and the local workers."""
+        """The Locust command lines: the master (or the only process) and the local workers.
+
+        With the web UI, ``-u`` and ``-r`` are the page's defaults, and Locust gets no run time:
+        this command ends the run (see :func:`_run`)."""
         base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
-        lead = [*base, "--headless", "--only-summary", "-u", str(self.users), "-r", str(self.spawn_rate),
-                "-t", f"{self.run_time_s:g}s", "--host", self.host, "--stop-timeout", f"{self.stop_timeout_s:g}",
+        mode = ["--web-host", self.web_host, "--web-port", str(self.web_port)] if self.web else \
+            ["--headless", "--only-summary", "-t", f"{self.run_time_s:g}s"]
+        lead = [*base, *mode, "-u", str(self.users), "-r", str(self.spawn_rate),
+                "--host", self.host, "--stop-timeout", f"{self.stop_timeout_s:g}",
                 "--loglevel", "WARNING", "--logfile", str(run_dir / "locust-master.log"),
                 *self.gamegw_args(progress)]
         if self.csv:
@@ -240,6 +262,16 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Locust's server binds
+        try:
+            s.bind((host if host not in ("*", "0.0.0.0") else "", port))
+        except OSError:
+            return False
+    return True
+
+
 def _follow(path: Path) -> Iterator[dict[str, Any]]:
     """New complete JSON lines of the progress file since the last call."""
     offset = 0
@@ -279,14 +311,17 @@ def progress_table(plan: Plan, line: dict[str, Any], elapsed: float, server: Ser
     names = line.get("names", {})
     move, bcast = names.get("move", {}), names.get("broadcast", {})
     requests, failures = line.get("requests", 0), line.get("failures", 0)
-    table = Table(title=f"gamectl loadtest · {plan.scenario} · {plan.host}", title_justify="left", box=None)
+    title = f"gamectl loadtest · {plan.scenario} · {plan.host}" + (f" · web UI {plan.web_url}" if plan.web else "")
+    table = Table(title=title, title_justify="left", box=None)
     for col in ("elapsed", "users", "moves/s", "bcast/s", "failures", "move p50/p99 ms", "bcast p50/p99 ms"):
         table.add_column(col, justify="right")
     if server is not None:
         table.add_column("gw conns", justify="right")
+    if plan.web:
+        table.add_column("swarm")
     row = [
-        f"{elapsed:.0f}/{plan.run_time_s:.0f}s",
-        f"{line.get('users', 0)}/{plan.users}",
+        _elapsed(plan, elapsed),
+        f"{line.get('users', 0)}" if plan.web else f"{line.get('users', 0)}/{plan.users}",
         f"{move.get('rps', 0):.0f}",
         f"{bcast.get('rps', 0):.0f}",
         f"{failures} ({failures / requests:.2%})" if requests else "0",
@@ -295,8 +330,14 @@ def progress_table(plan: Plan, line: dict[str, Any], elapsed: float, server: Ser
     ]
     if server is not None:
         row.append(f"{server.connections():.0f}")
+    if plan.web:
+        row.append(str(line.get("state", "waiting for a start on the page")))
     table.add_row(*row)
     return table
+
+
+def _elapsed(plan: Plan, elapsed: float) -> str:
+    return f"{elapsed:.0f}/{plan.run_time_s:.0f}s" if plan.run_time_s else f"{elapsed:.0f}s"
 
 
 def summary_tables(report: dict[str, Any]) -> list[Table]:
@@ -354,24 +395,28 @@ def violations(names: dict[str, Any], requests: int, failures: int, max_fail_rat
 
 
 def build_report(plan: Plan, final: dict[str, Any], procs: list[Proc], wall_s: float,
-                 server: ServerWatch | None, max_fail_ratio: float, max_p99_ms: float | None) -> dict[str, Any]:
+                 server: ServerWatch | None, max_fail_ratio: float, max_p99_ms: float | None,
+                 web: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The summary. ``web`` (with ``--web``): the UI's address, the starts from the page and the
+    most players that ran in the last one, which the figures per player divide by."""
+    users = int(web["peak_users"]) if web else plan.users
     names = final.get("names", {})
     ordered = {n: names[n] for n in SHOWN if n in names} | {n: v for n, v in names.items() if n not in SHOWN}
     requests, failures = final.get("requests", 0), final.get("failures", 0)
     fail_ratio = failures / requests if requests else 0.0
     cpu_s = sum(p.cpu_ms_last - p.cpu_ms_first for p in procs) / 1000
     player_procs = [p for p in procs if p.role != "master"]
-    local_users = plan.users * len(player_procs) / (len(player_procs) + plan.remote_workers)
+    local_users = users * len(player_procs) / (len(player_procs) + plan.remote_workers)
     rss_grown = [max(0, p.rss_kb_peak - p.rss_kb_first) for p in player_procs]
     cpu_player_s = sum(p.cpu_ms_last - p.cpu_ms_first for p in player_procs) / 1000
     broken = violations(names, requests, failures, max_fail_ratio, max_p99_ms)
     return {
         "ok": not broken,
         "violations": broken,
-        "run": {"run_id": plan.run_id, "scenario": plan.scenario, "host": plan.host, "users": plan.users,
-                "spawn_rate": plan.spawn_rate, "run_time_s": plan.run_time_s, "room_size": plan.room_size,
+        "run": {"run_id": plan.run_id, "scenario": plan.scenario, "host": plan.host, "users": users,
+                "spawn_rate": plan.spawn_rate, "run_time_s": plan.run_time_s or None, "room_size": plan.room_size,
                 "move_rate": plan.move_rate, "workers": plan.workers, "remote_workers": plan.remote_workers,
-                "measured_s": round(wall_s, 1)},
+                "measured_s": round(wall_s, 1), "web": web},
         "total": {"requests": requests, "failures": failures, "fail_ratio": round(fail_ratio, 6)},
         "requests": ordered,
         "errors": final.get("errors", []),
@@ -393,10 +438,14 @@ def build_report(plan: Plan, final: dict[str, Any], procs: list[Proc], wall_s: f
 # -- the command ------------------------------------------------------------------------------
 
 def loadtest(
-    users: Annotated[int, typer.Option("--users", "-u", min=1, help="Players to simulate.")] = 100,
-    spawn_rate: Annotated[float, typer.Option("--spawn-rate", "-r", min=0.1,
-                                              help="Players started per second.")] = 50.0,
-    run_time: Annotated[str, typer.Option("--run-time", "-t", help="How long to run: 30s, 5m, 1h.")] = "60s",
+    users: Annotated[int, typer.Option("--users", "-u", min=1, help=(
+        "Players to simulate (with --web: the page's default).")
+    )] = 100,
+    spawn_rate: Annotated[float, typer.Option("--spawn-rate", "-r", min=0.1, help=(
+        "Players started per second (with --web: the page's default)."))] = 50.0,
+    run_time: Annotated[str | None, typer.Option("--run-time", "-t", help=(
+        "How long to run: 30s, 5m, 1h. Default 60s; with --web, counted from the first start on the "
+        "page, and by default the run lasts until Ctrl-C."), show_default=False)] = None,
     scenario: Annotated[str, typer.Option(help="steady | churn (leave/join) | storm (mass drops and resumes) "
                                                "| idle (heartbeats only).")] = "steady",
     host: Annotated[str, typer.Option(help="The gateway's base URL.")] = "http://127.0.0.1:8000",
@@ -432,16 +481,30 @@ def loadtest(
                                                       "0..this delay.")] = "1s",
     churn_every: Annotated[int, typer.Option(min=1, help="churn: moves between changing rooms.")] = 5,
     stop_timeout: Annotated[str, typer.Option(help="At the end, time players get to finish their step.")] = "5s",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (progress goes to stderr).")]
-    = False,
+    web: Annotated[bool, typer.Option("--web", help=(
+        "Serve Locust's web UI instead of starting the swarm: start, grow and stop it from the page "
+        "(--users and --spawn-rate are its defaults; the scenario options are this command's). "
+        "Ctrl-C here ends the run and prints the summary of the last start."))] = False,
+    web_host: Annotated[str, typer.Option(help="--web: address the UI listens on.")] = "127.0.0.1",
+    web_port: Annotated[int, typer.Option(min=0, max=65535, help="--web: the UI's port (0: a free one).")] = 8089,
+    as_json: Annotated[bool, typer.Option("--json", help=(
+        "Print the summary as JSON (progress goes to stderr). With --web, the first line of output is "
+        '{"web_ui": URL}, once the page answers.'))] = False,
 ) -> None:
-    """Run a Locust swarm of gamegw players against a gateway, headless, and summarize it.
+    """Run a Locust swarm of gamegw players against a gateway and summarize it: headless, or
+    driven from Locust's web UI with --web.
 
     Every player connects with its own JWT, joins a room shared with other players and plays
     the scenario. Locust request type `sio` records connect, join, move (ack round trip),
     broadcast (send until the move reaches each member), resume and replayed moves; sequence
     gaps and error acks are failures. Exit code 0 when the thresholds hold, 1 when they do not
     (or the run failed), 2 for bad usage.
+
+    With --web, this prints the UI's URL and follows the swarm while the page drives it. A stop
+    on the page leaves the run open (start it again there, which resets Locust's statistics);
+    Ctrl-C here, or --run-time after the first start, stops the players and ends the run; the
+    summary, --csv and --html then cover the last start, the gateway's figures (--metrics-url)
+    the whole session.
     """
     if scenario not in SCENARIOS:
         raise typer.BadParameter(f"{scenario!r}: pick one of {', '.join(SCENARIOS)}", param_hint="--scenario")
@@ -449,8 +512,8 @@ def loadtest(
         raise typer.BadParameter(f"{host!r}: use http://HOST:PORT", param_hint="--host")
     if importlib.util.find_spec("locust") is None:
         fail(1, "Locust is not installed in this environment", "pip install -e '.[load]'")
-    run_s = parse_duration(run_time, "--run-time")
-    if run_s <= 0:
+    run_s = parse_duration(run_time, "--run-time") if run_time is not None else 0.0 if web else 60.0
+    if run_time is not None and run_s <= 0:
         raise typer.BadParameter("must be positive", param_hint="--run-time")
     plan = Plan(users=users, spawn_rate=spawn_rate, run_time_s=run_s, scenario=scenario, host=host.rstrip("/"),
                 room_size=room_size, move_rate=move_rate, workers=workers, remote_workers=remote_workers,
@@ -458,7 +521,11 @@ def loadtest(
                 token_cmd=token_cmd or "", config=config, csv=csv, html=html,
                 drop_every_s=parse_duration(drop_every, "--drop-every"),
                 reconnect_delay_s=parse_duration(reconnect_delay, "--reconnect-delay"),
-                churn_every=churn_every, stop_timeout_s=parse_duration(stop_timeout, "--stop-timeout"))
+                churn_every=churn_every, stop_timeout_s=parse_duration(stop_timeout, "--stop-timeout"),
+                web=web, web_host=web_host, web_port=web_port or _free_port(web_host))
+    if web and web_port and not _port_free(web_host, web_port):
+        fail(1, f"port {web_port} on {web_host} is in use: Locust's web UI could not listen there",
+             "pass --web-port 0 for a free port, or another --web-port")
     _preflight(plan)
     server = ServerWatch(metrics_url) if metrics_url else None
     if server is not None:
@@ -505,19 +572,24 @@ def _raise_nofile(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(needed, soft)), hard))
 
 
+WEB_STOPPED = ("cleanup", "stopping", "stopped")  # Locust runner states once a stop began
+
+
 def _run(plan: Plan, server: ServerWatch | None, max_fail_ratio: float, max_p99_ms: float | None,
          as_json: bool) -> dict[str, Any]:
     run_dir = Path(tempfile.mkdtemp(prefix="gamegw-loadtest-"))
     progress = run_dir / "progress.jsonl"
     lead_cmd, worker_cmds = plan.commands(run_dir, progress)
-    _raise_nofile(plan.users + 512)
+    _raise_nofile(plan.users + 512 if not plan.web else 65536)  # from the page, the swarm can grow
     console = stderr if as_json else Console()
     env = {**os.environ, "GAMEGW_LT_BASELINE_DIR": str(run_dir)}
     procs: list[Proc] = []
 
     def spawn(role: str, cmd: list[str]) -> Proc:
         log = (run_dir / f"{role}.out").open("wb")
-        popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        # no terminal for Locust: its key listener would set the operator's terminal to cbreak
+        popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                 start_new_session=True, preexec_fn=_default_sigint)
         log.close()
         proc = Proc(role, popen, run_dir / f"baseline-{popen.pid}.json")
         procs.append(proc)
@@ -537,11 +609,21 @@ def _run(plan: Plan, server: ServerWatch | None, max_fail_ratio: float, max_p99_
     final: dict[str, Any] = {}
     last: dict[str, Any] = {}
     started = time.monotonic()
-    test_started: float | None = None
+    test_started: float | None = None  # gamectl's first line of the current start
+    first_start: float | None = None  # --web: --run-time counts from here
+    stopped_at: float | None = None  # --web: the current start was seen stopping (a stop on the page)
+    ended_at: float | None = None  # --web: this command ended the run
+    starts = peak_users = 0
     interrupted = False
     live = Live(console=console, refresh_per_second=2, transient=False) if console.is_terminal else None
     next_plain = started + 5
+    # SIGTERM (a supervisor, a CI timeout) ends the run as Ctrl-C does: Locust runs in sessions of
+    # its own, which would otherwise outlive this command
+    sigterm = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        if plan.web:
+            _await_web_ui(plan, lead, run_dir)
+            _announce_web_ui(plan, console, as_json)
         if live:
             live.start()
         follower = _follow(progress)
@@ -551,37 +633,55 @@ def _run(plan: Plan, server: ServerWatch | None, max_fail_ratio: float, max_p99_
                     break
                 if "final" in line:
                     final = line["final"]
-                else:
-                    last = line
-                    if test_started is None:
-                        test_started = time.monotonic()
+                    continue
+                last = line
+                now = time.monotonic()
+                if line.get("starts", 1) != starts:  # headless: the one start; --web: each from the page
+                    starts, test_started, stopped_at, peak_users = line.get("starts", 1), now, None, 0
+                    if first_start is None:
+                        first_start = now
                         for proc in procs:
                             proc.mark()
-            in_run = test_started is not None and time.monotonic() <= test_started + plan.run_time_s
+                if line.get("state") in WEB_STOPPED and stopped_at is None:
+                    stopped_at = now
+                peak_users = max(peak_users, int(line.get("users") or 0), int(line.get("peak_users") or 0))
+            now = time.monotonic()
+            if plan.web:
+                in_run = last.get("state") in ("spawning", "running")
+                elapsed = (stopped_at or now) - test_started if test_started is not None else 0.0
+            else:
+                in_run = test_started is not None and now <= test_started + plan.run_time_s
+                elapsed = now - started
             for proc in procs:
                 proc.sample(cpu=in_run)
             if server is not None:
                 server.poll()
-            elapsed = time.monotonic() - started
             if live:
                 live.update(progress_table(plan, last, elapsed, server))
-            elif time.monotonic() >= next_plain and last:
+            elif now >= next_plain and last:
                 next_plain += 5
                 _plain_progress(console, plan, last, elapsed)
             if lead.popen.poll() is not None:
                 break
-            time.sleep(1.0)
+            deadline = first_start + plan.run_time_s if plan.web and plan.run_time_s and first_start else None
+            if deadline is not None and now >= deadline:
+                ended_at = now
+                _end_run(plan, lead)
+                break
+            time.sleep(min(1.0, max(0.05, deadline - now)) if deadline is not None else 1.0)
     except KeyboardInterrupt:
         interrupted = True
-        lead.popen.send_signal(signal.SIGINT)
-        try:
-            lead.popen.wait(timeout=plan.stop_timeout_s + 10)
-        except subprocess.TimeoutExpired:
-            pass
+        ended_at = time.monotonic()
+        _end_run(plan, lead)
     finally:
+        signal.signal(signal.SIGTERM, sigterm)
         if live:
             live.stop()
-        wall_s = min(time.monotonic() - (test_started or started), plan.run_time_s)
+        end = ended_at or time.monotonic()
+        if plan.web:  # the last start, until its stop on the page or the end of the run
+            wall_s = (stopped_at or end) - test_started if test_started is not None else 0.0
+        else:
+            wall_s = min(end - (test_started or started), plan.run_time_s)
         _stop_all(procs)
     for line in _follow(progress):
         if not line:
@@ -592,15 +692,72 @@ def _run(plan: Plan, server: ServerWatch | None, max_fail_ratio: float, max_p99_
         server.poll()
     if not final:
         log = run_dir / ("locust-master.log" if plan.workers else "locust.out")
-        fail(1, "Locust ended without results" + (" (interrupted)" if interrupted else ""),
+        fail(1, "Locust ended without results" + (" (interrupted)" if interrupted and not plan.web else ""),
              f"its log ({run_dir}):\n{_tail(run_dir / (lead.role + '.out')) or _tail(log)}")
-    return build_report(plan, final, procs, wall_s, server, max_fail_ratio, max_p99_ms)
+    peak_users = max(peak_users, int(final.get("peak_users") or 0))
+    if plan.web and final.get("started_at") and final.get("stopped_at"):
+        wall_s = final["stopped_at"] - final["started_at"]  # exact, where this command polls every second
+    web = {"url": plan.web_url, "starts": starts, "peak_users": peak_users} if plan.web else None
+    return build_report(plan, final, procs, wall_s, server, max_fail_ratio, max_p99_ms, web)
+
+
+def _default_sigint() -> None:
+    """In a Locust process, before its exec: SIGINT is how this command ends a run, so it must not
+    stay ignored when this command runs with it ignored (``nohup``, ``cmd &`` in a script)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _end_run(plan: Plan, lead: Proc) -> None:
+    """Ctrl-C, or --web's run time: Locust stops its players, writes the totals and exits (a
+    master first waits for its workers to stop and report, see the locustfile)."""
+    if lead.popen.poll() is None:
+        lead.popen.send_signal(signal.SIGINT)
+    try:
+        lead.popen.wait(timeout=plan.stop_timeout_s + (15 if plan.web else 10))
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _await_web_ui(plan: Plan, lead: Proc, run_dir: Path, timeout_s: float = 60.0) -> None:
+    """Wait until the UI answers and the local workers are in: a start before they are would
+    find no worker to give players to."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if lead.popen.poll() is not None:
+            log = _tail(run_dir / (lead.role + ".out")) or _tail(run_dir / "locust-master.log")
+            fail(1, f"Locust exited before its web UI answered on {plan.web_url}", f"its log ({run_dir}):\n{log}")
+        try:
+            with urllib.request.urlopen(plan.web_url + "/stats/requests", timeout=2) as resp:
+                stats = orjson.loads(resp.read())
+            if int(stats.get("worker_count") or 0) >= plan.workers:
+                return
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            fail(1, f"Locust's web UI did not answer on {plan.web_url} within {timeout_s:g} s"
+                 + (f" with {plan.workers} workers in" if plan.workers else ""), f"see the logs in {run_dir}")
+        time.sleep(0.2)
+
+
+def _announce_web_ui(plan: Plan, console: Console, as_json: bool) -> None:
+    if as_json:  # one line a script reads before the summary comes
+        sys.stdout.write(orjson.dumps({"web_ui": plan.web_url}).decode() + "\n")
+        sys.stdout.flush()
+    stop = f"; the run ends {plan.run_time_s:g} s after the first start" if plan.run_time_s else ""
+    console.print(f"[bold]Locust web UI:[/] {plan.web_url}\n[dim]start, grow and stop the swarm there (defaults: "
+                  f"{plan.users} players at {plan.spawn_rate:g}/s){stop}; Ctrl-C here ends the run and prints "
+                  "the summary[/]", highlight=False, soft_wrap=True)
 
 
 def _plain_progress(console: Console, plan: Plan, line: dict[str, Any], elapsed: float) -> None:
     names = line.get("names", {})
     move, bcast = names.get("move", {}), names.get("broadcast", {})
-    console.print(f"{elapsed:4.0f}s users {line.get('users', 0)}/{plan.users} moves/s {move.get('rps', 0):.0f} "
+    users = f"{line.get('users', 0)} ({line.get('state', '')})" if plan.web else f"{line.get('users', 0)}/{plan.users}"
+    console.print(f"{elapsed:4.0f}s users {users} moves/s {move.get('rps', 0):.0f} "
                   f"bcast/s {bcast.get('rps', 0):.0f} failures {line.get('failures', 0)} "
                   f"move p50/p99 {_ms(move.get('p50'))}/{_ms(move.get('p99'))} ms", highlight=False)
 

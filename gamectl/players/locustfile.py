@@ -1,7 +1,7 @@
 """Locust players that speak gamegw's contract.
 
-Run it through ``gamectl loadtest`` (which starts Locust headless, mints tokens, shows progress
-and checks thresholds), or with Locust directly::
+Run it through ``gamectl loadtest`` (which starts Locust headless, or with its web UI under
+``--web``, mints tokens, shows progress and checks thresholds), or with Locust directly::
 
     locust -f gamectl/players/locustfile.py --headless -u 100 -r 20 -t 60s --host http://127.0.0.1:8000 \\
         --scenario steady --room-size 10 --move-rate 1
@@ -50,7 +50,9 @@ how long each one took. ``--hosts URL1,URL2`` spreads the players over several g
 players span them all.
 
 With ``--progress-file``, the master (or only) process appends a JSON line of live stats every
-second (what ``gamectl loadtest`` follows) and a ``{"final": ...}`` line at the end. Every
+second (what ``gamectl loadtest`` follows) from the test's first start, and a ``{"final": ...}``
+line when it quits. Each line counts the starts so far (``"starts"``): from the web UI the swarm
+can be stopped and started again, and Locust clears its statistics at each start. Every
 ``--window-s`` seconds (default 60) from ``--window-origin`` (default: the test's start; samples
 before a later origin make window 0), and again at ``--drop-at``, the progress line written at
 that moment also carries ``"minute": {...}``: the window's exact count, failures and
@@ -634,18 +636,29 @@ class Windows:
 
 
 _windows: Windows | None = None
+_progress: gevent.Greenlet | None = None
+_starts = 0  # test starts in this process: one headless, one per start from the web UI
+_peak_users = 0  # the most players spawned since the last start (the web UI can grow and shrink the swarm)
+_started_at = _stopped_at = 0.0  # Unix time of the last start and of its stop (0: still running)
 
 
 def _progress_loop(environment: Environment, path: str) -> None:
     global _windows
     opts = environment.parsed_options
-    windows = _windows = Windows(environment, float(getattr(opts, "window_s", 60.0) or 60.0),
-                                 float(getattr(opts, "window_origin", 0.0) or 0.0),
-                                 float(getattr(opts, "drop_at", 0.0) or 0.0))
+    windows: Windows | None = None
     rates = Rates()
+    seen = 0
     with open(path, "ab", buffering=0) as out:
         next_line = time.monotonic()
         while True:
+            if seen != _starts or windows is None:
+                # a new start from the web UI: Locust has cleared its statistics, so the windows
+                # and rates start again too (the one writer carries on: lines never interleave)
+                seen = _starts
+                windows = _windows = Windows(environment, float(getattr(opts, "window_s", 60.0) or 60.0),
+                                             float(getattr(opts, "window_origin", 0.0) or 0.0),
+                                             float(getattr(opts, "drop_at", 0.0) or 0.0))
+                rates = Rates()
             # a line every second, and one at each window's end (which carries the window)
             wait = min(next_line - time.monotonic(), windows.next_cut - time.time())
             if wait > 0:
@@ -665,8 +678,10 @@ def _progress_loop(environment: Environment, path: str) -> None:
                 entry["rps"] = rps[name]
             line: dict[str, Any] = {
                 "t": now,
+                "starts": seen,
                 "state": runner.state if runner else "",
                 "users": runner.user_count if runner else 0,
+                "peak_users": max(_peak_users, runner.user_count if runner else 0),
                 "workers": len(runner.clients.ready + runner.clients.running + runner.clients.spawning)
                 if isinstance(runner, MasterRunner) else None,
                 "requests": stats.total.num_requests,
@@ -703,9 +718,30 @@ def _baseline(environment: Environment, **_: Any) -> None:
 
 @events.test_start.add_listener
 def _start_progress(environment: Environment, **_: Any) -> None:
+    """One progress writer per process, from the first start; the web UI can start the swarm
+    again after a stop, which only counts the start (``"starts"`` in each line)."""
+    global _progress, _starts, _peak_users, _started_at, _stopped_at
     path = getattr(environment.parsed_options, "progress_file", "") if environment.parsed_options else ""
     if path and not isinstance(environment.runner, WorkerRunner):
-        gevent.spawn(_progress_loop, environment, path)
+        _starts += 1
+        _peak_users, _started_at, _stopped_at = 0, time.time(), 0.0
+        if _progress is None:
+            _progress = gevent.spawn(_progress_loop, environment, path)
+
+
+@events.spawning_complete.add_listener
+def _count_peak(user_count: int, **_: Any) -> None:
+    """Between two progress lines the page can grow the swarm and stop it again: count each
+    spawn's target (on a master, once its workers report it)."""
+    global _peak_users
+    _peak_users = max(_peak_users, user_count)
+
+
+@events.test_stop.add_listener
+def _stopped(environment: Environment, **_: Any) -> None:
+    global _stopped_at
+    if not isinstance(environment.runner, WorkerRunner) and _started_at and not _stopped_at:
+        _stopped_at = time.time()
 
 
 @events.quitting.add_listener
@@ -717,6 +753,11 @@ def _final_stats(environment: Environment, **_: Any) -> None:
     # Locust can fire ``quitting`` while players are still finishing their last step (the
     # run-time limit and the shutdown both stop the runner): wait for them, within the stop timeout.
     runner = environment.runner
+    if runner is not None and runner.state in (runners.STATE_SPAWNING, runners.STATE_RUNNING):
+        # Ctrl-C or SIGTERM with the web UI, in one process: Locust fires ``quitting`` before it
+        # stops the players, so the totals would miss what they do after it. Stop them first. (A
+        # master has quit its workers by now: its runner's own ``quitting`` listener runs first.)
+        runner.stop()
     deadline = time.monotonic() + (environment.stop_timeout or 0) + 2
     while runner is not None and runner.user_count > 0 and time.monotonic() < deadline:
         gevent.sleep(0.05)
@@ -745,6 +786,10 @@ def _final_stats(environment: Environment, **_: Any) -> None:
         "requests": stats.total.num_requests,
         "failures": stats.total.num_failures,
         "errors": sorted(errors, key=lambda e: -e["occurrences"]),
+        "peak_users": _peak_users,
+        # the last start, until its players stopped (the web UI can stop a swarm long before the end)
+        "started_at": _started_at or None,
+        "stopped_at": _stopped_at or None,
         "start": stats.total.start_time,
         "end": stats.total.last_request_timestamp,
     }

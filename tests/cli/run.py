@@ -12,12 +12,17 @@ from tests.conftest import TEST_SECRET
 GAMECTL = str(Path(sys.executable).with_name("gamectl"))
 
 
-async def gamectl(*args: str, timeout: float = 30, **env: str) -> tuple[int, str, str]:
-    """``gamectl ARGS`` with the test key and no other GAMEGW_ variable; (exit code, stdout, stderr)."""
+async def start_gamectl(*args: str, **env: str) -> asyncio.subprocess.Process:
+    """``gamectl ARGS`` started with the test key and no other GAMEGW_ variable, its output piped."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("GAMEGW_")}
     environ.update({"GAMEGW_JWT_SECRET": TEST_SECRET, "COLUMNS": "200", **env})
-    proc = await asyncio.create_subprocess_exec(GAMECTL, *args, env=environ, stdout=asyncio.subprocess.PIPE,
+    return await asyncio.create_subprocess_exec(GAMECTL, *args, env=environ, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE)
+
+
+async def gamectl(*args: str, timeout: float = 30, **env: str) -> tuple[int, str, str]:
+    """``gamectl ARGS`` with the test key and no other GAMEGW_ variable; (exit code, stdout, stderr)."""
+    proc = await start_gamectl(*args, **env)
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import itertools
 import json
+import re
+import shutil
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.cli.run import gamectl
+from tests.cli.run import gamectl, start_gamectl
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -163,3 +171,193 @@ async def test_bad_usage_and_an_unreachable_gateway(tmp_path: Path) -> None:
     assert code == 2 and "--scenario" in err
     code, _, err = await gamectl("loadtest", "--host", "http://127.0.0.1:9", "-t", "1s")
     assert code == 1 and "does not answer /healthz" in err and "hint" in err
+
+
+# -- --web: Locust's web UI drives the swarm ----------------------------------------------------
+
+class WebRun:
+    """``gamectl loadtest --web`` running: the UI's URL (its first line of output), then its summary."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, url: str) -> None:
+        self.proc, self.url = proc, url
+
+    async def swarm(self, http: aiohttp.ClientSession, users: int, spawn_rate: float, host: str) -> None:
+        """What the page's start button (and its edit of a running swarm) sends."""
+        form = {"user_count": str(users), "spawn_rate": str(spawn_rate), "host": host}
+        async with http.post(self.url + "/swarm", data=form) as resp:
+            body = await resp.json()
+        assert resp.status == 200 and body["success"], body
+
+    async def stop(self, http: aiohttp.ClientSession) -> None:
+        async with http.post(self.url + "/stop") as resp:
+            assert (await resp.json())["success"]
+
+    async def end(self, sig: int | None = signal.SIGINT) -> tuple[int, dict[str, Any], str]:
+        """Ctrl-C (or, with ``sig=None``, wait for the run to end by itself): code, summary, stderr."""
+        if sig is not None:
+            self.proc.send_signal(sig)
+        out, err = await asyncio.wait_for(self.proc.communicate(), 90)
+        assert self.proc.returncode is not None
+        return self.proc.returncode, json.loads(out) if out.strip() else {}, err.decode()
+
+
+@asynccontextmanager
+async def web_loadtest(url: str, *args: str, **env: str) -> AsyncIterator[WebRun]:
+    proc = await start_gamectl("loadtest", "--host", url, "--web", "--web-port", "0", "--json", *args, **env)
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        first = await asyncio.wait_for(proc.stdout.readline(), 60)
+        assert first, (await proc.stderr.read()).decode()
+        yield WebRun(proc, json.loads(first)["web_ui"])
+    finally:
+        if proc.returncode is None:  # a failed test: SIGTERM ends the run as Ctrl-C does, Locust included
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(proc.communicate(), 60)
+
+
+async def players_play(url: str, before: dict[str, float], players: int, timeout_s: float = 30) -> None:
+    """The gateway holds exactly ``players`` connections, and (when there are any) counts moves."""
+    deadline = time.monotonic() + timeout_s
+    moved: int | None = None
+    while True:
+        now = await metrics(url)
+        moves = delta(before, now, "gamegw_moves_total")
+        if now.get("gamegw_connections") == players:
+            if players == 0:
+                return
+            if moved is None:
+                moved = moves
+            elif moves >= moved + players:
+                return
+        else:
+            moved = None
+        assert time.monotonic() < deadline, (players, now.get("gamegw_connections"), moves)
+        await asyncio.sleep(0.2)
+
+
+def template_args(page: str) -> dict[str, Any]:
+    """What Locust's page renders its form from."""
+    start = page.index("window.templateArgs = ") + len("window.templateArgs = ")
+    args, _ = json.JSONDecoder().raw_decode(page, start)
+    return dict(args)
+
+
+def check_csv(prefix: Path, requests: dict[str, Any]) -> None:
+    lines = Path(f"{prefix}_stats.csv").read_text().splitlines()
+    rows = {(r["Type"], r["Name"]): r for r in csv.DictReader(lines)}
+    for name in ("connect", "join", "move", "broadcast"):
+        assert int(rows[("sio", name)]["Request Count"]) == requests[name]["count"], name
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+async def test_web_ui_starts_grows_and_stops_the_swarm(gateway_factory, tmp_path: Path, workers: int) -> None:
+    gw = await gateway_factory()
+    before = await metrics(gw.url)
+    prefix = tmp_path / "run"
+    async with web_loadtest(gw.url, "-u", "6", "-r", "60", "--room-size", "4", "--move-rate", "2",
+                            "--workers", str(workers), "--metrics-url", gw.url + "/metrics", "--csv", str(prefix),
+                            TMPDIR=str(tmp_path)) as run, aiohttp.ClientSession() as http:
+        assert run.url.startswith("http://127.0.0.1:")
+        async with http.get(run.url) as resp:
+            page = await resp.text()
+        assert resp.status == 200 and "<title>Locust</title>" in page and '<div id="root">' in page
+        args = template_args(page)  # the command's flags are the page's defaults
+        assert (args["num_users"], args["spawn_rate"], args["host"]) == (6, 60.0, gw.url)
+        assert (args["is_distributed"], args["worker_count"]) == (workers > 0, workers)  # workers are in
+
+        started = time.monotonic()
+        await run.swarm(http, 8, 100, gw.url)
+        await players_play(gw.url, before, 8)
+        await run.swarm(http, 12, 100, gw.url)  # grow the running swarm
+        await players_play(gw.url, before, 12)
+        await run.stop(http)  # answers once the players have stopped
+        ran = time.monotonic() - started
+        await players_play(gw.url, before, 0)
+        await asyncio.sleep(1.5)
+        code, report, err = await run.end()  # then Ctrl-C ends the run
+    after = await metrics(gw.url)
+    assert code == 0, err
+    assert report["ok"], report["violations"]
+    assert report["run"]["web"] == {"url": run.url, "starts": 1, "peak_users": 12}
+    assert report["run"]["users"] == 12 and report["run"]["run_time_s"] is None
+    req = report["requests"]
+    assert (req["connect"]["count"], req["join"]["count"], report["total"]["failures"]) == (12, 12, 0)
+    moves = req["move"]["count"]
+    assert moves > 0 and moves == delta(before, after, "gamegw_moves_total") == report["server"]["moves"]
+    assert report["server"]["connects"] == report["server"]["peak_connections"] == 12
+    assert report["loadgen"]["processes"] == workers + 1
+    # from the start to the stop on the page, not to the Ctrl-C
+    assert 0.5 <= report["run"]["measured_s"] <= ran + 0.1
+    check_csv(prefix, req)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+async def test_web_ctrl_c_while_the_swarm_plays_counts_every_move(gateway_factory, tmp_path: Path,
+                                                                  workers: int) -> None:
+    """Ctrl-C without a stop on the page: the players stop before the totals are written (a lone
+    Locust process wrote them while its players still played, and stopped them only after)."""
+    gw = await gateway_factory()
+    before = await metrics(gw.url)
+    prefix = tmp_path / "run"
+    async with web_loadtest(gw.url, "-u", "12", "-r", "100", "--room-size", "4", "--move-rate", "4",
+                            "--workers", str(workers), "--csv", str(prefix)) as run, aiohttp.ClientSession() as http:
+        await run.swarm(http, 12, 100, gw.url)
+        await players_play(gw.url, before, 12)
+        await asyncio.sleep(1.5)
+        code, report, err = await run.end()
+    after = await metrics(gw.url)
+    assert code == 0, err
+    req = report["requests"]
+    assert (req["connect"]["count"], report["total"]["failures"]) == (12, 0)
+    assert req["move"]["count"] == delta(before, after, "gamegw_moves_total")
+    assert req["move"]["count"] == delta(before, after, "gamegw_acks_total|event=move|result=ok")
+    assert after["gamegw_connections"] == 0
+    check_csv(prefix, req)
+
+
+async def test_web_run_time_counts_from_the_first_start_and_the_summary_from_the_last(gateway_factory) -> None:
+    gw = await gateway_factory()
+    before = await metrics(gw.url)
+    async with web_loadtest(gw.url, "-u", "3", "-r", "100", "-t", "8s", "--room-size", "4", "--move-rate", "2",
+                            "--metrics-url", gw.url + "/metrics") as run, aiohttp.ClientSession() as http:
+        started = time.monotonic()
+        await run.swarm(http, 3, 100, gw.url)
+        await players_play(gw.url, before, 3)
+        await run.stop(http)
+        await players_play(gw.url, before, 0)
+        await run.swarm(http, 5, 100, gw.url)  # a second start: Locust clears its statistics
+        await players_play(gw.url, before, 5)
+        code, report, err = await run.end(sig=None)  # no Ctrl-C: --run-time ends the run
+        took = time.monotonic() - started
+    assert code == 0, err
+    assert 8 <= took < 8 + 20
+    assert report["run"]["web"]["starts"] == 2 and report["run"]["run_time_s"] == 8
+    assert report["requests"]["connect"]["count"] == 5  # the last start
+    assert report["server"]["connects"] == 3 + 5  # the gateway: the whole session
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs the chromium package")
+async def test_web_ui_renders_in_a_browser(gateway_factory, tmp_path: Path) -> None:
+    gw = await gateway_factory()
+    async with web_loadtest(gw.url, "-u", "7", "-r", "30") as run:
+        browser = await asyncio.create_subprocess_exec(
+            "chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'chromium'}",
+            "--virtual-time-budget=10000", "--dump-dom", run.url, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL)
+        dom, _ = await asyncio.wait_for(browser.communicate(), 90)
+        code, report, _ = await run.end()
+    # the page's script rendered the start form, filled with the command's defaults
+    inputs = {m["name"]: m["value"] for m in (dict(re.findall(r'(name|value)="([^"]*)"', tag))
+                                              for tag in re.findall(r"<input[^>]*>", dom.decode()))
+              if "name" in m and "value" in m}
+    assert (inputs["userCount"], inputs["spawnRate"], inputs["host"]) == ("7", "30", gw.url), inputs
+    # never started from the page: nothing ran, and the run says so
+    assert code == 1 and report["violations"] == ["no request was recorded"]
+
+
+async def test_web_port_in_use_is_refused() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        code, _, err = await gamectl("loadtest", "--web", "--web-port", str(busy.getsockname()[1]))
+    assert code == 1 and "in use" in err and "--web-port 0" in err
