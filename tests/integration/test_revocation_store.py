@@ -5,7 +5,7 @@ long it is kept: until nothing it covers can still be accepted (``jwt_max_lifeti
 ``jwt_leeway_s`` after the revocation, or a token's own ``exp`` plus the leeway), then
 forgotten. The memory store reads an injected clock; Redis forgets by the TTL it was given, on
 its own clock, which no test can move: there :meth:`Revs.lapse` checks that the key expires
-exactly then (``PEXPIRETIME`` against the server's ``TIME`` read around the revocation) and
+then, to the millisecond (``PEXPIRETIME`` against the server's ``TIME`` read around the revocation) and
 deletes it, which is what Redis does at that moment.
 """
 
@@ -69,7 +69,9 @@ class Revs:
             expires_ms = await self.redis.pexpiretime(key)
             kept_ms = round((until - revoked_at) * 1000)
             low, high = self.revoked[revoked_at]
-            assert low + kept_ms <= expires_ms <= high + kept_ms, (expires_ms - low, kept_ms)
+            # Redis counts an expiry from its cached command time, which may trail the TIME read
+            # just before by a millisecond (seen once in a full run: 3601999 for 3602000)
+            assert low - 1 + kept_ms <= expires_ms <= high + kept_ms, (expires_ms - low, kept_ms)
             assert await self.refused(probe)
             await self.redis.delete(key)  # Redis' expiry, at ``until``
         assert not await self.refused(probe)
