@@ -284,7 +284,9 @@ async def test_web_ui_starts_grows_and_stops_the_swarm(gateway_factory, tmp_path
     assert (req["connect"]["count"], req["join"]["count"], report["total"]["failures"]) == (12, 12, 0)
     moves = req["move"]["count"]
     assert moves > 0 and moves == delta(before, after, "gamegw_moves_total") == report["server"]["moves"]
-    assert report["server"]["connects"] == report["server"]["peak_connections"] == 12
+    assert report["server"]["connects"] == 12
+    # a gauge read once per progress tick: the 12 may have lasted less than a tick (CI saw 8)
+    assert 8 <= report["server"]["peak_connections"] <= 12
     assert report["loadgen"]["processes"] == workers + 1
     # from the start to the stop on the page, not to the Ctrl-C
     assert 0.5 <= report["run"]["measured_s"] <= ran + 0.1
