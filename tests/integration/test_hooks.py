@@ -72,7 +72,8 @@ def metric(gw: Gateway, name: str) -> float:
     return gw.app[PARTS].metrics.registry.get_sample_value(name) or 0.0
 
 
-async def test_a_vetoed_move_takes_no_seq_and_reaches_nobody(gateway_factory, players, hook):
+@pytest.mark.parametrize("transports", [["websocket"], ["polling", "websocket"]], ids=["websocket", "polling"])
+async def test_a_vetoed_move_takes_no_seq_and_reaches_nobody(gateway_factory, players, hook, transports):
     async def answer(body: dict[str, Any]) -> Any:
         if body["action"].get("cheat"):
             return {"ok": False, "code": "no_credits", "message": "buy more credits"}
@@ -80,8 +81,8 @@ async def test_a_vetoed_move_takes_no_seq_and_reaches_nobody(gateway_factory, pl
 
     hook.answer = answer
     gw = await gateway_factory(hooks_url=hook.url, hooks_events="move")
-    a = await players(gw.url, gw.token("alice"))
-    b = await players(gw.url, gw.token("bob"))
+    a = await players(gw.url, gw.token("alice"), transports=transports)
+    b = await players(gw.url, gw.token("bob"), transports=transports)
     await a.call("join", {"room": "duel"})
     await b.call("join", {"room": "duel"})
     assert await a.call("move", {"room": "duel", "action": {"i": 1}}) == {"ok": True, "seq": 1}
@@ -303,3 +304,40 @@ async def test_one_connections_moves_keep_their_order_whatever_the_hook_takes(ga
     assert [ack["seq"] for ack in acks] == [1, 2, 3, 4]
     moves = await a.wait_for("move", 4)
     assert [m["action"]["i"] for m in moves] == [0, 1, 2, 3]
+
+
+async def test_moves_of_two_players_in_one_room_are_numbered_as_their_hooks_answer(gateway_factory, players, hook):
+    async def answer(body: dict[str, Any]) -> Any:
+        await asyncio.sleep(0.5 if body["user"] == "alice" else 0)
+        return {"ok": True}
+
+    hook.answer = answer
+    gw = await gateway_factory(hooks_url=hook.url, hooks_events="move")
+    a = await players(gw.url, gw.token("alice"))
+    b = await players(gw.url, gw.token("bob"))
+    await a.call("join", {"room": "r"})
+    await b.call("join", {"room": "r"})
+    slow_ack = asyncio.create_task(a.call("move", {"room": "r", "action": {"by": "alice"}}))
+    await asyncio.sleep(0.1)  # alice's move asked first...
+    assert await b.call("move", {"room": "r", "action": {"by": "bob"}}) == {"ok": True, "seq": 1}
+    assert await slow_ack == {"ok": True, "seq": 2}  # ...but bob's hook answered first
+    for p in (a, b):  # one order for every member, no gaps
+        moves = await p.wait_for("move", 2)
+        assert [(m["seq"], m["action"]["by"]) for m in moves] == [(1, "bob"), (2, "alice")]
+    assert gw.app[PARTS].metrics.registry.get_sample_value("gamegw_hook_seconds_count", {"event": "move"}) == 2
+
+
+async def test_a_vetoed_move_in_a_cluster_takes_no_seq(cluster_factory, players, hook):
+    async def answer(body: dict[str, Any]) -> Any:
+        return {"ok": False, "code": "not_your_turn"} if body["action"].get("early") else {"ok": True}
+
+    hook.answer = answer
+    gw1, gw2 = await cluster_factory(2, hooks_url=hook.url, hooks_events="move")
+    a = await players(gw1.url, gw1.token("alice"))
+    b = await players(gw2.url, gw2.token("bob"))
+    await a.call("join", {"room": "r"})
+    await b.call("join", {"room": "r"})
+    assert (await a.call("move", {"room": "r", "action": {"early": True}}))["error"]["code"] == "not_your_turn"
+    assert await b.call("move", {"room": "r", "action": {}}) == {"ok": True, "seq": 1}
+    assert [m["seq"] for m in await a.wait_for("move")] == [1]
+    assert {r["instance"] for r in hook.requests} == {"inst-1", "inst-2"}
