@@ -3,6 +3,8 @@ fake clock, and the verdict a hook's refusal turns into."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from gamegw.server.config import Settings, load_settings
@@ -25,6 +27,15 @@ def test_hook_settings_from_the_environment() -> None:
     assert (s.hooks_breaker_failures, s.hooks_breaker_cooldown_s) == (3, 2.0)
     off = settings()
     assert (off.hooks_url, off.hooks_events, off.hooks_on_error) == ("", (), "deny")
+
+
+def test_hook_settings_from_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "gamegw.toml"
+    path.write_text('hooks_url = "https://backend.example/gamegw"\nhooks_events = ["connect", "leave"]\n'
+                    'hooks_on_error = "allow"\n')
+    s = load_settings({"GAMEGW_JWT_SECRET": SECRET}, path)
+    assert (s.hooks_url, s.hooks_events, s.hooks_on_error) == ("https://backend.example/gamegw",
+                                                              ("connect", "leave"), "allow")
 
 
 @pytest.mark.parametrize(("env", "names"), [
