@@ -28,8 +28,7 @@ from .config import Settings
 from .conn import Conn
 from .guard.guards import Guards, address_of
 from .guard.limits import Budget, Limit, UserBudgets
-from .hooks.client import UNAVAILABLE as HOOK_UNAVAILABLE
-from .hooks.client import Hooks, Verdict
+from .hooks.client import DENY, Hooks, Verdict
 from .logs import log, stop_task
 from .metrics import Metrics
 from .protocol import codes
@@ -235,7 +234,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
 
     def _refuse_by_hook(self, sid: str, address: str, verdict: Verdict) -> NoReturn:
         """``connect_error`` with the hook's code as ``message`` and its message as ``data.reason``."""
-        refusal = codes.HOOK_UNAVAILABLE if verdict.code == HOOK_UNAVAILABLE else codes.HOOK_REFUSED
+        refusal = codes.HOOK_UNAVAILABLE if verdict is DENY else codes.HOOK_REFUSED
         self.metrics.refusals.labels(refusal.name).inc()
         self.guards.throttle.log(logger, "refuse", key=f"refuse:{refusal.name}", sid=sid, address=address,
                                  code=refusal.code, reason=verdict.code, detail=verdict.message)
@@ -245,7 +244,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         """Raise the hook's veto (or hooks_on_error's deny) as the event's error ack."""
         verdict = await self.hooks.check(event, user=conn.claims.user_id, room=room, action=action,
                                          session=conn.session.session_id)
-        if verdict.code == HOOK_UNAVAILABLE and verdict is self.hooks.on_error:
+        if verdict is DENY:  # the hook could not be asked (hooks_on_error = deny)
             raise ActionError(AckCode.HOOK_UNAVAILABLE, verdict.message)
         if not verdict.ok:
             raise HookRefused(verdict.code, verdict.message)
