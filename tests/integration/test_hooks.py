@@ -341,3 +341,25 @@ async def test_a_vetoed_move_in_a_cluster_takes_no_seq(cluster_factory, players,
     assert await b.call("move", {"room": "r", "action": {}}) == {"ok": True, "seq": 1}
     assert [m["seq"] for m in await a.wait_for("move")] == [1]
     assert {r["instance"] for r in hook.requests} == {"inst-1", "inst-2"}
+
+
+async def test_a_refused_reconnect_does_not_resume_and_grace_runs_out(gateway_factory, players, hook):
+    banned: set[str] = set()
+
+    async def answer(body: dict[str, Any]) -> Any:
+        return {"ok": False, "code": "banned"} if body["user"] in banned else {"ok": True}
+
+    hook.answer = answer
+    gw = await gateway_factory(hooks_url=hook.url, hooks_events="connect", grace_s=0.5)
+    a = await players(gw.url, gw.token("alice"))
+    b = await players(gw.url, gw.token("bob"))
+    await a.call("join", {"room": "r"})
+    await b.call("join", {"room": "r"})
+    assert await gw.app[PARTS].gateway.drop_local("alice") == 1
+    await b.wait_for("player_disconnected")
+    banned.add("alice")
+    error = await refusal(gw.url, auth={"token": gw.token("alice")})
+    assert error == {"message": "banned", "data": {"code": 4403, "reason": "refused by the backend"}}
+    assert "player_reconnected" not in b.events
+    [left] = await b.wait_for("player_left", timeout=5)
+    assert left == {"room": "r", "user": "alice", "reason": "timeout"}
