@@ -227,7 +227,9 @@ async def test_the_breaker_opens_stops_calling_then_probes_and_closes(gateway_fa
 
     hook.answer = answer
     gw = await gateway_factory(hooks_url=hook.url, hooks_events="move", hooks_on_error="allow",
-                               hooks_breaker_failures=3, hooks_breaker_cooldown_s=0.3)
+                               hooks_breaker_failures=3, hooks_breaker_cooldown_s=30)
+    now = [1000.0]
+    gw.app[PARTS].gateway.hooks.breaker.clock = lambda: now[0]  # the cooldown on a clock of the test's
     a = await players(gw.url, gw.token("alice"))
     await a.call("join", {"room": "r"})
 
@@ -240,17 +242,21 @@ async def test_the_breaker_opens_stops_calling_then_probes_and_closes(gateway_fa
     assert (calls(gw, "move", "error"), calls(gw, "move", "open")) == (3, 5)
     assert (metric(gw, "gamegw_hook_breaker_open"), metric(gw, "gamegw_hook_breaker_opens_total")) == (1, 1)
 
-    await asyncio.sleep(0.35)  # the cooldown: one probe goes, fails, and the breaker opens again
+    now[0] += 29.9
+    await moves(2)
+    assert len(hook.requests) == 3
+    now[0] += 0.1  # the cooldown is over: one probe goes, fails, and the breaker opens again
     await moves(3)
     assert len(hook.requests) == 4
     assert metric(gw, "gamegw_hook_breaker_open") == 1
 
     healthy = True
-    await asyncio.sleep(0.35)
+    now[0] += 30
     await moves(3)  # the probe succeeds: closed, every move calls the hook again
     assert len(hook.requests) == 7
     assert calls(gw, "move", "ok") == 3
     assert metric(gw, "gamegw_hook_breaker_open") == 0
+    assert metric(gw, "gamegw_hook_breaker_opens_total") == 1  # re-opening after a failed probe is not a new opening
 
 
 async def test_while_open_deny_refuses_without_calling(gateway_factory, players, hook):
