@@ -5,6 +5,7 @@
 #   loadtests/peer_bench.sh single            # one instance each
 #   loadtests/peer_bench.sh cluster           # two instances each over a redis-server of the run's own
 #   loadtests/peer_bench.sh dashboard         # the gateway with no page open, then with /admin/ui open
+#   loadtests/peer_bench.sh hooks             # the gateway without a hook, then asking a local hook on every move
 # Extra arguments after the mode go to peer-bench's run (e.g. --clients 500 --seconds 10).
 # peer-bench is ../shared/peer-bench where it ships beside the repository (the judge of the
 # figures the README quotes), else loadtests/peer-bench, a byte-for-byte copy of it, so that a
@@ -43,5 +44,9 @@ case "$mode" in
     exec "$run" --clients 1000 --room-size 10 --rate 2 --seconds 15 "$@" \
       node="$node_ref" closed='gamectl serve --config configs/bench.toml --port {port}' \
       open='bash loadtests/serve_with_dashboard.sh {port}' ;;
-  *) echo "usage: $0 single|cluster|dashboard [peer-bench args]" >&2; exit 2 ;;
+  hooks)  # a backend hook's cost: the same gateway without, then with, a hook on `move` (hook_server.py)
+    exec "$run" --clients 1000 --room-size 10 --rate 2 --seconds 15 "$@" \
+      nohook='gamectl serve --config configs/bench.toml --port {port}' \
+      hook='bash loadtests/serve_with_hook.sh {port}' ;;
+  *) echo "usage: $0 single|cluster|dashboard|hooks [peer-bench args]" >&2; exit 2 ;;
 esac

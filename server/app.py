@@ -33,6 +33,7 @@ from .dashboard.watch import WatchedRegistry
 from .gateway import NAMESPACE, Gateway
 from .guard.guards import Guards, OtherNamespaces, origin_checker
 from .guard.guards import install as install_guards
+from .hooks.client import Hooks
 from .http import admin_routes, health_routes, metrics_routes
 from .logs import library_logger, log, quiet_bad_http
 from .metrics import Metrics, Sampler
@@ -184,9 +185,10 @@ def create_app(
                          timeout_s=settings.redis_timeout_s, clock=clock)
     else:
         feed = LocalFeed(settings.instance_id, stats, clock=clock)
+    hooks = Hooks(settings, metrics)
     gateway = Gateway(settings, verifier=verifier, registry=WatchedRegistry(registry, feed), rooms=rooms,
                       sessions=sessions, revocations=revocations, metrics=metrics, transports=transports,
-                      guards=guards, clock=clock)
+                      guards=guards, hooks=hooks, clock=clock)
     gateway.on_move = feed.move
     guards.gateway = gateway
     cluster: Cluster
@@ -300,6 +302,7 @@ def create_app(
         await feed.aclose()
         await sio.shutdown()
         await gateway.aclose()
+        await hooks.aclose()
         await cluster.aclose()
         await bus.aclose()
         await rooms.aclose()

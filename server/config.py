@@ -33,6 +33,7 @@ HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA"})
 MIN_HMAC_KEY_BYTES = 32
 GAMES = ("relay", "arena")
+HOOK_EVENTS = ("connect", "join", "leave", "move")
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,15 @@ class Settings:
     max_connects_per_address_burst: int = 1000
     handshake_timeout_s: float = 10.0  # a transport must join /game by then or it is closed (0: never)
     max_outbound_bytes: int = 1048576  # unsent bytes to one connection before it is cut (slow consumer)
+
+    # backend hooks (docs/protocol.md, "Backend hooks"): POST each listed event to hooks_url, obey its answer
+    hooks_url: str = ""
+    hooks_events: tuple[str, ...] = ()  # any of connect, join, leave, move
+    hooks_timeout_s: float = 1.0  # per call; a slower hook is a failed one
+    hooks_on_error: str = "deny"  # a failed call (down, slow, bad answer, breaker open): "allow" or "deny"
+    hooks_breaker_failures: int = 5  # this many failures in a row open the breaker (no calls)...
+    hooks_breaker_cooldown_s: float = 5.0  # ...for this long; then one call probes the hook again
+    hooks_max_connections: int = 100  # the hook client's connection pool
 
     log_level: str = "info"
     log_format: str = "text"  # "text" (key=value) or "json"
@@ -407,7 +417,38 @@ def validate(s: Settings) -> None:
     for name in ("abuse_max_rate_limited", "abuse_window_s", "max_events_per_s", "handshake_timeout_s"):
         if getattr(s, name) < 0:
             raise ConfigError(f"{name}: must not be negative (0 turns it off)")
+    _check_hooks(s)
     if s.log_format not in ("text", "json"):
         raise ConfigError(f"log_format: {s.log_format!r} must be 'text' or 'json'")
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log_level: {s.log_level!r} must be debug, info, warning or error")
+
+
+def _check_hooks(s: Settings) -> None:
+    if s.hooks_on_error not in ("allow", "deny"):
+        raise ConfigError(f"hooks_on_error: {s.hooks_on_error!r} must be 'allow' or 'deny'")
+    for name in ("hooks_timeout_s", "hooks_breaker_cooldown_s"):
+        if not getattr(s, name) > 0 or not math.isfinite(getattr(s, name)):
+            raise ConfigError(f"{name}: {getattr(s, name)} must be positive")
+    for name in ("hooks_breaker_failures", "hooks_max_connections"):
+        if getattr(s, name) < 1:
+            raise ConfigError(f"{name}: must be at least 1")
+    if not s.hooks_url:
+        if s.hooks_events:
+            raise ConfigError("hooks_events: set, but hooks_url is not; set hooks_url (http://host:port/path) "
+                              "or leave hooks_events empty")
+        return
+    try:
+        parsed = urlparse(s.hooks_url)
+        parsed.port  # noqa: B018  (raises on a bad port)
+    except ValueError:
+        raise ConfigError(f"hooks_url: {redacted(s.hooks_url)!r} has a bad port") from None
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigError(f"hooks_url: {redacted(s.hooks_url)!r} is not an http:// or https:// URL",
+                          hint="e.g. hooks_url = \"http://127.0.0.1:9000/gamegw\"")
+    if not s.hooks_events:
+        raise ConfigError(f"hooks_events: empty; list the events to send to the hook ({', '.join(HOOK_EVENTS)})")
+    unknown = [e for e in s.hooks_events if e not in HOOK_EVENTS]
+    if unknown:
+        raise ConfigError(f"hooks_events: unknown event {', '.join(map(repr, unknown))}; "
+                          f"use any of {', '.join(HOOK_EVENTS)}")

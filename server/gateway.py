@@ -28,11 +28,12 @@ from .config import Settings
 from .conn import Conn
 from .guard.guards import Guards, address_of
 from .guard.limits import Budget, Limit, UserBudgets
+from .hooks.client import DENY, Hooks, Verdict
 from .logs import log, stop_task
 from .metrics import Metrics
 from .protocol import codes
 from .protocol.codes import AckCode, Disconnect, LeftReason
-from .protocol.errors import ActionError, AuthError, StoreUnavailable
+from .protocol.errors import ActionError, AuthError, HookRefused, StoreUnavailable
 from .protocol.payloads import JoinMsg, LeaveMsg, MoveMsg, RefreshMsg, StateMsg, SyncMsg, parse
 from .state.registry import Connection, Registry
 from .state.rooms import RoomStore
@@ -91,6 +92,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         metrics: Metrics,
         transports: Transports,
         guards: Guards,
+        hooks: Hooks | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(NAMESPACE)
@@ -109,6 +111,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
                                  on_warn=self._token_expiring, on_expire=self._token_expired)
         self.transports = transports
         self.guards = guards
+        self.hooks = hooks if hooks is not None else Hooks(settings, metrics)
         self.clock = clock
         self.conns: dict[str, Conn] = {}
         # sids whose connect handler is under way -> a close that arrived meanwhile (see close())
@@ -155,6 +158,10 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
             log(logger, "blocked", user=user_id, sid=sid, address=address)
             await self._cut(sid)
             raise socketio.exceptions.ConnectionRefusedError("unavailable", codes.UNAVAILABLE.data("blocked"))
+        if self.hooks.wants("connect"):  # before the seat: a vetoed user takes no seat from anyone
+            verdict = await self.hooks.check("connect", user=user_id)
+            if not verdict.ok:
+                self._refuse_by_hook(sid, address, verdict)
         self._connecting[sid] = None
         try:
             conn = await self._seat(sid, claims, address, auth, environ)
@@ -224,6 +231,23 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         self.guards.throttle.log(logger, "refuse", key=f"refuse:{refusal.name}", sid=sid, address=address,
                                  code=refusal.code, reason=refusal.name, detail=detail)
         raise socketio.exceptions.ConnectionRefusedError(refusal.name, refusal.data())
+
+    def _refuse_by_hook(self, sid: str, address: str, verdict: Verdict) -> NoReturn:
+        """``connect_error`` with the hook's code as ``message`` and its message as ``data.reason``."""
+        refusal = codes.HOOK_UNAVAILABLE if verdict is DENY else codes.HOOK_REFUSED
+        self.metrics.refusals.labels(refusal.name).inc()
+        self.guards.throttle.log(logger, "refuse", key=f"refuse:{refusal.name}", sid=sid, address=address,
+                                 code=refusal.code, reason=verdict.code, detail=verdict.message)
+        raise socketio.exceptions.ConnectionRefusedError(verdict.code, refusal.data(verdict.message))
+
+    async def _ask_hook(self, event: str, conn: Conn, room: str, action: Any = None) -> None:
+        """Raise the hook's veto (or hooks_on_error's deny) as the event's error ack."""
+        verdict = await self.hooks.check(event, user=conn.claims.user_id, room=room, action=action,
+                                         session=conn.session.session_id)
+        if verdict is DENY:  # the hook could not be asked (hooks_on_error = deny)
+            raise ActionError(AckCode.HOOK_UNAVAILABLE, verdict.message)
+        if not verdict.ok:
+            raise HookRefused(verdict.code, verdict.message)
 
     async def on_connected(self, sid: str) -> None:
         """Runs once the CONNECT packet is queued: ``session`` first, then the replay, then live."""
@@ -531,7 +555,7 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
             result = "ok"
         except ActionError as exc:
             ack = exc.ack()
-            result = str(exc.code)
+            result = exc.label
         except (RedisError, OSError, TimeoutError) as exc:  # the state store is away or slow
             ack = StoreUnavailable().ack()
             result = str(AckCode.UNAVAILABLE)
@@ -589,6 +613,8 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         if len(conn.rooms) >= most:
             self.guards.hit(Limit.ROOMS, user=user_id, sid=conn.sid, max_rooms=most)
             raise ActionError(AckCode.ROOM_LIMIT, f"a connection may be in {most} rooms at most")
+        if self.hooks.wants("join"):
+            await self._ask_hook("join", conn, room)
         # The session lists the room before the room seats it: a session taken over meanwhile
         # passes the room on with it, and one ended meanwhile leaves a seat the sweep removes.
         if not await self.sessions.set_room(conn.session, room, 0):
@@ -620,6 +646,8 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
     async def _leave(self, conn: Conn, data: Any) -> Ack:
         room = parse(LeaveMsg, data).room
         self._member(conn, room)
+        if self.hooks.wants("leave"):
+            await self._ask_hook("leave", conn, room)
         await self.server.leave_room(conn.sid, room, namespace=NAMESPACE)
         await self.rooms.detach(room, conn.sid)
         await self.registry.remove_room(conn.sid, room)
@@ -648,6 +676,11 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
             raise ActionError(AckCode.PAYLOAD_TOO_LARGE,
                               f"action is {len(action_bytes)} bytes; the limit is {self.settings.max_action_bytes}")
         action_json = action_bytes.decode()
+        if self.hooks.wants("move"):
+            # before the room's seq is taken: a vetoed move takes none and is sent to nobody.
+            # Nothing is locked while the hook thinks; see docs/protocol.md, "Backend hooks", for
+            # the order this gives moves (one connection's events are handled one at a time)
+            await self._ask_hook("move", conn, msg.room, msg.action)
         event = await self.rooms.move(msg.room, conn.claims.user_id, msg.action, action_json,
                                       int(self.clock() * 1000))
         await self.bus.publish_move(msg.room, event)

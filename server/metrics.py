@@ -64,6 +64,15 @@ class Metrics:
         self._limit_children = {limit: self.limit_hits.labels(str(limit)) for limit in Limit}
         self.bad_packets = Counter("gamegw_bad_packets", "Packets that were not Socket.IO; their connection was "
                                    "closed with 4400", registry=r)
+        self.hook_calls = Counter("gamegw_hook_calls", "Backend hook calls by event and result: ok, veto, "
+                                  "timeout, error (down or a bad answer), open (not called: breaker open)",
+                                  ["event", "result"], registry=r)
+        self.hook_seconds = Histogram("gamegw_hook_seconds", "Backend hook latency (failed calls included)",
+                                      ["event"], buckets=LATENCY_BUCKETS, registry=r)
+        self.hook_breaker_open = Gauge("gamegw_hook_breaker_open", "1 while the hook's circuit breaker is open",
+                                       registry=r)
+        self.hook_breaker_opens = Counter("gamegw_hook_breaker_opens", "Times the hook's circuit breaker opened",
+                                          registry=r)
         self.transports = Gauge("gamegw_transports", "Open Engine.IO sessions, whether or not they joined /game",
                                 registry=r)
 

@@ -38,12 +38,17 @@ TOKEN_EXPIRED = Refusal("token_expired", 4005, "token expired")
 CONNECTION_LIMIT = Refusal("connection_limit", 4504, "too many connections for this user")
 RATE_LIMITED = Refusal("rate_limited", 4029, "too many connection attempts")
 UNAVAILABLE = Refusal("unavailable", 4001, "state store unreachable, retry")
+# A backend hook (hooks_events has connect) refused the user. The ``message`` is the hook's own
+# code (a lowercase identifier) where it gave a valid one, else hook_refused; ``reason`` is its message.
+HOOK_REFUSED = Refusal("hook_refused", 4403, "refused by the backend")
+# The hook could not be asked (down, slow, a bad answer, breaker open) and hooks_on_error is deny.
+HOOK_UNAVAILABLE = Refusal("hook_unavailable", 4002, "the backend hook is unavailable, retry")
 # A CONNECT to any namespace but /game (``/`` included): refused, then the transport is closed.
 INVALID_NAMESPACE = Refusal("invalid_namespace", 4404, "only /game is served")
 
 REFUSALS: dict[str, Refusal] = {
     r.name: r for r in (TOKEN_MISSING, TOKEN_INVALID, TOKEN_EXPIRED, CONNECTION_LIMIT, RATE_LIMITED, UNAVAILABLE,
-                        INVALID_NAMESPACE)
+                        INVALID_NAMESPACE, HOOK_REFUSED, HOOK_UNAVAILABLE)
 }
 
 
@@ -124,6 +129,9 @@ class AckCode(StrEnum):
     PAYLOAD_TOO_LARGE = "payload_too_large"  # the action is over the configured size
     UNAVAILABLE = "unavailable"  # the state store cannot be reached right now; retry
     FORBIDDEN = "forbidden"  # e.g. a refresh token for another user
+    # a backend hook vetoed the event without a valid code of its own (a valid one is passed on as it is)
+    HOOK_REFUSED = "hook_refused"
+    HOOK_UNAVAILABLE = "hook_unavailable"  # the hook could not be asked and hooks_on_error is deny; retry
     INTERNAL = "internal"  # a bug: logged with a traceback on the server, never shown to the client
 
 

@@ -8,7 +8,8 @@
     │                        a port in use, an address not this machine's, Redis unreachable
     ├── AuthError            a handshake refused; carries a codes.Refusal
     ├── ActionError          an event refused; carries a codes.AckCode, becomes an error ack
-    │   └── StoreUnavailable the state store did not answer in time (ack code ``unavailable``)
+    │   ├── StoreUnavailable the state store did not answer in time (ack code ``unavailable``)
+    │   └── HookRefused      a backend hook vetoed the event, with a code of its own
     └── AdminError           an admin request that cannot be carried out (HTTP status + code)
 """
 
@@ -54,8 +55,26 @@ class ActionError(GamegwError):
         self.code = code
         self.message = message
 
+    @property
+    def label(self) -> str:
+        """The result as metrics count it."""
+        return str(self.code)
+
     def ack(self) -> dict[str, object]:
         return {"ok": False, "error": {"code": str(self.code), "message": self.message}}
+
+
+class HookRefused(ActionError):
+    """A backend hook's veto: the ack carries the hook's code (any lowercase identifier, so not
+    an :class:`AckCode`); metrics count it under ``hook_refused`` so that hooks cannot grow the
+    label set."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(AckCode.HOOK_REFUSED, message)
+        self.hook_code = code
+
+    def ack(self) -> dict[str, object]:
+        return {"ok": False, "error": {"code": self.hook_code, "message": self.message}}
 
 
 class StoreUnavailable(ActionError):

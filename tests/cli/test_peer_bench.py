@@ -50,3 +50,23 @@ def test_peer_bench_runs_from_the_clone(mode: str, tmp_path: Path) -> None:
     table = run.stdout.split("\ncandidate", 1)[1].splitlines()
     assert [line.split()[0] for line in table[1:] if line.strip()] == ["node", "gateway"]
     assert "(1.00x)" in table[1]  # the ratios are to the first candidate, Node
+
+
+@pytest.mark.timeout(300)
+def test_peer_bench_hooks_mode_asks_a_local_hook(tmp_path: Path) -> None:
+    """``peer_bench.sh hooks``: the gateway without a hook, then with loadtests/hook_server.py on
+    every move; with hooks_on_error at its default (deny), a hook that was not reached would
+    show as ack errors. The hook server is gone afterwards."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GAMEGW_", "REDIS"))}
+    env.update(PEER_BENCH_DIR="loadtests/peer-bench",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
+    run = subprocess.run(["bash", "loadtests/peer_bench.sh", "hooks", "--clients", "40", "--seconds", "3"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = {row["name"]: row for row in (json.loads(line) for line in run.stdout.splitlines()
+                                          if line.startswith("{"))}
+    assert set(rows) == {"nohook", "hook"}, run.stdout
+    for row in rows.values():
+        assert row["delivery_ratio"] == 1 and row["ack_errors"] == 0 and row["moves_acked"] > 0, row
+    left = subprocess.run(["pgrep", "-f", "loadtests/hook_server.py"], capture_output=True, text=True)
+    assert left.stdout == "", "the hook server outlived the run"

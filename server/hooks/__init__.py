@@ -1,0 +1,1 @@
+"""Backend hooks: the gateway asks a backend over HTTP whether to let an event through."""
