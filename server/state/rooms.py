@@ -93,6 +93,12 @@ class RoomStore(Protocol):
         """
         ...
 
+    async def publish(self, room: str, user_id: str, action_json: str, ts: int) -> MoveEvent | None:
+        """A server event (``POST /admin/publish``): a move from ``user_id`` (the publisher), who
+        need not be a member, with the room's next seq, logged and routed as any move. The rules
+        neither see it nor change the state for it. None when the room has no members (no room)."""
+        ...
+
     async def events_after(self, room: str, after_seq: int) -> tuple[list[MoveEvent], bool]:
         """Moves with ``seq > after_seq``; False when the log no longer reaches back that far."""
         ...
@@ -179,6 +185,15 @@ class MemoryRoomStore:
         applied = self._rules.apply(r.state, user_id, action)
         if applied is not action:
             action_json = orjson.dumps(applied).decode()
+        r.seq += 1
+        event = MoveEvent(r.seq, move_json(room, r.seq, user_id, action_json, ts))
+        r.log.append(event)
+        return event
+
+    async def publish(self, room: str, user_id: str, action_json: str, ts: int) -> MoveEvent | None:
+        r = self._rooms.get(room)
+        if r is None:
+            return None
         r.seq += 1
         event = MoveEvent(r.seq, move_json(room, r.seq, user_id, action_json, ts))
         r.log.append(event)
