@@ -2,7 +2,8 @@
 
 A room's ``seq`` starts at 0 and grows by one per accepted move, with no gaps; the store
 assigns it while it applies the move, so that the order of ``seq`` is the order in which the
-rules saw the moves. The log keeps the last ``move_log_size`` moves for ``sync`` and replay.
+rules saw the moves. A server event (``publish``) takes a ``seq`` and a place in the log too,
+but the rules never see it. The log keeps the last ``move_log_size`` moves for ``sync`` and replay.
 A room lives while it has members and is forgotten when the last one leaves.
 
 Membership belongs to sessions, not connections: a dropped player keeps its seat through
