@@ -5,12 +5,14 @@ resume and returned by ``sync`` like any move, on every instance that has member
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.conftest import eventually
+from tests.conftest import RedisServer, eventually
 
 
 async def publish(url: str, token: str | None, body: Any) -> tuple[int, Any]:
@@ -191,3 +193,41 @@ async def test_published_events_are_counted_apart_from_moves(gateway, players) -
         return "gamegw_published_moves_total 1.0" in text and "gamegw_moves_total 1.0" in text
 
     await eventually(counted)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, which it stops and starts again with its data."""
+    server = RedisServer(tmp_path / "redis", persist=True)
+    server.workdir.mkdir()
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_publish_during_a_redis_outage_is_unavailable_and_after_it_takes_the_next_seq(
+        cluster_factory, players, own_redis) -> None:
+    """While Redis is away a room played on one instance alone gets its seqs from that instance;
+    a publish then answers 503 (it cannot be put in that order), and once the moves played
+    meanwhile are written back it takes the seq after them."""
+    [gw] = await cluster_factory(1, redis_url=own_redis.url, redis_timeout_s=0.5)
+    alice = await players(gw.url, gw.token("alice"))
+    await alice.call("join", {"room": "solo"})
+    ops = gw.token("ops", role="admin")
+    assert (await publish(gw.url, ops, {"room": "solo", "action": {"n": 1}}))[1]["seq"] == 1
+    own_redis.stop()
+    status, answer = await publish(gw.url, ops, {"room": "solo", "action": {"n": 2}})
+    assert (status, answer["error"]["code"]) == (503, "unavailable")
+    assert await alice.call("move", {"room": "solo", "action": {"offline": True}}) == {"ok": True, "seq": 2}
+    own_redis.start()
+    answers: list[tuple[int, Any]] = []
+
+    async def published() -> bool:
+        answers.append(await publish(gw.url, ops, {"room": "solo", "action": {"n": 3}}))
+        return answers[-1][0] == 200
+
+    await eventually(published, timeout=15)
+    assert answers[-1] == (200, {"ok": True, "room": "solo", "seq": 3})
+    assert {a["error"]["code"] for s, a in answers[:-1]} <= {"unavailable"}
+    await alice.wait_for("move", 3)
+    assert moves(alice, "solo") == [(1, "ops", {"n": 1}), (2, "alice", {"offline": True}), (3, "ops", {"n": 3})]
