@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import RedisServer, eventually
+from tests.integration.test_dashboard import live, of_type
 
 
 async def publish(url: str, token: str | None, body: Any) -> tuple[int, Any]:
@@ -231,3 +232,15 @@ async def test_publish_during_a_redis_outage_is_unavailable_and_after_it_takes_t
     assert {a["error"]["code"] for s, a in answers[:-1]} <= {"unavailable"}
     await alice.wait_for("move", 3)
     assert moves(alice, "solo") == [(1, "ops", {"n": 1}), (2, "alice", {"offline": True}), (3, "ops", {"n": 3})]
+
+
+async def test_the_dashboard_sees_the_room_move_on_with_a_published_event(cluster_factory, players) -> None:
+    a_gw, b_gw = await cluster_factory(2)
+    bob = await players(b_gw.url, b_gw.token("bob"))
+    await bob.call("join", {"room": "duel"})
+    ops = a_gw.token("ops", role="admin")
+    async with live(a_gw.url, ops) as stream:
+        name, snapshot = await stream.event()
+        assert (name, snapshot["rooms"]) == ("snapshot", {"duel": 0})
+        assert (await publish(a_gw.url, ops, {"room": "duel", "action": {"x": 1}}))[0] == 200
+        await stream.delta(of_type("room", instance="inst-1", room="duel", seq=1))
