@@ -40,10 +40,12 @@ class AdminClient:
         params = urllib.parse.urlencode({k: v for k, v in query.items() if v})
         return self._request("GET", path + (f"?{params}" if params else ""))
 
-    def post(self, path: str, body: dict[str, Any]) -> Any:
-        return self._request("POST", path, body)
+    def post(self, path: str, body: dict[str, Any], hints: dict[str, str] | None = None) -> Any:
+        """``hints``: error code -> the hint to print when the gateway answers with that code."""
+        return self._request("POST", path, body, hints)
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
+                 hints: dict[str, str] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.url + path, data=data, method=method, headers={
             "Authorization": f"Bearer {self._token()}", "Content-Type": "application/json"})
@@ -56,8 +58,10 @@ class AdminClient:
                 message = f"{error['code']}: {error['message']}"
             except (ValueError, KeyError, TypeError):
                 error, message = {}, f"HTTP {exc.code}"
-            fail(1, f"the gateway refused: {message}",
-                 self._refusal_hint(str(error.get("message", ""))) if exc.code in (401, 403) else None)
+            hint = (hints or {}).get(str(error.get("code", "")))
+            if hint is None and exc.code in (401, 403):
+                hint = self._refusal_hint(str(error.get("message", "")))
+            fail(1, f"the gateway refused: {message}", hint)
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             fail(1, f"cannot reach the gateway at {self.url}: {reason}",

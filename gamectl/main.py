@@ -141,6 +141,7 @@ def _register() -> None:
     app.command("kick")(ops.kick)
     app.command("simulate-drop")(ops.simulate_drop)
     app.command("revoke")(ops.revoke)
+    app.command("publish")(ops.publish)
     app.command("loadtest")(loadtest.loadtest)
     app.command("dashboard")(dashboard.dashboard)
 

@@ -1,4 +1,4 @@
-"""Ops commands: look at the cluster's connections and act on users.
+"""Ops commands: look at the cluster's connections, act on users, publish to rooms.
 
 Each command fetches from the admin API (or Redis), builds a small output model and renders it
 as a rich table or, with ``--json``, as JSON.
@@ -7,6 +7,8 @@ as a rich table or, with ``--json``, as JSON.
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -348,3 +350,38 @@ def _report(outcome: dict[str, Any], as_json: bool, verb: str) -> None:
     if not outcome["confirmed"]:
         fail(1, f"instances did not confirm: {', '.join(outcome['unconfirmed'])}",
              "they may be down; their connections end when their heartbeat expires")
+
+
+def publish(
+    room: Annotated[str, typer.Argument(help="The room to send the event to.")],
+    action: Annotated[str, typer.Argument(help="The action: a JSON object, e.g. '{\"round\": \"over\"}'; "
+                                               "- reads it from stdin.")],
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Send a server event to ROOM: its members get a `move` with the room's next seq, whose
+    `user` is the admin token's `sub` (gamectl's own token: `gamectl`).
+
+    It is logged, replayed on resume and returned by `sync` like any move, on every instance.
+    The game's rules do not see it and the room's state does not change. Exits 1 if the room
+    has no members.
+    """
+    from .settings import settings_from
+
+    text = sys.stdin.read() if action == "-" else action
+    try:
+        parsed = json.loads(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint="ACTION") from None
+    if not isinstance(parsed, dict):
+        raise typer.BadParameter("must be a JSON object", param_hint="ACTION")
+    outcome = AdminClient(settings_from(config), url, token).post(
+        "/admin/publish", {"room": room, "action": parsed},
+        hints={"room_not_found": "a room exists while it has members: check the name with "
+                                 "`gamectl connections ls --room ROOM`"})
+    if as_json:
+        print_json(outcome)
+    else:
+        stdout.print(f"published to [bold]{escape(outcome['room'])}[/] as seq {outcome['seq']}")

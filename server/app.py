@@ -220,7 +220,7 @@ def create_app(
     app.add_routes(health_routes(rooms=rooms, bus=bus, instance_id=settings.instance_id))
     ops_routes = [*metrics_routes(metrics=metrics),
                   *admin_routes(verifier=verifier, revocations=revocations, registry=registry, cluster=cluster,
-                                on_revoke=feed.revoked),
+                                publish=gateway.publish, on_revoke=feed.revoked),
                   *dashboard_routes(verifier=verifier, revocations=revocations, registry=registry, rooms=rooms,
                                     cluster=cluster, feed=feed, instance_id=settings.instance_id,
                                     leeway_s=settings.jwt_leeway_s, clock=clock)]

@@ -34,9 +34,9 @@ from .metrics import Metrics
 from .protocol import codes
 from .protocol.codes import AckCode, Disconnect, LeftReason
 from .protocol.errors import ActionError, AuthError, HookRefused, StoreUnavailable
-from .protocol.payloads import JoinMsg, LeaveMsg, MoveMsg, RefreshMsg, StateMsg, SyncMsg, parse
+from .protocol.payloads import JoinMsg, LeaveMsg, MoveMsg, RefreshMsg, StateMsg, SyncMsg, encode_action, parse
 from .state.registry import Connection, Registry
-from .state.rooms import RoomStore
+from .state.rooms import MoveEvent, RoomStore
 from .state.sessions import Session, SessionStore
 from .transport.manager import GameManager
 from .transport.websocket import Transports
@@ -522,6 +522,19 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         for sid in sids:
             await self.emit(event, data, to=sid)
         return len(sids)
+
+    async def publish(self, room: str, user_id: str, action: dict[str, Any]) -> MoveEvent | None:
+        """A server event for ``room`` from ``user_id`` (``POST /admin/publish``): the path a
+        move takes from the store on (the next seq, the log, delivery on every instance with
+        members, the dashboard's feed), without the membership check and without the rules.
+        None when the room has no members; ``bad_request`` / ``payload_too_large`` as a move."""
+        action_json = encode_action(action, self.settings.max_action_bytes)
+        event = await self.rooms.publish(room, user_id, action_json, int(self.clock() * 1000))
+        if event is not None:
+            await self.bus.publish_move(room, event)
+            self.metrics.published.inc()
+            self.on_move(room, event.seq)
+        return event
 
     # -- events ----------------------------------------------------------------------------
 

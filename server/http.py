@@ -8,8 +8,9 @@ The admin API answers for the whole cluster from any instance. It requires a bea
 ``role`` claim is ``admin`` and that is not revoked (checked as ``/game`` checks it, against the
 cluster's revocations, on every call); errors are ``{"error": {"code", "message"}}`` with a
 fitting status: 401 ``token_missing`` / ``token_invalid`` (also "token revoked") /
-``token_expired``, 403 ``forbidden`` (not an admin), 400 ``bad_request``, 503 ``unavailable``
-(the state store did not answer).
+``token_expired``, 403 ``forbidden`` (not an admin), 400 ``bad_request``, 404 ``room_not_found``
+(publish to a room without members), 413 ``payload_too_large`` (a published action over
+``max_action_bytes``), 503 ``unavailable`` (the state store did not answer).
 
 =======  =======================  ==================================================
 GET      /admin/connections       ?user= &room= &instance= ; the registry, cluster-wide
@@ -17,6 +18,7 @@ GET      /admin/instances         the instances and whether their heartbeat is a
 POST     /admin/kick              {"user", "reason"}: close with 4503 everywhere
 POST     /admin/drop              {"user", "block_s"}: cut the transport, refuse reconnects
 POST     /admin/revoke            {"user", "jti"?, "exp"?}: revoke tokens, close what used them (4500)
+POST     /admin/publish           {"room", "action"}: a server event, sent to the room as a ``move``
 GET      /admin/live              the dashboard's stream: a snapshot, then deltas (``dashboard/``)
 GET      /admin/ui                the dashboard's page (static; the token stays in its fragment)
 =======  =======================  ==================================================
@@ -40,12 +42,16 @@ from .cluster.bus import Bus
 from .logs import Throttle, log
 from .metrics import Metrics
 from .protocol import codes
-from .protocol.errors import AdminError, AuthError
+from .protocol.codes import AckCode
+from .protocol.errors import ActionError, AdminError, AuthError, StoreUnavailable
+from .protocol.payloads import MoveMsg, parse
 from .state.registry import Registry
-from .state.rooms import RoomStore
+from .state.rooms import MoveEvent, RoomStore
 
 logger = logging.getLogger("gamegw.admin")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# (room, publisher, action) -> the move as sent, or None when the room has no members
+Publish = Callable[[str, str, dict[str, Any]], Awaitable[MoveEvent | None]]
 
 
 def health_routes(*, rooms: RoomStore, bus: Bus, instance_id: str) -> list[web.RouteDef]:
@@ -81,8 +87,10 @@ def metrics_routes(*, metrics: Metrics) -> list[web.RouteDef]:
 
 
 def admin_routes(*, verifier: Verifier, revocations: Revocations, registry: Registry,
-                 cluster: Cluster, on_revoke: Callable[[str], None] | None = None) -> list[web.RouteDef]:
-    """``on_revoke(user)`` hears of each revocation once it holds (open dashboards re-check their tokens)."""
+                 cluster: Cluster, publish: Publish, on_revoke: Callable[[str], None] | None = None
+                 ) -> list[web.RouteDef]:
+    """``on_revoke(user)`` hears of each revocation once it holds (open dashboards re-check their
+    tokens); ``publish`` sends a server event to a room (``Gateway.publish``)."""
     throttle = Throttle()
 
     def admin(handler: Callable[[web.Request, Claims], Awaitable[Any]]) -> Handler:
@@ -142,9 +150,26 @@ def admin_routes(*, verifier: Verifier, revocations: Revocations, registry: Regi
         log(logger, "admin_revoke", by=claims.user_id, user=user, jti=jti or "", exp=exp or "", count=outcome.count)
         return outcome.to_dict()
 
+    async def publish_event(request: web.Request, claims: Claims) -> Any:
+        """The move's checks where they apply to a server event (the room's name, an action
+        object within ``max_action_bytes``); neither membership nor the game's rules."""
+        body = await _body(request)
+        try:
+            msg = parse(MoveMsg, body)
+            event = await publish(msg.room, claims.user_id, msg.action)
+        except StoreUnavailable:
+            raise AdminError(503, codes.UNAVAILABLE.name, "the state store did not answer; retry") from None
+        except ActionError as exc:
+            status = 413 if exc.code == AckCode.PAYLOAD_TOO_LARGE else 400
+            raise AdminError(status, str(exc.code), exc.message) from None
+        if event is None:
+            raise AdminError(404, "room_not_found", f"room {msg.room!r} has no members")
+        log(logger, "admin_publish", by=claims.user_id, room=msg.room, seq=event.seq)
+        return {"ok": True, "room": msg.room, "seq": event.seq}
+
     return [web.get("/admin/connections", admin(connections)), web.get("/admin/instances", admin(instances)),
             web.post("/admin/kick", admin(kick)), web.post("/admin/drop", admin(drop)),
-            web.post("/admin/revoke", admin(revoke))]
+            web.post("/admin/revoke", admin(revoke)), web.post("/admin/publish", admin(publish_event))]
 
 
 async def admin_claims(request: web.Request, verifier: Verifier, revocations: Revocations) -> Claims:

@@ -49,6 +49,8 @@ class Metrics:
         self.listener_restarts = Counter("gamegw_listener_restarts", "Pub/sub listeners restarted because "
                                          "they went deaf", registry=r)
         self.moves = Counter("gamegw_moves", "Moves accepted", registry=r)
+        self.published = Counter("gamegw_published_moves", "Server events published to rooms as moves "
+                                 "(POST /admin/publish; not counted in gamegw_moves)", registry=r)
         self.offline_moves = Counter("gamegw_offline_moves", "Moves accepted while Redis was away (rooms "
                                      "with members on this instance only)", registry=r)
         self.move_gaps = Counter("gamegw_move_gaps", "Moves that arrived out of order and waited for the "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, TypeVar
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from .codes import AckCode
@@ -53,3 +54,15 @@ def parse(model: type[M], data: Any) -> M:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err.get("loc", ())) or "payload"
         raise ActionError(AckCode.BAD_REQUEST, f"{where}: {err.get('msg', 'invalid')}") from None
+
+
+def encode_action(action: dict[str, Any], max_bytes: int) -> str:
+    """A move's ``action`` as the compact JSON text that is logged and sent: ``bad_request`` when
+    it is not plain JSON, ``payload_too_large`` when it is over ``max_bytes``."""
+    try:
+        raw = orjson.dumps(action)
+    except TypeError:
+        raise ActionError(AckCode.BAD_REQUEST, "action must be plain JSON") from None
+    if len(raw) > max_bytes:
+        raise ActionError(AckCode.PAYLOAD_TOO_LARGE, f"action is {len(raw)} bytes; the limit is {max_bytes}")
+    return raw.decode()

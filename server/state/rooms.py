@@ -2,7 +2,8 @@
 
 A room's ``seq`` starts at 0 and grows by one per accepted move, with no gaps; the store
 assigns it while it applies the move, so that the order of ``seq`` is the order in which the
-rules saw the moves. The log keeps the last ``move_log_size`` moves for ``sync`` and replay.
+rules saw the moves. A server event (``publish``) takes a ``seq`` and a place in the log too,
+but the rules never see it. The log keeps the last ``move_log_size`` moves for ``sync`` and replay.
 A room lives while it has members and is forgotten when the last one leaves.
 
 Membership belongs to sessions, not connections: a dropped player keeps its seat through
@@ -93,6 +94,12 @@ class RoomStore(Protocol):
         """
         ...
 
+    async def publish(self, room: str, user_id: str, action_json: str, ts: int) -> MoveEvent | None:
+        """A server event (``POST /admin/publish``): a move from ``user_id`` (the publisher), who
+        need not be a member, with the room's next seq, logged and routed as any move. The rules
+        neither see it nor change the state for it. None when the room has no members (no room)."""
+        ...
+
     async def events_after(self, room: str, after_seq: int) -> tuple[list[MoveEvent], bool]:
         """Moves with ``seq > after_seq``; False when the log no longer reaches back that far."""
         ...
@@ -179,6 +186,15 @@ class MemoryRoomStore:
         applied = self._rules.apply(r.state, user_id, action)
         if applied is not action:
             action_json = orjson.dumps(applied).decode()
+        r.seq += 1
+        event = MoveEvent(r.seq, move_json(room, r.seq, user_id, action_json, ts))
+        r.log.append(event)
+        return event
+
+    async def publish(self, room: str, user_id: str, action_json: str, ts: int) -> MoveEvent | None:
+        r = self._rooms.get(room)
+        if r is None:
+            return None
         r.seq += 1
         event = MoveEvent(r.seq, move_json(room, r.seq, user_id, action_json, ts))
         r.log.append(event)

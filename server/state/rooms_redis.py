@@ -78,6 +78,19 @@ end
 return {1, last, 0, user}
 """
 
+# The tail of a move and of a server event: the next seq, the log, the fan-out to the room's
+# instances. Returns seq * 1024 + the number of instances in the room.
+_APPEND = """local seq = redis.call('INCR', KEYS[1])
+local ev = ARGV[1] .. seq .. ARGV[2]
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], seq .. '-1', 'e', ev)
+local msg = 'M' .. ARGV[6] .. '\\n' .. seq .. '\\n' .. ev
+local insts = redis.call('SMEMBERS', KEYS[4])
+for _, i in ipairs(insts) do
+  redis.call('PUBLISH', ARGV[5] .. i, msg)
+end
+return seq * 1024 + math.min(#insts, 1023)
+"""
+
 # KEYS: seq log users insts state ver
 # ARGV: prefix suffix log_size user channel_prefix room expected_ver new_state
 # returns seq (-1: not a member, -2: the state changed) * 1024 + the number of instances in the room
@@ -88,16 +101,14 @@ if ARGV[7] ~= '' then
   redis.call('SET', KEYS[5], ARGV[8])
   redis.call('INCR', KEYS[6])
 end
-local seq = redis.call('INCR', KEYS[1])
-local ev = ARGV[1] .. seq .. ARGV[2]
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], seq .. '-1', 'e', ev)
-local msg = 'M' .. ARGV[6] .. '\\n' .. seq .. '\\n' .. ev
-local insts = redis.call('SMEMBERS', KEYS[4])
-for _, i in ipairs(insts) do
-  redis.call('PUBLISH', ARGV[5] .. i, msg)
-end
-return seq * 1024 + math.min(#insts, 1023)
-"""
+""" + _APPEND
+
+# KEYS: seq log users insts   ARGV: prefix suffix log_size user channel_prefix room
+# A server event (``POST /admin/publish``): any member will do, the publisher need not be one,
+# and the state is left alone. Returns as MOVE (-1: the room has no members).
+SERVER_MOVE = """
+if redis.call('EXISTS', KEYS[3]) == 0 then return -1024 end
+""" + _APPEND
 
 # KEYS: seq log users insts inst_rooms seats
 # ARGV: instance room log_size last_seq n_seats (session user).. [seq event]..
@@ -174,6 +185,7 @@ class RedisRoomStore:
         self._join = redis.register_script(JOIN)
         self._leave = redis.register_script(LEAVE)
         self._move = redis.register_script(MOVE)
+        self._server_move = redis.register_script(SERVER_MOVE)
         self._pipe = pipe
         self._set_state = redis.register_script(SET_STATE)
         self._reassert = redis.register_script(REASSERT)
@@ -320,6 +332,22 @@ class RedisRoomStore:
             raise ActionError(AckCode.NOT_IN_ROOM, f"not in room {room!r}")
         self._spans[room] = insts > 1
         self._saw_seq(room, seq)
+        return MoveEvent(seq, prefix + str(seq) + move_suffix(user_id, action_json, ts))
+
+    async def publish(self, room: str, user_id: str, action_json: str, ts: int) -> MoveEvent | None:
+        if self.down or room in self._offline:
+            # the room's seq is this instance's own until reassert() writes it back
+            raise StoreUnavailable()
+        keys = self._k.room_keys(room)[:4]
+        prefix = move_prefix(room)
+        out = await self._server_move(keys=keys, args=[prefix, move_suffix(user_id, action_json, ts), self._log_size,
+                                                       user_id, self._k.channel_prefix, room])
+        seq, insts = divmod(int(out), 1024)
+        if seq == -1:
+            return None
+        if room in self._local:  # what reassert() must not fall below, for rooms with members here only
+            self._spans[room] = insts > 1
+            self._saw_seq(room, seq)
         return MoveEvent(seq, prefix + str(seq) + move_suffix(user_id, action_json, ts))
 
     async def _move_offline(self, room: str, user_id: str, action: dict[str, Any], action_json: str,

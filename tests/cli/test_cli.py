@@ -297,7 +297,8 @@ def test_serve_dev_profile_end_to_end(
 
 
 @pytest.mark.parametrize("command", [[], ["serve"], ["token"], ["connections"], ["connections", "ls"], ["instances"],
-                                     ["kick"], ["simulate-drop"], ["revoke"], ["loadtest"], ["dashboard"]])
+                                     ["kick"], ["simulate-drop"], ["revoke"], ["publish"], ["loadtest"],
+                                     ["dashboard"]])
 def test_help_shows_flags_bare_and_arguments_in_capitals(env: dict[str, str], command: list[str]) -> None:
     result = gamectl(env, *command, "--help")
     assert result.returncode == 0, result.stderr

@@ -232,7 +232,8 @@ def test_serve_with_a_bad_redis_url(prod: dict[str, str], url: str) -> None:
     failed(run(prod, "serve", "--redis", url), "redis_url", hint=("redis://", "unix://"))
 
 
-@pytest.mark.parametrize("command", [["kick", "bob"], ["revoke", "bob"], ["simulate-drop", "bob"]])
+@pytest.mark.parametrize("command", [["kick", "bob"], ["revoke", "bob"], ["simulate-drop", "bob"],
+                                     ["publish", "lobby", "{}"]])
 def test_ops_with_a_bad_redis_url_variable(prod: dict[str, str], command: list[str]) -> None:
     failed(run({**prod, "GAMEGW_REDIS_URL": "notaurl"}, *command), "redis_url", hint=("redis://",))
 
@@ -251,7 +252,7 @@ def test_connections_ls_with_a_wrong_redis_password(env: dict[str, str], redis_s
 
 # -- ops commands against the admin API --------------------------------------------------------
 
-OPS = [["connections", "ls"], ["kick", "bob"], ["revoke", "bob"], ["simulate-drop", "bob"]]
+OPS = [["connections", "ls"], ["kick", "bob"], ["revoke", "bob"], ["simulate-drop", "bob"], ["publish", "lobby", "{}"]]
 
 
 @pytest.mark.parametrize("command", OPS, ids=lambda c: c[0])

@@ -33,10 +33,11 @@ async def call(url: str, token: str, method: str, path: str, body: dict[str, Any
 
 
 async def refused_everywhere(url: str, token: str) -> None:
-    """list, kick and revoke through ``url`` with ``token``: each one 401 token revoked."""
+    """list, kick, revoke and publish through ``url`` with ``token``: each one 401 token revoked."""
     for method, path, body in (("GET", "/admin/connections", None), ("GET", "/admin/instances", None),
                                ("POST", "/admin/kick", {"user": "bob"}),
-                               ("POST", "/admin/revoke", {"user": "root"})):
+                               ("POST", "/admin/revoke", {"user": "root"}),
+                               ("POST", "/admin/publish", {"room": "lobby", "action": {}})):
         assert await call(url, token, method, path, body) == (401, REVOKED), path
 
 

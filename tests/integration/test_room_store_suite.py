@@ -246,6 +246,48 @@ class TestForget:
         assert await rooms.state("r") == (0, {"width": 2, "height": 2, "players": {"bob": [0, 0]}})
 
 
+class CountingArena(Arena):
+    """An arena that counts what its rules are asked."""
+
+    def __init__(self) -> None:
+        super().__init__(width=2, height=2)
+        self.asked = 0
+
+    def apply(self, state: State, user_id: str, action: dict[str, Any]) -> dict[str, Any]:
+        self.asked += 1
+        return super().apply(state, user_id, action)
+
+
+class TestPublish:
+    """A server event (``POST /admin/publish``): a move from someone who need not be a member,
+    unseen by the rules, in the same seq, log and routing as the players' moves."""
+
+    async def test_a_published_event_takes_the_next_seq_and_is_logged(self, stores: Make) -> None:
+        rules = CountingArena()
+        rooms = await stores(rules)
+        await rooms.join("r", "alice", "s-a")
+        assert (await move(rooms, "r", "alice", {"dir": "down"})).seq == 1
+        published = await rooms.publish("r", "ops", '{"storm":true}', TS + 1)
+        assert published is not None
+        assert (published.seq, published.json) == (2, wire("r", 2, "ops", {"storm": True}, TS + 1))
+        assert rules.asked == 1  # the rules saw alice's move only
+        assert (await move(rooms, "r", "alice", {"dir": "right"})).seq == 3
+        events, complete = await rooms.events_after("r", 1)
+        assert complete and [e.wire()["user"] for e in events] == ["ops", "alice"]
+        seq, state = await rooms.state("r")
+        assert (seq, state["players"]) == (3, {"alice": [1, 1]})  # the two steps, nothing else
+        assert await rooms.members("r") == ["alice"]  # the publisher took no seat
+
+    async def test_a_room_without_members_takes_no_event(self, stores: Make) -> None:
+        rooms = await stores(Relay())
+        assert await rooms.publish("nowhere", "ops", "{}", TS) is None
+        await rooms.join("r", "alice", "s-a")
+        await rooms.leave("r", "alice", "s-a")
+        assert await rooms.publish("r", "ops", "{}", TS) is None
+        assert await rooms.seq("r") == 0 and await rooms.seq("nowhere") == 0
+        assert (await rooms.join("r", "bob", "s-b")).seq == 0  # nothing was left behind
+
+
 # The Redis store's own: the compare-and-set of the state, and recovery after an outage.
 
 
