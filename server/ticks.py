@@ -98,7 +98,13 @@ class Ticker:
                 self._due[room] = due
                 continue
             now = self._clock()
-            events = await self._rooms.tick(room, now, int(now * 1000))
+            try:
+                events = await self._rooms.tick(room, now, int(now * 1000))
+            except STORE_ERRORS:
+                raise
+            except Exception:  # a bug in the game: this room's tick is skipped, the others go on
+                logger.exception("tick failed", extra={"gamegw_fields": {"room": room}})
+                events = []
             for event in events:
                 await self._bus.publish_move(room, event)
                 self.on_move(room, event.seq)
