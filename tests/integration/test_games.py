@@ -7,6 +7,7 @@ this module, from a copy (a build writes into the source folder), and uninstalle
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.metadata
 import importlib.util
@@ -20,15 +21,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis as redis_sync
+import redis.asyncio as aioredis
 
 from gamegw import games
+from gamegw.games import Game, State
 from gamegw.server.app import PARTS
 from gamegw.server.auth.tokens import mint
 from gamegw.server.config import load_settings
 from gamegw.server.protocol.errors import ConfigError
-from tests.conftest import TEST_SECRET, make_settings
+from gamegw.server.rules import GameRules
+from gamegw.server.state.keys import Keys
+from gamegw.server.state.rooms_redis import RedisRoomStore
+from tests.conftest import TEST_SECRET, eventually, make_settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "games"
 DIST = "gamegw-example-games"
@@ -187,3 +194,83 @@ async def test_ticks_survive_the_death_of_the_ticking_instance(example_games, pr
     # the ticked moves are in the room's log: sync (and a resume's replay) hand them out again
     synced = await survivor.call("sync", {"room": "p", "after_seq": first - 1})
     assert synced["complete"] and [e["seq"] for e in synced["events"]][:len(seqs)] == seqs
+
+
+async def test_ticked_moves_are_replayed_on_resume(example_games, cluster_factory, players):
+    gw1, gw2 = await cluster_factory(2, game="pulse", tick_lease_s=LEASE_S, grace_s=10)
+    alice = await players(gw1.url, gw1.token("alice"))
+    bob = await players(gw2.url, gw2.token("bob"))
+    assert (await alice.call("join", {"room": "p"}))["ok"]
+    assert (await bob.call("join", {"room": "p"}))["ok"]
+    seen = (await bob.wait_for("move", 3))[-1]["seq"]
+    assert (await drop(gw2, "bob"))["count"] == 1
+    await eventually(lambda: _gone(bob))
+    ticked = (await alice.wait_for("move", len(alice.events["move"]) + 5))[-1]["seq"]
+    back = await players(gw1.url, gw1.token("bob"), auth={"token": gw1.token("bob"), "last_seq": {"p": seen}})
+    moves = await back.wait_for("move", ticked - seen + 3)
+    seqs = [m["seq"] for m in moves]
+    # the beats bob missed (replayed from the log), then the live ones: one run, no gap, no repeat
+    assert seqs == list(range(seen + 1, seen + 1 + len(seqs)))
+    assert all(m["user"] == "" and m["action"] == {"beat": m["seq"]} for m in moves)
+
+
+async def _gone(player: Any) -> bool:
+    return not player.client.connected
+
+
+async def drop(gw: Any, user: str) -> dict[str, Any]:
+    token = gw.token("ops", role="admin")
+    async with aiohttp.ClientSession() as http, http.post(
+            gw.url + "/admin/drop", json={"user": user}, headers={"Authorization": f"Bearer {token}"}) as resp:
+        assert resp.status == 200
+        body: dict[str, Any] = await resp.json()
+        return body
+
+
+class Counter(Game):
+    name = "counter"
+    tick_s = 0.05
+
+    def initial_state(self) -> State:
+        return {"n": 0}
+
+    def tick(self, state: State, now: float) -> list[dict[str, Any]]:
+        state["n"] += 1
+        return [{"n": state["n"]}]
+
+
+async def test_only_the_lease_holder_ticks_a_room(redis_server, redis_prefix):
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    keys = Keys(redis_prefix)
+    one = RedisRoomStore(client, keys, GameRules(Counter()), instance_id="one")
+    two = RedisRoomStore(client, keys, GameRules(Counter()), instance_id="two")
+    try:
+        await one.join("r", "alice", "s1")
+        await two.join("r", "bob", "s2")
+        assert await one.claim_tick("r", 1000)
+        assert not await two.claim_tick("r", 1000)  # held: the other may not take it
+        assert await one.claim_tick("r", 1000)  # renewed by its holder
+        # the fence: a tick by an instance that does not hold the lease writes nothing
+        assert await two.tick("r", 0.0, 0) == []
+        [event] = await one.tick("r", 0.0, 0)
+        assert (event.seq, event.wire()["user"], event.wire()["action"]) == (1, "", {"n": 1})
+        assert await one.state("r") == (1, {"n": 1})
+        # given up: the other takes it at once, and ticks on from the same state and seq
+        await one.release_tick("r")
+        assert await two.claim_tick("r", 1000)
+        assert [e.seq for e in await two.tick("r", 0.0, 0)] == [2]
+        assert await one.tick("r", 0.0, 0) == []
+        # a lease that is not renewed lapses: then anyone with members may take it
+        assert await two.claim_tick("r", 50)
+        await asyncio.sleep(0.1)
+        assert await one.claim_tick("r", 1000)
+        events, complete = await one.events_after("r", 0)
+        assert complete and [e.seq for e in events] == [1, 2]
+        # a room that is gone ticks no more, even for the lease's holder
+        await one.leave("r", "alice", "s1")
+        await two.leave("r", "bob", "s2")
+        assert await one.tick("r", 0.0, 0) == []
+    finally:
+        await one.aclose()
+        await two.aclose()
+        await client.aclose()
