@@ -89,6 +89,8 @@ def test_the_shipped_games_are_plugins_and_an_unknown_one_is_a_config_error() ->
         load_settings({"GAMEGW_JWT_SECRET": TEST_SECRET}, None, {"game": "chess"})
     assert "'chess' is not an installed game" in str(raised.value)
     assert "arena" in str(raised.value) and "relay" in str(raised.value)
+    with pytest.raises(ConfigError, match="tick_lease_s"):
+        load_settings({"GAMEGW_JWT_SECRET": TEST_SECRET}, None, {"tick_lease_s": 0})
 
 
 async def test_an_installed_game_plays_over_two_instances(example_games, process_factory, players):
