@@ -187,12 +187,12 @@ async def test_ticks_survive_the_death_of_the_ticking_instance(example_games, pr
     times = arrivals[watcher]
     after_kill = [t for t in times if t >= killed]
     gaps = [t2 - t1 for t1, t2 in itertools.pairwise(times) if t2 >= killed]
-    assert max(gaps) < LEASE_S + 0.1 + 0.1 + 0.7
+    assert max(gaps) < LEASE_S + 0.1 + 0.1 + 1.0
     # the rate holds after the takeover: 30 beats at 10 Hz once the survivor ticks
     resumed = next(t2 for t1, t2 in itertools.pairwise(times) if t2 - t1 == max(gaps))
     steady = [t for t in after_kill if t >= resumed]
     rate = (len(steady) - 1) / (steady[-1] - steady[0])
-    assert 7.0 < rate < 12.0
+    assert 8.5 < rate < 11.5  # 10 Hz: a tick put off by a pass would make it 8
     # the ticked moves are in the room's log: sync (and a resume's replay) hand them out again
     synced = await survivor.call("sync", {"room": "p", "after_seq": first - 1})
     assert synced["complete"] and [e["seq"] for e in synced["events"]][:len(seqs)] == seqs
