@@ -215,8 +215,8 @@ def create_app(
     if settings.websocket_only:
         middlewares.insert(1, polling_refused)
     app = web.Application(middlewares=middlewares)
-    ticker = Ticker(rules, rooms, bus, instance_id=settings.instance_id, lease_s=settings.tick_lease_s, clock=clock,
-                    on_move=feed.move)
+    ticker = Ticker(rules, rooms, bus, metrics, instance_id=settings.instance_id, lease_s=settings.tick_lease_s,
+                    clock=clock, on_move=feed.move)
     parts = app[PARTS] = Parts(settings, sio, gateway, registry, rooms, metrics, cluster, bus, feed, redis,
                                ticker=ticker)
     sio.attach(app)

@@ -49,6 +49,10 @@ class Metrics:
         self.listener_restarts = Counter("gamegw_listener_restarts", "Pub/sub listeners restarted because "
                                          "they went deaf", registry=r)
         self.moves = Counter("gamegw_moves", "Moves accepted", registry=r)
+        self.ticked_moves = Counter("gamegw_ticked_moves", "Moves a ticking game made in the rooms this "
+                                    "instance ticks (not in gamegw_moves)", registry=r)
+        self.tick_leases = Gauge("gamegw_tick_leases", "Rooms this instance ticks (holds the tick lease of)",
+                                 registry=r)
         self.offline_moves = Counter("gamegw_offline_moves", "Moves accepted while Redis was away (rooms "
                                      "with members on this instance only)", registry=r)
         self.move_gaps = Counter("gamegw_move_gaps", "Moves that arrived out of order and waited for the "

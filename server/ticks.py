@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 
 from .cluster.bus import Bus
 from .logs import log, stop_task
+from .metrics import Metrics
 from .protocol.errors import ActionError
 from .rules import Rules
 from .state.rooms import RoomStore
@@ -40,8 +41,11 @@ def _ignore(room: str, seq: int) -> None:
 
 
 class Ticker:
-    def __init__(self, rules: Rules, rooms: RoomStore, bus: Bus, *, instance_id: str, lease_s: float,
-                 clock: Callable[[], float] = time.time, on_move: Callable[[str, int], None] = _ignore) -> None:
+    def __init__(self, rules: Rules, rooms: RoomStore, bus: Bus, metrics: Metrics, *, instance_id: str,
+                 lease_s: float, clock: Callable[[], float] = time.time,
+                 on_move: Callable[[str, int], None] = _ignore) -> None:
+        self._metrics = metrics
+        metrics.tick_leases.set_function(lambda: len(self._due))
         self._rules = rules
         self._rooms = rooms
         self._bus = bus
@@ -110,6 +114,7 @@ class Ticker:
             for event in events:
                 await self._bus.publish_move(room, event)
                 self.on_move(room, event.seq)
+            self._metrics.ticked_moves.inc(len(events))
             # the rate holds: the next tick is one period after this one was due, not after it ran
             self._due[room] = due + self.tick_s if due + self.tick_s > mono else mono + self.tick_s
 

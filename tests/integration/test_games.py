@@ -141,6 +141,10 @@ async def test_a_ticking_game_ticks_in_memory_mode(example_games, gateway_factor
     refused = await alice.call("move", {"room": "p", "action": {"x": 1}})
     assert refused["error"]["code"] == "illegal_move"
     assert gw.app[PARTS].ticker is not None and gw.app[PARTS].ticker.held == ["p"]
+    async with aiohttp.ClientSession() as http, http.get(gw.url + "/metrics") as resp:
+        text = await resp.text()
+    ticked = next(float(line.split()[1]) for line in text.splitlines() if line.startswith("gamegw_ticked_moves_total"))
+    assert ticked >= 10 and "gamegw_tick_leases 1.0" in text
 
 
 async def test_ticks_survive_the_death_of_the_ticking_instance(example_games, process_factory, players,
