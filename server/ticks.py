@@ -85,7 +85,8 @@ class Ticker:
     async def step(self) -> None:
         """One pass: claim or renew the lease of each local room, tick those that are due."""
         local = self._rooms.local_rooms()
-        for room in [r for r in self._due if r not in local]:  # no member here any more
+        here = set(local)
+        for room in [r for r in self._due if r not in here]:  # no member here any more
             del self._due[room]
             await self._rooms.release_tick(room)
         for room in local:
