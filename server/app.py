@@ -49,6 +49,7 @@ from .state.rooms import MemoryRoomStore, RoomStore
 from .state.rooms_redis import RedisRoomStore
 from .state.sessions import MemorySessionStore, SessionStore
 from .state.sessions_redis import RedisSessionStore
+from .ticks import Ticker
 from .transport import websocket
 from .transport.eio import ConformantServer
 from .transport.manager import GameManager, GameServer
@@ -69,6 +70,7 @@ class Parts:
     feed: Feed
     redis: Redis | None = None
     admin_url: str = ""  # the admin listener's bound address, once started (admin_port set)
+    ticker: Ticker | None = None  # a ticking game's rooms, advanced here while this instance holds their lease
 
 
 PARTS = web.AppKey("gamegw_parts", Parts)
@@ -215,7 +217,10 @@ def create_app(
     if settings.websocket_only:
         middlewares.insert(1, polling_refused)
     app = web.Application(middlewares=middlewares)
-    parts = app[PARTS] = Parts(settings, sio, gateway, registry, rooms, metrics, cluster, bus, feed, redis)
+    ticker = Ticker(rules, rooms, bus, metrics, instance_id=settings.instance_id, lease_s=settings.tick_lease_s,
+                    clock=clock, on_move=feed.move)
+    parts = app[PARTS] = Parts(settings, sio, gateway, registry, rooms, metrics, cluster, bus, feed, redis,
+                               ticker=ticker)
     sio.attach(app)
     app.add_routes(health_routes(rooms=rooms, bus=bus, instance_id=settings.instance_id))
     ops_routes = [*metrics_routes(metrics=metrics),
@@ -250,6 +255,7 @@ def create_app(
             await cluster.start()
             await gateway.start()
             await feed.start()
+            await ticker.start()
         except BaseException as exc:
             # aiohttp runs no cleanup for a startup that failed: close what was opened here
             await close_parts()
@@ -299,6 +305,7 @@ def create_app(
         closed = True
         if admin_runner is not None:
             await admin_runner.cleanup()
+        await ticker.aclose()
         await feed.aclose()
         await sio.shutdown()
         await gateway.aclose()

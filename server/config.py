@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from .. import games
 from .protocol.errors import ConfigError
 
 ENV_PREFIX = "GAMEGW_"
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA"})
 MIN_HMAC_KEY_BYTES = 32
-GAMES = ("relay", "arena")
 HOOK_EVENTS = ("connect", "join", "leave", "move")
 
 
@@ -82,7 +82,10 @@ class Settings:
     max_connections_per_user: int = 1
     on_connection_limit: str = "replace"  # or "refuse"
 
-    game: str = "relay"
+    game: str = "relay"  # an installed game plugin (entry-point group gamegw.games)
+    # a ticking game's lease on a room (Redis): renewed by the instance that ticks it; another
+    # instance with members in the room takes over within about this long after that one dies
+    tick_lease_s: float = 2.0
     max_action_bytes: int = 4096
     max_room_members: int = 100
     max_rooms_per_connection: int = 50  # more joins get a `room_limit` ack
@@ -407,8 +410,12 @@ def validate(s: Settings) -> None:
         raise ConfigError("max_connections_per_user: must be at least 1")
     if s.on_connection_limit not in ("replace", "refuse"):
         raise ConfigError(f"on_connection_limit: {s.on_connection_limit!r} must be 'replace' or 'refuse'")
-    if s.game not in GAMES:
-        raise ConfigError(f"game: {s.game!r} is not a known game ({', '.join(GAMES)})")
+    installed = games.installed()
+    if s.game not in installed:
+        raise ConfigError(f"game: {s.game!r} is not an installed game (installed: {', '.join(sorted(installed))})",
+                          hint="install the game's package into the gateway's environment (docs/games.md)")
+    if s.tick_lease_s <= 0:
+        raise ConfigError("tick_lease_s: must be positive")
     for name in ("max_action_bytes", "max_room_members", "max_rooms_per_connection", "move_log_size",
                  "arena_width", "arena_height", "max_message_bytes", "jwt_max_token_bytes", "redis_max_connections",
                  "max_outbound_bytes"):

@@ -51,6 +51,10 @@ class Metrics:
         self.moves = Counter("gamegw_moves", "Moves accepted", registry=r)
         self.published = Counter("gamegw_published_moves", "Server events published to rooms as moves "
                                  "(POST /admin/publish; not counted in gamegw_moves)", registry=r)
+        self.ticked_moves = Counter("gamegw_ticked_moves", "Moves a ticking game made in the rooms this "
+                                    "instance ticks (not in gamegw_moves)", registry=r)
+        self.tick_leases = Gauge("gamegw_tick_leases", "Rooms this instance ticks (holds the tick lease of)",
+                                 registry=r)
         self.offline_moves = Counter("gamegw_offline_moves", "Moves accepted while Redis was away (rooms "
                                      "with members on this instance only)", registry=r)
         self.move_gaps = Counter("gamegw_move_gaps", "Moves that arrived out of order and waited for the "

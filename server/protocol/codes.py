@@ -125,6 +125,7 @@ class AckCode(StrEnum):
     ROOM_FULL = "room_full"  # the room (or the game) has no seat left
     ROOM_LIMIT = "room_limit"  # the connection is in max_rooms_per_connection rooms already
     INVALID_ACTION = "invalid_action"  # the game's rules refused the action
+    ILLEGAL_MOVE = "illegal_move"  # a game plugin refused the move or the join (gamegw.games.IllegalMove)
     RATE_LIMITED = "rate_limited"  # too many events from this user (across its connections and reconnects)
     PAYLOAD_TOO_LARGE = "payload_too_large"  # the action is over the configured size
     UNAVAILABLE = "unavailable"  # the state store cannot be reached right now; retry

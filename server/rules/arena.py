@@ -9,16 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...games import Game, State
 from ..protocol.codes import AckCode
 from ..protocol.errors import ActionError
-from .base import State
 
 STEPS = {"up": (0, -1), "down": (0, 1), "left": (-1, 0), "right": (1, 0)}
 
 
-class Arena:
+class Arena(Game):
     name = "arena"
     stateless_moves = False
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Arena:
+        return cls(width=settings.arena_width, height=settings.arena_height)
 
     def __init__(self, width: int = 16, height: int = 16) -> None:
         self.width = width

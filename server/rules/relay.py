@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import State
+from ...games import Game, State
 
 
-class Relay:
+class Relay(Game):
     name = "relay"
     stateless_moves = True
 

@@ -25,6 +25,7 @@
     {p}:room:{{r}}:seats          hash   seated session id -> its user (a seat belongs to a session)
     {p}:room:{{r}}:insts          set    instances with members in the room (who gets its events)
     {p}:room:{{r}}:state          string the game state (JSON) and its version {p}:room:{{r}}:ver
+    {p}:room:{{r}}:tick           string a ticking game's lease: the instance that ticks the room (PX tick_lease_s)
     {p}:ch:{iid}                  channel everything addressed to one instance
     {p}:dash:watchers             string a dashboard is open somewhere; expires unless refreshed
     {p}:dash:feed                 channel the dashboard's deltas, published only while watchers exists

@@ -25,6 +25,9 @@ from ..protocol.codes import AckCode
 from ..protocol.errors import ActionError
 from ..rules import Rules, State
 
+# the ``user`` of a ticked move: no player made it (a user id is a JWT ``sub``, never empty)
+SERVER_USER = ""
+
 
 @dataclass(frozen=True, slots=True)
 class MoveEvent:
@@ -102,6 +105,24 @@ class RoomStore(Protocol):
 
     async def events_after(self, room: str, after_seq: int) -> tuple[list[MoveEvent], bool]:
         """Moves with ``seq > after_seq``; False when the log no longer reaches back that far."""
+        ...
+
+    def local_rooms(self) -> list[str]:
+        """The rooms this instance may tick: those with members connected here."""
+        ...
+
+    async def claim_tick(self, room: str, ttl_ms: int) -> bool:
+        """Take or renew this instance's lease on ticking ``room``; False while another holds it."""
+        ...
+
+    async def release_tick(self, room: str) -> None:
+        """Give the lease up (if this instance holds it), so that another takes over at once."""
+        ...
+
+    async def tick(self, room: str, now: float, ts: int) -> list[MoveEvent]:
+        """Advance the room with the rules' ``tick``: each action returned becomes a move of
+        :data:`SERVER_USER` with the room's next seq. Nothing when the lease is no longer ours
+        or the room is gone."""
         ...
 
     async def state(self, room: str) -> tuple[int, State]: ...
@@ -216,6 +237,27 @@ class MemoryRoomStore:
         if r is None:
             return 0, self._rules.initial_state()
         return r.seq, r.state
+
+    def local_rooms(self) -> list[str]:
+        return list(self._rooms)
+
+    async def claim_tick(self, room: str, ttl_ms: int) -> bool:
+        return room in self._rooms  # one instance: it ticks every room there is
+
+    async def release_tick(self, room: str) -> None:
+        return None
+
+    async def tick(self, room: str, now: float, ts: int) -> list[MoveEvent]:
+        r = self._rooms.get(room)
+        if r is None:
+            return []
+        events = []
+        for action in self._rules.tick(r.state, now):
+            r.seq += 1
+            event = MoveEvent(r.seq, move_json(room, r.seq, SERVER_USER, orjson.dumps(action).decode(), ts))
+            r.log.append(event)
+            events.append(event)
+        return events
 
     async def ping(self) -> None:
         return None

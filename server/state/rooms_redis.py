@@ -34,7 +34,7 @@ from ..protocol.errors import ActionError, StoreUnavailable
 from ..rules import Rules, State
 from .keys import Keys
 from .pipe import RedisPipe
-from .rooms import Joined, MoveEvent, move_json, move_prefix, move_suffix
+from .rooms import SERVER_USER, Joined, MoveEvent, move_json, move_prefix, move_suffix
 
 CAS_RETRIES = 20
 logger = logging.getLogger("gamegw.rooms")
@@ -156,6 +156,53 @@ return 1
 """
 
 
+# KEYS: lease   ARGV: instance ttl_ms
+# Take the room's tick lease when nobody holds it, renew it when we do; 0 while another does.
+CLAIM_TICK = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if holder then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS: lease   ARGV: instance
+RELEASE_TICK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: seq log users insts state ver lease
+# ARGV: instance expected_ver new_state log_size channel_prefix room prefix suffix..
+# One tick of a room: written only by the lease's holder (an instance whose lease lapsed while
+# it computed the tick is fenced off: -1), with a compare-and-set on the state (-2); each
+# suffix becomes a move with the next seq, logged and published as MOVE does. Returns the seq
+# before the first.
+TICK = """
+if redis.call('GET', KEYS[7]) ~= ARGV[1] then return -1 end
+if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
+if (redis.call('GET', KEYS[6]) or '0') ~= ARGV[2] then return -2 end
+redis.call('SET', KEYS[5], ARGV[3])
+redis.call('INCR', KEYS[6])
+local before = tonumber(redis.call('GET', KEYS[1]) or '0')
+if #ARGV < 8 then return before end
+local insts = redis.call('SMEMBERS', KEYS[4])
+for i = 8, #ARGV do
+  local seq = redis.call('INCR', KEYS[1])
+  local ev = ARGV[7] .. seq .. ARGV[i]
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], seq .. '-1', 'e', ev)
+  local msg = 'M' .. ARGV[6] .. '\\n' .. seq .. '\\n' .. ev
+  for _, inst in ipairs(insts) do
+    redis.call('PUBLISH', ARGV[5] .. inst, msg)
+  end
+end
+return before
+"""
+
+
 class _RoomLock(asyncio.Lock):
     """A room's routing lock, with how many callers hold or await it (it goes when none do)."""
 
@@ -189,6 +236,9 @@ class RedisRoomStore:
         self._pipe = pipe
         self._set_state = redis.register_script(SET_STATE)
         self._reassert = redis.register_script(REASSERT)
+        self._claim_tick = redis.register_script(CLAIM_TICK)
+        self._release_tick = redis.register_script(RELEASE_TICK)
+        self._tick = redis.register_script(TICK)
 
     async def join(self, room: str, user_id: str, member_id: str) -> Joined:
         seq, _log, users, *_rest, seats = self._k.room_keys(room)
@@ -418,6 +468,31 @@ class RedisRoomStore:
         seq, raw = await self._r.mget([self._k.room(room, "seq"), self._k.room(room, "state")])
         state = orjson.loads(raw) if raw is not None else self._rules.initial_state()
         return int(seq or 0), state
+
+    async def claim_tick(self, room: str, ttl_ms: int) -> bool:
+        return bool(int(await self._claim_tick(keys=[self._k.room(room, "tick")],
+                                               args=[self._instance_id, str(ttl_ms)])))
+
+    async def release_tick(self, room: str) -> None:
+        await self._release_tick(keys=[self._k.room(room, "tick")], args=[self._instance_id])
+
+    async def tick(self, room: str, now: float, ts: int) -> list[MoveEvent]:
+        keys = [*self._k.room_keys(room)[:6], self._k.room(room, "tick")]
+        prefix = move_prefix(room)
+        for _ in range(CAS_RETRIES):
+            state, ver = await self._read_state(room)
+            actions = self._rules.tick(state, now)
+            suffixes = [move_suffix(SERVER_USER, orjson.dumps(a).decode(), ts) for a in actions]
+            args = [self._instance_id, ver, orjson.dumps(state).decode(), self._log_size, self._k.channel_prefix,
+                    room, prefix, *suffixes]
+            before = int(await self._tick(keys=keys, args=args))
+            if before == -1:
+                return []
+            if before != -2:
+                self._saw_seq(room, before + len(suffixes))
+                return [MoveEvent(before + i, prefix + str(before + i) + suffix)
+                        for i, suffix in enumerate(suffixes, 1)]
+        return []  # the players' moves kept winning the compare-and-set: the next tick tries again
 
     async def _read_state(self, room: str) -> tuple[State, str]:
         raw, ver = await self._r.mget([self._k.room(room, "state"), self._k.room(room, "ver")])

@@ -52,6 +52,15 @@ def test_the_wheel_installs_one_import_package(wheel: Path) -> None:
     assert shipped <= set(names)
 
 
+def test_the_wheel_registers_the_games_that_ship_as_plugins(wheel: Path) -> None:
+    archive = zipfile.ZipFile(wheel)
+    assert "gamegw/games.py" in archive.namelist()  # the API a game package imports
+    entry_points = archive.read(f"gamegw-{__version__}.dist-info/entry_points.txt").decode()
+    section = entry_points.split("[gamegw.games]")[1].split("[")[0]
+    assert sorted(line.strip() for line in section.strip().splitlines()) == [
+        "arena = gamegw.server.rules.arena:Arena", "relay = gamegw.server.rules.relay:Relay"]
+
+
 def test_gamectl_from_the_wheel_answers_its_version(wheel: Path, tmp_path: Path) -> None:
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)

@@ -22,9 +22,10 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from gamegw.games import Game, IllegalMove
 from gamegw.server.protocol.codes import AckCode
 from gamegw.server.protocol.errors import ActionError, StoreUnavailable
-from gamegw.server.rules import Arena, Relay, Rules, State
+from gamegw.server.rules import Arena, GameRules, Relay, Rules, State
 from gamegw.server.state.keys import Keys
 from gamegw.server.state.rooms import MemoryRoomStore, MoveEvent, RoomStore
 from gamegw.server.state.rooms_redis import CAS_RETRIES, RedisRoomStore
@@ -488,3 +489,56 @@ class TestReassert:
         finally:
             await rooms.aclose()
             await redis.aclose()
+
+
+class TickTock(Game):
+    """Two actions a tick; players may move ``{"x": <int>}`` and only while the count is even."""
+
+    name = "ticktock"
+    tick_s = 0.1
+
+    def initial_state(self) -> State:
+        return {"ticks": 0, "players": []}
+
+    def on_join(self, state: State, user_id: str) -> None:
+        if user_id == "mallory":
+            raise IllegalMove("not mallory")
+        state["players"].append(user_id)
+
+    def apply(self, state: State, user_id: str, action: dict[str, Any]) -> dict[str, Any]:
+        if state["ticks"] % 2:
+            raise IllegalMove("wait for the tock")
+        return action
+
+    def tick(self, state: State, now: float) -> list[dict[str, Any]]:
+        state["ticks"] += 1
+        return [{"tick": state["ticks"]}, {"at": now}]
+
+
+class TestTicks:
+    async def test_ticked_actions_take_the_rooms_seq_and_are_logged(self, stores: Make) -> None:
+        rooms = await stores(GameRules(TickTock()))
+        await rooms.join("r", "alice", "s-alice")
+        assert rooms.local_rooms() in ([], ["r"])  # a Redis store lists rooms with connections here
+        assert await rooms.claim_tick("r", 1000)
+        first = await rooms.tick("r", 1.5, TS)
+        assert [e.json for e in first] == [wire("r", 1, "", {"tick": 1}), wire("r", 2, "", {"at": 1.5})]
+        with pytest.raises(ActionError) as refused:
+            await move(rooms, "r", "alice", {"x": 1})
+        assert refused.value.code == AckCode.ILLEGAL_MOVE
+        assert refused.value.message == "wait for the tock"
+        await rooms.tick("r", 2.0, TS)
+        assert (await move(rooms, "r", "alice", {"x": 1})).seq == 5
+        events, complete = await rooms.events_after("r", 0)
+        assert complete and seqs(events) == [1, 2, 3, 4, 5]
+        assert await rooms.state("r") == (5, {"ticks": 2, "players": ["alice"]})
+        assert await rooms.tick("nowhere", 1.0, TS) == []
+
+    async def test_an_illegal_join_seats_nobody(self, stores: Make) -> None:
+        rooms = await stores(GameRules(TickTock()))
+        await rooms.join("r", "alice", "s-alice")
+        with pytest.raises(ActionError) as refused:
+            await rooms.join("r", "mallory", "s-mallory")
+        assert refused.value.code == AckCode.ILLEGAL_MOVE
+        assert await rooms.members("r") == ["alice"]
+        assert (await rooms.state("r"))[1]["players"] == ["alice"]

@@ -14,7 +14,7 @@ import pytest
 
 from gamegw.server.protocol.codes import AckCode
 from gamegw.server.protocol.errors import ActionError
-from gamegw.server.rules import Arena, Relay, make_rules
+from gamegw.server.rules import Arena, GameRules, Relay, make_rules
 from gamegw.server.state.rooms import MemoryRoomStore, MoveEvent
 from tests.conftest import make_settings
 
@@ -31,10 +31,12 @@ def assert_code(info: pytest.ExceptionInfo[ActionError], code: AckCode) -> None:
 
 
 def test_make_rules_picks_the_configured_game() -> None:
-    assert isinstance(make_rules(make_settings()), Relay)
+    relay = make_rules(make_settings())
+    assert isinstance(relay, GameRules) and isinstance(relay.game, Relay) and relay.stateless_moves
     arena = make_rules(make_settings(game="arena", arena_width=5, arena_height=4))
-    assert isinstance(arena, Arena)
-    assert (arena.width, arena.height) == (5, 4)
+    assert isinstance(arena, GameRules) and isinstance(arena.game, Arena)
+    assert (arena.game.width, arena.game.height) == (5, 4)
+    assert (arena.name, arena.tick_s, arena.stateless_moves) == ("arena", 0.0, False)
 
 
 def test_relay_accepts_any_object() -> None:

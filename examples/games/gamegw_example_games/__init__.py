@@ -1,0 +1,1 @@
+"""Example gamegw games: ``tictactoe`` (two players, turns) and ``pulse`` (a ticking room)."""
