@@ -46,7 +46,7 @@ case "$mode" in
       open='bash loadtests/serve_with_dashboard.sh {port}' ;;
   hooks)  # a backend hook's cost: the same gateway without, then with, a hook on `move` (hook_server.py)
     exec "$run" --clients 1000 --room-size 10 --rate 2 --seconds 15 "$@" \
-      nohook='gamectl serve --config configs/bench.toml --port {port}' \
+      node="$node_ref" nohook='gamectl serve --config configs/bench.toml --port {port}' \
       hook='bash loadtests/serve_with_hook.sh {port}' ;;
   *) echo "usage: $0 single|cluster|dashboard|hooks [peer-bench args]" >&2; exit 2 ;;
 esac

@@ -54,7 +54,7 @@ def test_peer_bench_runs_from_the_clone(mode: str, tmp_path: Path) -> None:
 
 @pytest.mark.timeout(300)
 def test_peer_bench_hooks_mode_asks_a_local_hook(tmp_path: Path) -> None:
-    """``peer_bench.sh hooks``: the gateway without a hook, then with loadtests/hook_server.py on
+    """``peer_bench.sh hooks``: the Node reference, the gateway without a hook, then with loadtests/hook_server.py on
     every move; with hooks_on_error at its default (deny), a hook that was not reached would
     show as ack errors. The hook server is gone afterwards."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GAMEGW_", "REDIS"))}
@@ -65,7 +65,7 @@ def test_peer_bench_hooks_mode_asks_a_local_hook(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     rows = {row["name"]: row for row in (json.loads(line) for line in run.stdout.splitlines()
                                           if line.startswith("{"))}
-    assert set(rows) == {"nohook", "hook"}, run.stdout
+    assert set(rows) == {"node", "nohook", "hook"}, run.stdout  # Node's figure beside every ratio
     for row in rows.values():
         assert row["delivery_ratio"] == 1 and row["ack_errors"] == 0 and row["moves_acked"] > 0, row
     left = subprocess.run(["pgrep", "-f", "loadtests/hook_server.py"], capture_output=True, text=True)
