@@ -680,15 +680,12 @@ class Gateway(socketio.AsyncNamespace):  # type: ignore[misc]
         msg = parse(MoveMsg, data)
         self._member(conn, msg.room)
         try:
-            action_bytes = orjson.dumps(msg.action)
-        except TypeError:
-            raise ActionError(AckCode.BAD_REQUEST, "action must be plain JSON") from None
-        if len(action_bytes) > self.settings.max_action_bytes:
-            self.guards.hit(Limit.ACTION_SIZE, user=conn.claims.user_id, sid=conn.sid, size=len(action_bytes),
-                            max_action_bytes=self.settings.max_action_bytes)
-            raise ActionError(AckCode.PAYLOAD_TOO_LARGE,
-                              f"action is {len(action_bytes)} bytes; the limit is {self.settings.max_action_bytes}")
-        action_json = action_bytes.decode()
+            action_json = encode_action(msg.action, self.settings.max_action_bytes)
+        except ActionError as exc:
+            if exc.code is AckCode.PAYLOAD_TOO_LARGE:  # the refusal path only: encoded again for the log
+                self.guards.hit(Limit.ACTION_SIZE, user=conn.claims.user_id, sid=conn.sid,
+                                size=len(orjson.dumps(msg.action)), max_action_bytes=self.settings.max_action_bytes)
+            raise
         if self.hooks.wants("move"):
             # before the room's seq is taken: a vetoed move takes none and is sent to nobody.
             # Nothing is locked while the hook thinks; see docs/protocol.md, "Backend hooks", for
