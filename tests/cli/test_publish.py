@@ -10,14 +10,11 @@ import pytest
 
 from tests.cli.run import GAMECTL, gamectl
 from tests.conftest import TEST_SECRET
+from tests.integration.test_publish import room_on_two_instances
 
 
 async def test_publish_reaches_the_room_on_both_instances(cluster_factory, players) -> None:
-    a_gw, b_gw = await cluster_factory(2)
-    alice = await players(a_gw.url, a_gw.token("alice"))
-    bob = await players(b_gw.url, b_gw.token("bob"))
-    await alice.call("join", {"room": "duel"})
-    await bob.call("join", {"room": "duel"})
+    a_gw, b_gw, alice, bob = await room_on_two_instances(cluster_factory, players, "duel")
     await alice.call("move", {"room": "duel", "action": {"x": 1}})
 
     code, out, err = await gamectl("publish", "duel", '{"round": "over"}', "--json", "--url", b_gw.url)

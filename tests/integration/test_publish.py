@@ -23,16 +23,22 @@ async def publish(url: str, token: str | None, body: Any) -> tuple[int, Any]:
             return resp.status, await resp.json()
 
 
+async def room_on_two_instances(cluster_factory: Any, players: Any, room: str) -> tuple[Any, Any, Any, Any]:
+    """Two gateways over one Redis, alice on the first and bob on the second, both in ``room``."""
+    a_gw, b_gw = await cluster_factory(2)
+    alice = await players(a_gw.url, a_gw.token("alice"))
+    bob = await players(b_gw.url, b_gw.token("bob"))
+    await alice.call("join", {"room": room})
+    await bob.call("join", {"room": room})
+    return a_gw, b_gw, alice, bob
+
+
 def moves(player: Any, room: str) -> list[tuple[int, str, Any]]:
     return [(m["seq"], m["user"], m["action"]) for m in player.events["move"] if m["room"] == room]
 
 
 async def test_a_published_event_reaches_the_members_on_both_instances(cluster_factory, players) -> None:
-    a_gw, b_gw = await cluster_factory(2)
-    alice = await players(a_gw.url, a_gw.token("alice"))
-    bob = await players(b_gw.url, b_gw.token("bob"))
-    await alice.call("join", {"room": "duel"})
-    await bob.call("join", {"room": "duel"})
+    a_gw, b_gw, alice, bob = await room_on_two_instances(cluster_factory, players, "duel")
     assert (await alice.call("move", {"room": "duel", "action": {"x": 1}}))["seq"] == 1
 
     ops = a_gw.token("ops", role="admin")
@@ -53,11 +59,7 @@ async def test_a_published_event_reaches_the_members_on_both_instances(cluster_f
 async def test_published_and_played_moves_interleave_without_gaps(cluster_factory, players) -> None:
     """Publishes through both instances race the players' moves: one gapless seq order, the
     same on both instances, with each publish's answered seq where its event sits."""
-    a_gw, b_gw = await cluster_factory(2)
-    alice = await players(a_gw.url, a_gw.token("alice"))
-    bob = await players(b_gw.url, b_gw.token("bob"))
-    await alice.call("join", {"room": "race"})
-    await bob.call("join", {"room": "race"})
+    a_gw, b_gw, alice, bob = await room_on_two_instances(cluster_factory, players, "race")
     ops = a_gw.token("ops", role="admin")
 
     async def play(player: Any, name: str) -> None:
@@ -87,11 +89,7 @@ async def test_published_and_played_moves_interleave_without_gaps(cluster_factor
 
 
 async def test_a_player_who_was_away_gets_the_published_event_on_resume(cluster_factory, players) -> None:
-    a_gw, b_gw = await cluster_factory(2)
-    alice = await players(a_gw.url, a_gw.token("alice"))
-    bob = await players(b_gw.url, b_gw.token("bob"))
-    await alice.call("join", {"room": "duel"})
-    await bob.call("join", {"room": "duel"})
+    a_gw, _b_gw, alice, bob = await room_on_two_instances(cluster_factory, players, "duel")
     await alice.call("move", {"room": "duel", "action": {"x": 1}})
     await bob.wait_for("move", 1)
     ops = a_gw.token("ops", role="admin")
