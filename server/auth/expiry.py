@@ -24,6 +24,7 @@ class TokenClock:
         self._on_warn = on_warn
         self._on_expire = on_expire
         self._timers: dict[str, tuple[asyncio.TimerHandle, asyncio.TimerHandle]] = {}
+        self._exp: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def arm(self, sid: str, exp: float) -> None:
@@ -34,8 +35,14 @@ class TokenClock:
         warn = loop.call_later(max(0.0, exp - self._warn_s - now), self._run, self._on_warn, sid, exp)
         expire = loop.call_later(max(0.0, exp + self._leeway_s - now), self._run, self._on_expire, sid, exp)
         self._timers[sid] = (warn, expire)
+        self._exp[sid] = exp
+
+    def armed_for(self, sid: str) -> float | None:
+        """The ``exp`` a connection's timers run to, or None once disarmed."""
+        return self._exp.get(sid)
 
     def disarm(self, sid: str) -> None:
+        self._exp.pop(sid, None)
         for handle in self._timers.pop(sid, ()):
             handle.cancel()
 

@@ -507,14 +507,20 @@ async def test_a_flood_from_one_client_leaves_other_players_moves_unaffected(
                 await flooder.recv(timeout=10)
 
     flooding, reading = asyncio.create_task(flood()), asyncio.create_task(drain_acks())
-    latencies = []
+    def refused() -> float:
+        return metric(gw, "gamegw_limit_hits_total", limit="events")
+
+    # Fairness in work, not in time: how many flood frames the server handles while one other
+    # player's move goes there and back. A server that worked through a connection's backlog
+    # before serving anyone else would handle all the flood that arrived meanwhile.
+    handled_meanwhile = []
     try:
-        await asyncio.sleep(0.2)  # the flood is on
+        await eventually(lambda: _true(refused() > 2000))  # the flood is on
         for n in range(20):
             for p in others:
-                started = time.perf_counter()
+                before = refused()
                 ack = await p.call("move", {"room": "r", "action": {"n": n}})
-                latencies.append(time.perf_counter() - started)
+                handled_meanwhile.append(refused() - before)
                 assert ack["ok"] is True, ack
     finally:
         stop.set()
@@ -523,8 +529,9 @@ async def test_a_flood_from_one_client_leaves_other_players_moves_unaffected(
         flooder.close()
     refused = metric(gw, "gamegw_limit_hits_total", limit="events")
     assert sent > 2000 and refused > 1000  # it really was a flood, and it was refused
-    latencies.sort()
-    assert latencies[len(latencies) // 2] < 0.05 and latencies[-1] < 0.5, latencies
+    handled_meanwhile.sort()
+    # measured: 5 to 7 (a few per turn of the event loop); a backlog served first would be thousands
+    assert handled_meanwhile[len(handled_meanwhile) // 2] < 50 and handled_meanwhile[-1] < 1000, handled_meanwhile
     # every player saw every accepted move, in order
     moves = await others[0].wait_for("move", count=60)
     assert [m["seq"] for m in moves] == list(range(moves[0]["seq"], moves[0]["seq"] + 60))
