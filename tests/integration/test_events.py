@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
@@ -60,8 +59,13 @@ async def test_moves_are_not_sent_to_other_rooms(gateway, players):
     [ma] = await a.wait_for("move")
     [mb] = await b.wait_for("move")
     assert (ma["room"], ma["seq"]) == ("one", 1) and (mb["room"], mb["seq"]) == ("two", 1)
-    await asyncio.sleep(0.1)
-    assert len(a.events["move"]) == 1 and len(b.events["move"]) == 1
+    # each one's next move comes after anything stray from the other room would have
+    await a.call("move", {"room": "one", "action": {}})
+    await b.call("move", {"room": "two", "action": {}})
+    await a.wait_for("move", 2)
+    await b.wait_for("move", 2)
+    assert [(m["room"], m["seq"]) for m in a.events["move"]] == [("one", 1), ("one", 2)]
+    assert [(m["room"], m["seq"]) for m in b.events["move"]] == [("two", 1), ("two", 2)]
 
 
 async def test_leave_and_player_left(gateway, players):

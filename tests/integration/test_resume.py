@@ -158,7 +158,8 @@ async def test_a_new_connection_takes_over_a_stale_one(cluster_factory, players)
     assert session["resumed"] is True and session["rooms"] == ["duel"]
     assert (await fresh.call("move", {"room": "duel", "action": {}}))["seq"] == 4
     await a.wait_for("move", 4)
-    await asyncio.sleep(0.2)
+    assert (await a.call("move", {"room": "duel", "action": {}}))["seq"] == 5  # after anything the takeover sent
+    await a.wait_for("move", 5)
     assert not {"player_left", "player_disconnected"} & set(a.events)
     registry = a_gw.app[PARTS].registry
     await eventually(lambda: _states(registry, "bob", [("inst-1", "connected")]))
@@ -199,9 +200,9 @@ async def test_another_users_token_never_gets_the_session(gateway, players):
                                                                         "last_seq": {"duel": 0}})
     [session] = await mallory.wait_for("session")
     assert session["user"] == "mallory" and session["resumed"] is False and session["rooms"] == []
-    await asyncio.sleep(0.2)
-    assert "move" not in mallory.events
+    # a replay would have come before this ack, on the same connection
     assert (await mallory.call("state", {"room": "duel"}))["error"]["code"] == "not_in_room"
+    assert "move" not in mallory.events
     back = await players(gateway.url, gateway.token("bob"))  # bob's session is still there for bob
     assert (await back.wait_for("session"))[0]["resumed"] is True
 
@@ -225,5 +226,5 @@ async def test_users_of_a_killed_instance_resume_on_a_survivor(process_factory, 
     [missed] = await back.wait_for("move", 1)
     assert missed["seq"] == 2 and missed["action"] == {"i": 2}
     assert (await back.call("move", {"room": "r", "action": {"i": 3}}))["seq"] == 3
-    await asyncio.sleep(0.3)
+    await a.wait_for("move", 3)  # after any player_left bob's resume could have caused
     assert "player_left" not in a.events
