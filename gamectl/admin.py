@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from gamegw.server.auth.tokens import mint
@@ -20,19 +22,20 @@ class AdminClient:
     than the gateway accepts), and fresh however long the command runs (``--watch``)."""
 
     def __init__(self, settings: Settings, url: str | None, token: str | None, timeout_s: float = 10,
-                 token_ttl_s: float = 120.0) -> None:
+                 token_ttl_s: float = 120.0, clock: Callable[[], float] = time.time) -> None:
         self.url = (url or default_url(settings)).rstrip("/")
         self._settings = settings
         self._ttl_s = min(token_ttl_s, settings.jwt_max_lifetime_s)
         self._given = token
         self._timeout = timeout_s
+        self._clock = clock
         self._token()  # a key that cannot sign fails here, before anything is sent
 
     def _token(self) -> str:
         if self._given is not None:
             return self._given
         try:
-            return mint(self._settings, "gamectl", ttl_s=self._ttl_s, role="admin")
+            return mint(self._settings, "gamectl", ttl_s=self._ttl_s, role="admin", now=self._clock())
         except ConfigError as exc:
             fail(1, str(exc), "pass --token with an admin JWT, or configure the signing key")
 

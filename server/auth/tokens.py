@@ -67,6 +67,25 @@ def _key(algorithms: tuple[str, ...], secret: str, public_key_file: str, until: 
     return _Key(material, algorithms, until)
 
 
+class _ClockedJWT(jwt.PyJWT):
+    """PyJWT, but ``exp``, ``nbf`` and ``iat`` are checked against the verifier's clock, as the
+    token's lifetime and revocations are (PyJWT reads the system clock itself); its checks,
+    types and messages are otherwise its own."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        super().__init__()
+        self._clock = clock
+
+    def _validate_exp(self, payload: dict[str, Any], now: float, leeway: float) -> None:
+        super()._validate_exp(payload, self._clock(), leeway)
+
+    def _validate_nbf(self, payload: dict[str, Any], now: float, leeway: float) -> None:
+        super()._validate_nbf(payload, self._clock(), leeway)
+
+    def _validate_iat(self, payload: dict[str, Any], now: float, leeway: float) -> None:
+        super()._validate_iat(payload, self._clock(), leeway)
+
+
 class Verifier:
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = _now) -> None:
         self._keys = [_key(settings.algorithms, settings.jwt_secret, settings.jwt_public_key_file)]
@@ -80,6 +99,7 @@ class Verifier:
         self._max_bytes = settings.jwt_max_token_bytes
         self._max_lifetime = settings.jwt_max_lifetime_s
         self._clock = clock
+        self._jwt = _ClockedJWT(clock)
         required = ["sub", "exp"] + (["iss"] if self._issuer else []) + (["aud"] if self._audience else [])
         self._options: dict[str, Any] = {"require": required, "verify_aud": self._audience is not None}
 
@@ -146,7 +166,7 @@ class Verifier:
     def _decode(self, token: str, key: _Key) -> dict[str, Any]:
         """The verified payload; raises AuthError for anything but a signature that does not match."""
         try:
-            payload: dict[str, Any] = jwt.decode(
+            payload: dict[str, Any] = self._jwt.decode(
                 token,
                 key.material,
                 algorithms=list(key.algorithms),

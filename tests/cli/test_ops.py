@@ -16,9 +16,10 @@ import socketio
 import typer
 
 from gamegw.gamectl.admin import AdminClient
+from gamegw.server.app import PARTS
 from gamegw.server.config import load_settings
 from tests.cli.run import GAMECTL, gamectl
-from tests.conftest import TEST_SECRET, eventually, refusal
+from tests.conftest import TEST_SECRET, eventually, make_settings, refusal, start_gateway
 
 
 def _disconnected(player):
@@ -160,7 +161,11 @@ def test_the_default_url_is_the_admin_listener():
 async def test_instances_lists_the_cluster(cluster_factory, players):
     a_gw, b_gw = await cluster_factory(2)
     await players(b_gw.url, b_gw.token("bob"))
-    await asyncio.sleep(0.3)  # a heartbeat (every 0.2 s here) carries the count
+
+    async def counted() -> bool:  # a heartbeat (every 0.2 s here) carries the count
+        return [i["connections"] for i in await a_gw.app[PARTS].cluster.instances()] == [0, 1]
+
+    await eventually(counted)
     code, out, err = await gamectl("instances", "--json", "--url", a_gw.url)
     assert code == 0, err
     rows = json.loads(out)["instances"]
@@ -226,9 +231,20 @@ async def test_ctrl_c_ends_a_watch_with_130_and_no_traceback(cluster_factory, pl
     assert err.decode() == ""  # no traceback, no "Aborted!"
 
 
-async def test_a_long_command_signs_fresh_admin_tokens(gateway_factory):
-    gw = await gateway_factory()
-    client = AdminClient(gw.settings, gw.url, None, token_ttl_s=1)
-    first = await asyncio.to_thread(client.get, "/admin/connections")
-    await asyncio.sleep(2.1)  # the first token has expired (no leeway here)
-    assert await asyncio.to_thread(client.get, "/admin/connections") == first == {"connections": []}
+async def test_a_long_command_signs_fresh_admin_tokens():
+    now = [time.time()]  # one clock for the gateway and the command, advanced by hand
+
+    def clock() -> float:
+        return now[0]
+
+    gw = await start_gateway(make_settings(), clock=clock)
+    try:
+        client = AdminClient(gw.settings, gw.url, None, token_ttl_s=1, clock=clock)
+        first = await asyncio.to_thread(client.get, "/admin/connections")
+        stale = client._token()
+        now[0] += 2.1  # the first token has expired (no leeway here)
+        assert (await asyncio.to_thread(client.get, "/admin/connections")) == first == {"connections": []}
+        with pytest.raises(typer.Exit):  # the gateway's clock has moved too: the first token is refused
+            await asyncio.to_thread(AdminClient(gw.settings, gw.url, stale).get, "/admin/connections")
+    finally:
+        await gw.aclose()
