@@ -133,11 +133,8 @@ async def test_a_ticking_game_ticks_in_memory_mode(example_games, gateway_factor
     gw = await gateway_factory(game="pulse")
     alice = await players(gw.url, gw.token("alice"))
     assert (await alice.call("join", {"room": "p"}))["ok"]
-    started = time.monotonic()
-    moves = await alice.wait_for("move", 10, timeout=5)
-    took = time.monotonic() - started
+    moves = await alice.wait_for("move", 10, timeout=5)  # their cadence: tests/unit/test_ticker.py
     assert [(m["seq"], m["user"], m["action"]) for m in moves[:10]] == [(n, "", {"beat": n}) for n in range(1, 11)]
-    assert 0.8 < took < 3.0  # ten beats at 10 Hz (a loaded machine may be slower, never faster)
     refused = await alice.call("move", {"room": "p", "action": {"x": 1}})
     assert refused["error"]["code"] == "illegal_move"
     assert gw.app[PARTS].ticker is not None and gw.app[PARTS].ticker.held == ["p"]
@@ -189,14 +186,8 @@ async def test_ticks_survive_the_death_of_the_ticking_instance(example_games, pr
     assert all(m["user"] == "" and m["action"] == {"beat": m["seq"]} for m in moves)
     # the pause: at most the lease's TTL, one pass and a tick (plus slack for a loaded machine)
     times = arrivals[watcher]
-    after_kill = [t for t in times if t >= killed]
     gaps = [t2 - t1 for t1, t2 in itertools.pairwise(times) if t2 >= killed]
     assert max(gaps) < LEASE_S + 0.1 + 0.1 + 1.0
-    # the rate holds after the takeover: 30 beats at 10 Hz once the survivor ticks
-    resumed = next(t2 for t1, t2 in itertools.pairwise(times) if t2 - t1 == max(gaps))
-    steady = [t for t in after_kill if t >= resumed]
-    rate = (len(steady) - 1) / (steady[-1] - steady[0])
-    assert 8.5 < rate < 11.5  # 10 Hz: a tick put off by a pass would make it 8
     # the ticked moves are in the room's log: sync (and a resume's replay) hand them out again
     synced = await survivor.call("sync", {"room": "p", "after_seq": first - 1})
     assert synced["complete"] and [e["seq"] for e in synced["events"]][:len(seqs)] == seqs
