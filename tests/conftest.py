@@ -42,6 +42,15 @@ def report_line(config: pytest.Config, line: str) -> None:
     config.stash.setdefault(REPORT, []).append(line)
 
 
+@pytest.fixture
+def figure(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Report a test's measured figure in the terminal summary (a passing test's print is hidden)."""
+    def report(line: str) -> None:
+        report_line(request.config, f"{request.node.name}: {line.strip()}")
+
+    return report
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     lines = config.stash.get(REPORT, [])
     if lines:

@@ -176,7 +176,7 @@ def wipe(server: RedisServer) -> None:
 
 
 @pytest.mark.parametrize("comes_back", ["with_data", "empty"])
-async def test_redis_stopped_for_5s_under_load(process_factory, players, own_redis, comes_back: str) -> None:
+async def test_redis_stopped_for_5s_under_load(process_factory, players, own_redis, comes_back: str, figure) -> None:
     env = {"GAMEGW_REDIS_URL": own_redis.url, "GAMEGW_REDIS_TIMEOUT_S": "0.5", "GAMEGW_GRACE_S": "30"}
     a = await process_factory("inst-a", **env)
     b = await process_factory("inst-b", **env)
@@ -221,7 +221,7 @@ async def test_redis_stopped_for_5s_under_load(process_factory, players, own_red
     for seat in table.seats:
         assert seat.player.client.connected, f"{seat.user} lost its connection"
     check_registry(await registry(b.url), {s.user for s in table.seats}, {"connected"})
-    print(f"\nredis {comes_back}: outage {started - stopped:.1f} s, cross-instance play back after "
+    figure(f"redis {comes_back}: outage {started - stopped:.1f} s, cross-instance play back after "
           f"{resync_s:.2f} s, {len(during)} moves played locally during the outage, "
           f"{mixed_errors['unavailable']} unavailable acks in the spanning room, {figures}")
 
@@ -231,7 +231,7 @@ async def _ready(*urls: str) -> bool:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-async def test_an_instance_dies_under_load_and_its_players_resume(process_factory, players, sig) -> None:
+async def test_an_instance_dies_under_load_and_its_players_resume(process_factory, players, sig, figure) -> None:
     env = {"GAMEGW_GRACE_S": "30", "GAMEGW_DRAIN_S": "5"}
     doomed = await process_factory("doomed", **env)
     survivor = await process_factory("survivor", **env)
@@ -272,11 +272,11 @@ async def test_an_instance_dies_under_load_and_its_players_resume(process_factor
 
     await eventually(one_entry_each, timeout=5)
     check_registry(await registry(survivor.url), users, {"connected"})
-    print(f"\n{sig.name}: {len(moved)} players resumed on the survivor in {max(resume_s):.2f} s "
+    figure(f"{sig.name}: {len(moved)} players resumed on the survivor in {max(resume_s):.2f} s "
           f"(all back {since_kill:.2f} s after the signal{exit_note}), {figures}")
 
 
-async def test_pubsub_connections_killed_under_load(process_factory, players, own_redis) -> None:
+async def test_pubsub_connections_killed_under_load(process_factory, players, own_redis, figure) -> None:
     """``CLIENT KILL TYPE pubsub``: what was published while the listeners were away is read
     from the rooms' logs; nobody misses a move or sees one twice."""
     env = {"GAMEGW_REDIS_URL": own_redis.url, "GAMEGW_BUS_PROBE_INTERVAL_S": "0.5"}
@@ -306,7 +306,7 @@ async def test_pubsub_connections_killed_under_load(process_factory, players, ow
                 gaps += int(float(line.split()[1]))
             assert not line.startswith("gamegw_moves_missing_total ") or float(line.split()[1]) == 0
     check_registry(await registry(a.url), {s.user for s in table.seats}, {"connected"})
-    print(f"\nCLIENT KILL TYPE pubsub: listeners back and proven in {back_s:.2f} s, {gaps} gaps filled from "
+    figure(f"CLIENT KILL TYPE pubsub: listeners back and proven in {back_s:.2f} s, {gaps} gaps filled from "
           f"the logs, {figures}")
 
 

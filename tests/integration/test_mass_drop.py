@@ -128,7 +128,7 @@ def gaps_and_repeats(p: Player, final: int) -> str:
 
 
 async def test_mass_drops_lose_no_move_and_leave_no_key(process_factory: Processes, redis_client: Any,
-                                                       redis_prefix: str) -> None:
+                                                       redis_prefix: str, figure) -> None:
     gateways = [await process_factory("drop-a", **ENV), await process_factory("drop-b", **ENV)]
     urls = [g.url for g in gateways]
     players = [Player(f"p{i}", f"room-{i // ROOM_SIZE}") for i in range(PLAYERS)]
@@ -189,4 +189,4 @@ async def test_mass_drops_lose_no_move_and_leave_no_key(process_factory: Process
                         + "\n    ".join(left[:30]))
     if problems:
         pytest.fail("\n  ".join(["", *problems]), pytrace=False)
-    print(f"{PLAYERS} players, {DROPS} mass drops, {sum(finals.values())} moves: played {played:.1f} s")
+    figure(f"{PLAYERS} players, {DROPS} mass drops, {sum(finals.values())} moves: played {played:.1f} s")

@@ -91,7 +91,7 @@ def one(lines: list[str], label: str, parse: Callable[[str], Any]) -> Any:
     return parse(found[0])
 
 
-async def test_the_quick_tour_runs_as_pasted(tmp_path: Path, node_client: str) -> None:  # noqa: F811
+async def test_the_quick_tour_runs_as_pasted(tmp_path: Path, node_client: str, figure: Callable[[str], None]) -> None:  # noqa: F811
     blocks = tour_blocks(README.read_text())
     work = tmp_path / "tour"
     work.mkdir()
@@ -110,7 +110,7 @@ async def test_the_quick_tour_runs_as_pasted(tmp_path: Path, node_client: str) -
                   "echo '=== python'\n.venv/bin/python tour.py\n")
         rc, out, err, took = await run_shell(script, work, env)
         assert rc == 0, f"the quick tour exited {rc}\nstdout: {out[-3000:]}\nstderr: {err[-3000:]}"
-        print(f"quick tour: {took:.2f} s")
+        figure(f"quick tour: {took:.2f} s")
         parts = sections(out)
 
         health = json.loads(parts["bash"][0])

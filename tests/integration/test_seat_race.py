@@ -220,11 +220,11 @@ async def run_rounds(pair: list[GatewayProcess], redis: Any, keys: Keys, *, roun
     return took
 
 
-async def test_a_connect_storm_of_one_user_leaves_one_seat(pair, redis_client, redis_prefix) -> None:
+async def test_a_connect_storm_of_one_user_leaves_one_seat(pair, redis_client, redis_prefix, figure) -> None:
     took = await run_rounds(pair, redis_client, Keys(redis_prefix), rounds=20, per_round=50, tag="storm")
-    print(f"20 rounds of 50 connects: {sum(took):.1f} s, slowest round {max(took):.2f} s")
+    figure(f"20 rounds of 50 connects: {sum(took):.1f} s, slowest round {max(took):.2f} s")
 
 
-async def test_two_simultaneous_connects_of_one_user_leave_one_seat(pair, redis_client, redis_prefix) -> None:
+async def test_two_simultaneous_connects_of_one_user_leave_one_seat(pair, redis_client, redis_prefix, figure) -> None:
     took = await run_rounds(pair, redis_client, Keys(redis_prefix), rounds=40, per_round=2, tag="pair")
-    print(f"40 rounds of 2 connects: {sum(took):.1f} s, slowest round {max(took):.2f} s")
+    figure(f"40 rounds of 2 connects: {sum(took):.1f} s, slowest round {max(took):.2f} s")
