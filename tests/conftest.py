@@ -341,3 +341,25 @@ async def refusal(url: str, *, transports: list[str] | None = None, **kw: Any) -
         await client.shutdown()
     assert errors, "no connect_error was received"
     return dict(errors[0])
+
+
+
+_IDLE_LOOP: list[asyncio.AbstractEventLoop] = []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """pytest-asyncio asks ``asyncio.get_event_loop()`` for the loop to put back after a test;
+    with none set, Python 3.11 makes a new one each time, which nobody closes: a ResourceWarning
+    (two unclosed sockets and a loop) in whichever test the garbage collector finds it, an error
+    with warnings as errors. One idle loop, set for the session and closed at its end, is what
+    it finds instead."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    _IDLE_LOOP.append(loop)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for loop in _IDLE_LOOP:
+        asyncio.set_event_loop(None)
+        loop.close()
+
