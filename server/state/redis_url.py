@@ -74,7 +74,7 @@ def parse_redis_url(url: str) -> RedisTarget:
         raise ValueError("names no host")
     db = parsed.path.strip("/")
     if db and not db.isdigit():
-        raise ValueError(f"the database {db!r} is not a number")
+        raise ValueError(f"names the database {db!r}, which is not a number")
     return RedisTarget("direct", normal, host=parsed.hostname, port=port or REDIS_PORT, tls=parsed.scheme == "rediss",
                        db=int(db or 0), username=_part(parsed.username), password=_part(parsed.password))
 
@@ -92,13 +92,13 @@ def _parse_nodes(url: str, scheme: str) -> RedisTarget:
     nodes = tuple(_node(h, default_port) for h in hosts.split(","))
     db_text, _, service = path.partition("/")
     if db_text and not db_text.isdigit():
-        raise ValueError(f"the database {db_text!r} is not a number")
+        raise ValueError(f"names the database {db_text!r}, which is not a number")
     service = service.strip("/")
     if kind == "sentinel" and not service:
         raise ValueError("names no service: the master's name in Sentinel goes after the database "
                          "(redis+sentinel://host:26379/0/mymaster)")
     if "/" in service:
-        raise ValueError(f"the service {service!r} contains '/'")
+        raise ValueError(f"names the service {service!r}, which contains '/'")
     return RedisTarget(kind, db=int(db_text or 0), username=unquote(username) or None,
                        password=unquote(password) or None, nodes=nodes, service=unquote(service))
 
