@@ -186,3 +186,30 @@ async def test_a_link_without_a_sentinel_says_which_it_asked() -> None:
         await link.open()
     assert str(caught.value).startswith(f"no sentinel named a master for 'main' (127.0.0.1:{ports[0]}: ")
     assert f"; 127.0.0.1:{ports[1]}: " in str(caught.value)
+
+
+async def test_redis_wait_replicas_holds_the_ack_until_a_replica_has_the_move(
+        sentinels: SentinelSet, cluster_factory, players) -> None:
+    """``redis_wait_replicas = 1``: a move is acknowledged once the replica has it (read there
+    right after the ack); with the replica stopped, the ack comes after WAIT's timeout (half of
+    ``redis_timeout_s``) and the short WAIT is counted. (Kills the mutant without the WAIT.)"""
+    [gw] = await cluster_factory(1, redis_url=sentinels.url, redis_wait_replicas=1, redis_timeout_s=1.0)
+    alice = await players(gw.url, gw.token("alice"))
+    assert (await alice.call("join", {"room": "r"}))["ok"] is True
+    for i in range(5):
+        ack = await alice.call("move", {"room": "r", "action": {"i": i}})
+        assert ack == {"ok": True, "seq": i + 1}
+        assert await _replica_has(sentinels, i + 1)()  # the ack came after the replica had it
+    assert sample(gw, "gamegw_redis_wait_short_total") == 0
+
+    replica = sentinels.replica
+    assert replica.proc is not None
+    replica.proc.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        assert await alice.call("move", {"room": "r", "action": {"i": 5}}) == {"ok": True, "seq": 6}
+        waited_s = time.monotonic() - started
+    finally:
+        replica.proc.send_signal(signal.SIGCONT)
+    assert 0.5 <= waited_s < 1.0, waited_s
+    assert sample(gw, "gamegw_redis_wait_short_total") == 1
