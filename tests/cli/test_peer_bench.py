@@ -70,3 +70,21 @@ def test_peer_bench_hooks_mode_asks_a_local_hook(tmp_path: Path) -> None:
         assert row["delivery_ratio"] == 1 and row["ack_errors"] == 0 and row["moves_acked"] > 0, row
     left = subprocess.run(["pgrep", "-f", "loadtests/hook_server.py"], capture_output=True, text=True)
     assert left.stdout == "", "the hook server outlived the run"
+
+
+@pytest.mark.timeout(300)
+def test_peer_bench_sentinel_mode_runs_the_cluster_case_over_sentinel(tmp_path: Path) -> None:
+    """``peer_bench.sh sentinel``: two instances straight to the master, then through three
+    sentinels, then through them with ``GAMEGW_REDIS_WAIT_REPLICAS=1``; each delivers everything."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GAMEGW_", "REDIS", "SENTINEL"))}
+    env.update(PEER_BENCH_DIR="loadtests/peer-bench",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
+    run = subprocess.run(["bash", "loadtests/peer_bench.sh", "sentinel", "--clients", "40", "--seconds", "3"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = {row["name"]: row for row in (json.loads(line) for line in run.stdout.splitlines()
+                                          if line.startswith("{"))}
+    assert list(rows) == ["direct", "sentinel", "wait1"], run.stdout
+    for row in rows.values():
+        assert row["delivery_ratio"] == 1 and row["ack_errors"] == 0 and row["seq_gaps"] == 0, row
+        assert row["moves_acked"] == row["moves_sent"] > 0, row
