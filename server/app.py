@@ -249,7 +249,7 @@ def create_app(
                     await web.SockSite(admin_runner, sock).start()
                 parts.admin_url = url_of(sockets[0])
             if redis is not None:
-                await check_redis(redis, settings.redis_url)  # before anything waits on it, retrying
+                await check_redis(redis, settings.redis_url, link)  # before anything waits on it, retrying
             await bus.start()
             await cluster.start()
             await gateway.start()

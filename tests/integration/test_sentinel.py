@@ -11,7 +11,11 @@ with the master (replication is asynchronous) are counted and a ``sync`` across 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -213,3 +217,28 @@ async def test_redis_wait_replicas_holds_the_ack_until_a_replica_has_the_move(
         replica.proc.send_signal(signal.SIGCONT)
     assert 0.5 <= waited_s < 1.0, waited_s
     assert sample(gw, "gamegw_redis_wait_short_total") == 1
+
+
+async def test_operators_read_the_registry_through_sentinel(sentinels: SentinelSet, cluster_factory, players,
+                                                            redis_prefix: str) -> None:
+    """``gamectl connections ls --redis redis+sentinel://...`` finds the master through the
+    sentinels; a service they do not monitor is one line naming what each answered."""
+    [gw] = await cluster_factory(1, redis_url=sentinels.url)
+    alice = await players(gw.url, gw.token("alice"))
+    gamectl = str(Path(sys.executable).with_name("gamectl"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GAMEGW_")}
+    listed = await asyncio.to_thread(subprocess.run, [gamectl, "connections", "ls", "--redis", sentinels.url,
+                                                      "--prefix", redis_prefix, "--json"],
+                                     env=env, capture_output=True, text=True, timeout=30)
+    assert listed.returncode == 0, listed.stderr
+    [conn] = json.loads(listed.stdout)["connections"]
+    assert (conn["user_id"], conn["sid"], conn["instance_id"]) == ("alice", alice.client.get_sid("/game"), "inst-1")
+
+    wrong = sentinels.url.rsplit("/", 1)[0] + "/other"
+    refused = await asyncio.to_thread(subprocess.run, [gamectl, "connections", "ls", "--redis", wrong],
+                                      env=env, capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 1
+    ports = sentinels.sentinel_ports
+    assert refused.stderr.splitlines()[0] == (
+        f"error: no master for Redis at {wrong}: no sentinel named a master for 'other' ("
+        + "; ".join(f"127.0.0.1:{p}: no master named 'other'" for p in ports) + ")")
