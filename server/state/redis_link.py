@@ -120,13 +120,16 @@ class RedisLink:
             setup += [command("ROLE"), command("INFO", "server")]
             writer.write(b"".join(setup))
             replies = [await read_reply(reader, parser, self._timeout_s) for _ in setup]
-            for reply in replies:
+            for reply in replies[:-2]:
                 if isinstance(reply, hiredis.ReplyError):
                     raise ResponseError(str(reply))
-            role, info = replies[-2:]
-            if t.kind == "sentinel" and role[0] != "master":
+            # ROLE and INFO are @dangerous to Redis's ACLs: a user without them connects, and
+            # failovers are noticed by connection errors and READONLY only
+            role, info = (None if isinstance(r, hiredis.ReplyError) else r for r in replies[-2:])
+            if t.kind == "sentinel" and role is not None and role[0] != "master":
                 raise ConnectionError(f"{where} is a {role[0]}, not the master (a failover under way)")
-            self._check_server(_run_id(str(info)), where)
+            if info is not None:
+                self._check_server(_run_id(str(info)), where)
         except BaseException:
             writer.close()
             raise

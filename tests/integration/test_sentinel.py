@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -242,3 +243,23 @@ async def test_operators_read_the_registry_through_sentinel(sentinels: SentinelS
     assert refused.stderr.splitlines()[0] == (
         f"error: no master for Redis at {wrong}: no sentinel named a master for 'other' ("
         + "; ".join(f"127.0.0.1:{p}: no master named 'other'" for p in ports) + ")")
+
+
+async def test_a_redis_user_without_info_and_role_still_plays(redis_server, cluster_factory, players) -> None:
+    """INFO and ROLE are @dangerous to Redis's ACLs; a gateway user without them connects and
+    plays (failovers are then noticed by errors and READONLY only). Kills the mutant that
+    treats their refusal as a failed connection (the start fails with NOPERM)."""
+    name = "t" + uuid.uuid4().hex[:10]
+    with redis_sync.Redis(port=redis_server.port) as admin:
+        admin.acl_setuser(name, enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+                          commands=["+@all", "-info", "-role"])
+    try:
+        [gw] = await cluster_factory(1, redis_url=f"redis://{name}:pw@127.0.0.1:{redis_server.port}/0")
+        alice = await players(gw.url, gw.token("alice"))
+        assert (await alice.call("join", {"room": "r"}))["ok"] is True
+        assert await alice.call("move", {"room": "r", "action": {}}) == {"ok": True, "seq": 1}
+        [move] = await alice.wait_for("move")
+        assert move["seq"] == 1
+    finally:
+        with redis_sync.Redis(port=redis_server.port) as admin:
+            admin.acl_deluser(name)
