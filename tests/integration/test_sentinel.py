@@ -263,3 +263,29 @@ async def test_a_redis_user_without_info_and_role_still_plays(redis_server, clus
     finally:
         with redis_sync.Redis(port=redis_server.port) as admin:
             admin.acl_deluser(name)
+
+
+async def test_a_move_never_takes_a_seq_from_another_server_before_recovery(tmp_path: Path, cluster_factory,
+                                                                            players) -> None:
+    """Redis is replaced (here: restarted empty) while nothing else has noticed yet (heartbeats
+    and probes 30 s apart, the listener in its backoff): the move pipe's new connection sees
+    another run_id, fails, and the move is played as during an outage (seq 4, the room being
+    on this instance only) instead of going to a server that has lost the room. Kills the
+    mutant that compares no run_id (the move is refused ``not_in_room``)."""
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        [gw] = await cluster_factory(1, redis_url=server.url, redis_timeout_s=0.5, heartbeat_interval_s=30,
+                                     heartbeat_ttl_s=60, bus_probe_interval_s=30)
+        alice = await players(gw.url, gw.token("alice"))
+        assert (await alice.call("join", {"room": "solo"}))["ok"] is True
+        for i in range(3):
+            assert await alice.call("move", {"room": "solo", "action": {"i": i}}) == {"ok": True, "seq": i + 1}
+        server.stop()
+        await asyncio.sleep(2.0)  # the listener's backoff is past a second now
+        await asyncio.to_thread(server.start)
+        assert await alice.call("move", {"room": "solo", "action": {"i": 3}}) == {"ok": True, "seq": 4}
+        assert [m["seq"] for m in await alice.wait_for("move", 4)] == [1, 2, 3, 4]
+        assert sample(gw, "gamegw_redis_server_changes_total") == 1
+    finally:
+        server.stop()
