@@ -24,14 +24,16 @@ from typing import Any
 
 import pytest
 import redis as redis_sync
+from redis.exceptions import ResponseError
 
 from gamegw.server.app import PARTS
+from gamegw.server.state.pipe import RedisPipe
 from gamegw.server.state.redis_link import MasterNotFound, RedisLink, ServerChanged
 from gamegw.server.state.redis_url import parse_redis_url
 from tests.conftest import RedisServer, eventually, free_port
 from tests.integration.test_faults import Table, check_registry, registry
 from tests.integration.test_resume import drop, gone
-from tests.sentinel import SentinelSet
+from tests.sentinel import SERVICE, SentinelSet
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -289,3 +291,62 @@ async def test_a_move_never_takes_a_seq_from_another_server_before_recovery(tmp_
         assert sample(gw, "gamegw_redis_server_changes_total") == 1
     finally:
         server.stop()
+
+
+async def test_a_manual_failover_loses_nothing(sentinels: SentinelSet, cluster_factory, players) -> None:
+    """``SENTINEL FAILOVER``: the replica is promoted once it has caught up, and the sentinels
+    turn the old master into a replica and cut its clients. Play goes on at the next seq and
+    nothing is counted lost."""
+    a, b = await cluster_factory(2, redis_url=sentinels.url, **OVER_SENTINEL)
+    alice = await players(a.url, a.token("alice"))
+    bob = await players(b.url, b.token("bob"))
+    for player in (alice, bob):
+        assert (await player.call("join", {"room": "r"}))["ok"] is True
+    for i in range(3):
+        assert await alice.call("move", {"room": "r", "action": {"i": i}}) == {"ok": True, "seq": i + 1}
+    await bob.wait_for("move", 3)
+    old_port = sentinels.port
+    with redis_sync.Redis(port=sentinels.sentinel_ports[0]) as sentinel:
+        assert sentinel.sentinel_failover(SERVICE) is True
+    await asyncio.to_thread(sentinels.wait_failover, old_port)
+    await eventually(_role(old_port, "slave"), timeout=15)  # the old master now replicates the new one
+
+    acks: list[dict[str, Any]] = []
+
+    async def moved() -> bool:
+        acks.append(await alice.call("move", {"room": "r", "action": {"after": True}}))
+        return bool(acks[-1].get("ok"))
+
+    await eventually(moved, timeout=15)
+    assert acks[-1] == {"ok": True, "seq": 4}, acks
+    assert [m["seq"] for m in await bob.wait_for("move", 4)] == [1, 2, 3, 4]
+    assert sample(a, "gamegw_moves_lost_total") + sample(b, "gamegw_moves_lost_total") == 0
+
+
+def _role(port: int, role: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        with redis_sync.Redis(port=port, decode_responses=True) as r:
+            return bool(r.role()[0] == role)
+
+    return check
+
+
+async def test_the_move_pipe_asks_again_after_readonly(tmp_path: Path) -> None:
+    """A master demoted to a replica answers writes with ``READONLY`` on connections it keeps
+    open; the pipe then closes its connection, so that the next call asks where the master is.
+    (Kills the mutant that keeps the connection: the same client id answers again.)"""
+    master = RedisServer(tmp_path / "master")
+    replica = RedisServer(tmp_path / "replica", extra=("--replicaof", "127.0.0.1", str(master.port)))
+    for node in (master, replica):
+        node.workdir.mkdir()
+        node.start()
+    pipe = RedisPipe(RedisLink(parse_redis_url(replica.url), timeout_s=1), timeout_s=1)
+    try:
+        first = await pipe.call("CLIENT", "ID")
+        with pytest.raises(ResponseError, match=r"^READONLY"):
+            await pipe.call("SET", "k", "v")
+        assert await pipe.call("CLIENT", "ID") != first
+    finally:
+        await pipe.aclose()
+        for node in (replica, master):
+            node.stop()
