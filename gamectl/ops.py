@@ -115,15 +115,19 @@ def _fetch(client: AdminClient | None, redis_url: str | None, prefix: str, user:
 
 async def _from_redis(url: str, prefix: str, user: str | None, room: str | None,
                       instance: str | None) -> list[dict[str, Any]]:
-    from redis.asyncio import Redis
     from redis.exceptions import RedisError
 
     from gamegw.server.startup import redis_failure
     from gamegw.server.state.keys import Keys
+    from gamegw.server.state.redis_link import RedisLink, pooled_client
+    from gamegw.server.state.redis_url import parse_redis_url
     from gamegw.server.state.registry_redis import RedisRegistry
 
-    redis = Redis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
+    target = parse_redis_url(url)
+    redis = pooled_client(target, max_connections=4, timeout_s=5)  # one Redis, or its Sentinel
     try:
+        if target.kind == "sentinel":  # no master: a message naming each sentinel's answer
+            await RedisLink(target, timeout_s=5).master()
         registry = RedisRegistry(redis, Keys(prefix), "gamectl")
         conns = await registry.list(user_id=user, room=room, instance_id=instance)
     except (RedisError, OSError) as exc:

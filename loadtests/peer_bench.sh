@@ -6,6 +6,8 @@
 #   loadtests/peer_bench.sh cluster           # two instances each over a redis-server of the run's own
 #   loadtests/peer_bench.sh dashboard         # the gateway with no page open, then with /admin/ui open
 #   loadtests/peer_bench.sh hooks             # the gateway without a hook, then asking a local hook on every move
+#   loadtests/peer_bench.sh sentinel          # two instances over one master (+ a replica): straight to it, then
+#                                             # through Sentinel, then through Sentinel with redis_wait_replicas=1
 # Extra arguments after the mode go to peer-bench's run (e.g. --clients 500 --seconds 10).
 # peer-bench is ../shared/peer-bench where it ships beside the repository (the judge of the
 # figures the README quotes), else loadtests/peer-bench, a byte-for-byte copy of it, so that a
@@ -48,5 +50,33 @@ case "$mode" in
     exec "$run" --clients 1000 --room-size 10 --rate 2 --seconds 15 "$@" \
       node="$node_ref" nohook='gamectl serve --config configs/bench.toml --port {port}' \
       hook='bash loadtests/serve_with_hook.sh {port}' ;;
-  *) echo "usage: $0 single|cluster|dashboard|hooks [peer-bench args]" >&2; exit 2 ;;
+  sentinel)  # what Sentinel and WAIT cost: one master, one replica, three sentinels of the run's own
+    free() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+    dir=$(mktemp -d)
+    master=$(free); replica=$(free); pids=()
+    trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$dir"' EXIT
+    for p in "$master" "$replica"; do
+      mkdir "$dir/$p"
+      extra=(); [ "$p" = "$replica" ] && extra=(--replicaof 127.0.0.1 "$master")
+      redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir/$p" "${extra[@]}" >/dev/null &
+      pids+=($!)
+      until redis-cli -p "$p" ping >/dev/null 2>&1; do sleep 0.05; done
+    done
+    until redis-cli -p "$replica" info replication | grep -q 'master_link_status:up'; do sleep 0.1; done
+    nodes=()
+    for _ in 1 2 3; do
+      p=$(free)
+      printf 'port %s\nbind 127.0.0.1\ndir %s\nsentinel monitor gamegw 127.0.0.1 %s 2\n' "$p" "$dir" "$master" \
+        > "$dir/sentinel-$p.conf"
+      redis-server "$dir/sentinel-$p.conf" --sentinel >/dev/null &
+      pids+=($!)
+      until redis-cli -p "$p" sentinel get-master-addr-by-name gamegw 2>/dev/null | grep -q 127.0.0.1; do sleep 0.05; done
+      nodes+=("127.0.0.1:$p")
+    done
+    export SENTINEL_URL="redis+sentinel://$(IFS=,; echo "${nodes[*]}")/0/gamegw"
+    "$run" --clients 1000 --room-size 10 --rate 2 --seconds 15 --instances 2 --redis "redis://127.0.0.1:$master/0" "$@" \
+      direct='gamectl serve --config configs/bench.toml --port {port} --redis $REDIS_URL' \
+      sentinel='gamectl serve --config configs/bench.toml --port {port} --redis $SENTINEL_URL' \
+      wait1='env GAMEGW_REDIS_WAIT_REPLICAS=1 gamectl serve --config configs/bench.toml --port {port} --redis $SENTINEL_URL' ;;
+  *) echo "usage: $0 single|cluster|dashboard|hooks|sentinel [peer-bench args]" >&2; exit 2 ;;
 esac

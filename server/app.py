@@ -16,9 +16,7 @@ from typing import Any
 
 import socketio
 from aiohttp import web
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .auth.revocation import MemoryRevocations, RedisRevocations, Revocations
@@ -43,6 +41,8 @@ from .rules import make_rules
 from .startup import check_redis, listen, redis_failure
 from .state.keys import Keys
 from .state.pipe import RedisPipe
+from .state.redis_link import RedisLink, pooled_client
+from .state.redis_url import parse_redis_url
 from .state.registry import MemoryRegistry, Registry
 from .state.registry_redis import RedisRegistry
 from .state.rooms import MemoryRoomStore, RoomStore
@@ -145,26 +145,23 @@ def create_app(
     redis: Redis | None = None
     bus: Bus
     if settings.redis_url:
-        # A bounded pool: under load, commands wait for a connection (up to redis_timeout_s)
-        # instead of opening one connection per concurrent player.
-        pool = BlockingConnectionPool.from_url(
-            settings.redis_url, decode_responses=True, max_connections=settings.redis_max_connections,
-            timeout=settings.redis_timeout_s, socket_timeout=settings.redis_timeout_s,
-            socket_connect_timeout=settings.redis_timeout_s,
-            # one immediate retry (a pooled connection that died with a restarted Redis), not
-            # redis-py's default of three with backoff, which hides an outage for seconds
-            retry=Retry(NoBackoff(), 1))
-        redis = Redis.from_pool(pool)  # the client owns the pool: aclose() closes its connections
+        target = parse_redis_url(settings.redis_url)
+        redis = pooled_client(target, max_connections=settings.redis_max_connections,
+                              timeout_s=settings.redis_timeout_s)
+        link = RedisLink(target, timeout_s=settings.redis_timeout_s)  # the raw connections' way to the master
         keys = Keys(settings.redis_prefix)
         redis_registry = RedisRegistry(redis, keys, settings.instance_id)
         redis_rooms = RedisRoomStore(redis, keys, rules, instance_id=settings.instance_id,
                                      log_size=settings.move_log_size, max_members=settings.max_room_members,
-                                     pipe=RedisPipe(settings.redis_url, timeout_s=settings.redis_timeout_s))
+                                     pipe=RedisPipe(link, timeout_s=settings.redis_timeout_s),
+                                     wait_replicas=settings.redis_wait_replicas,
+                                     wait_timeout_ms=max(1, int(settings.redis_timeout_s * 500)))
+        redis_rooms.on_wait_short = metrics.wait_short.inc
         registry, rooms = redis_registry, redis_rooms
         sessions: SessionStore = RedisSessionStore(redis, keys)
         revocations: Revocations = RedisRevocations(redis, keys, ttl_s=settings.jwt_max_lifetime_s,
                                                     leeway_s=settings.jwt_leeway_s)
-        redis_bus = RedisBus(redis, keys, settings.instance_id, manager, metrics, url=settings.redis_url,
+        redis_bus = RedisBus(redis, keys, settings.instance_id, manager, metrics, link=link,
                              timeout_s=settings.redis_timeout_s)
         redis_bus.probe_interval_s = settings.bus_probe_interval_s
         bus = redis_bus
@@ -183,7 +180,7 @@ def create_app(
 
     feed: Feed
     if redis is not None:
-        feed = RedisFeed(redis, keys, settings.instance_id, stats, url=settings.redis_url,
+        feed = RedisFeed(redis, keys, settings.instance_id, stats, link=link,
                          timeout_s=settings.redis_timeout_s, clock=clock)
     else:
         feed = LocalFeed(settings.instance_id, stats, clock=clock)
@@ -195,9 +192,11 @@ def create_app(
     guards.gateway = gateway
     cluster: Cluster
     if redis is not None:
-        cluster = RedisCluster(redis, keys, gateway, redis_registry, redis_rooms, redis_bus,
-                               heartbeat_interval_s=settings.heartbeat_interval_s,
-                               heartbeat_ttl_s=settings.heartbeat_ttl_s, clock=clock)
+        redis_cluster = RedisCluster(redis, keys, gateway, redis_registry, redis_rooms, redis_bus,
+                                     heartbeat_interval_s=settings.heartbeat_interval_s,
+                                     heartbeat_ttl_s=settings.heartbeat_ttl_s, clock=clock)
+        link.on_server_changed = redis_cluster.server_changed
+        cluster = redis_cluster
     else:
         cluster = LocalCluster(gateway, clock=clock)
     gateway.bus = bus
@@ -250,7 +249,7 @@ def create_app(
                     await web.SockSite(admin_runner, sock).start()
                 parts.admin_url = url_of(sockets[0])
             if redis is not None:
-                await check_redis(redis, settings.redis_url)  # before anything waits on it, retrying
+                await check_redis(redis, settings.redis_url, link)  # before anything waits on it, retrying
             await bus.start()
             await cluster.start()
             await gateway.start()

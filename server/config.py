@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 
 from .. import games
 from .protocol.errors import ConfigError
+from .state.redis_url import FORMS, parse_redis_url
 
 ENV_PREFIX = "GAMEGW_"
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
@@ -67,6 +68,7 @@ class Settings:
     redis_url: str = ""
     redis_prefix: str = "gamegw"
     redis_timeout_s: float = 2.0  # every Redis call gives up after this long
+    redis_wait_replicas: int = 0  # after each move, WAIT for this many replicas to have it before the ack
     redis_max_connections: int = 128  # per instance; commands queue for a free one (a mass reconnect needs many)
     heartbeat_interval_s: float = 1.0
     bus_probe_interval_s: float = 2.0  # a deaf pub/sub listener is restarted within this + redis_timeout_s
@@ -328,22 +330,18 @@ def _check_key(algorithms: tuple[str, ...], secret: str, public_key_file: str, *
             raise ConfigError(f"{prefix}public_key_file: {public_key_file} does not exist")
 
 
-REDIS_URL_FORMS = "redis://[user:password@]host:port/db, rediss://... (TLS) or unix:///path/to/redis.sock"
+REDIS_URL_FORMS = FORMS
 
 
 def check_redis_url(name: str, url: str) -> None:
-    """A URL redis-py can open, or a :class:`ConfigError` naming ``name`` and the accepted forms."""
+    """A URL the gateway can open, or a :class:`ConfigError` naming ``name`` and the accepted forms."""
     try:
-        parsed = urlparse(url)
-        parsed.port  # noqa: B018  (raises on a bad port)
-    except ValueError:
-        raise ConfigError(f"{name}: {redacted(url)!r} has a bad port", hint=f"use {REDIS_URL_FORMS}") from None
-    if parsed.scheme not in ("redis", "rediss", "unix") or (parsed.scheme != "unix" and not parsed.hostname) or (
-            parsed.scheme == "unix" and not parsed.path):
-        raise ConfigError(f"{name}: {redacted(url)!r} is not a Redis URL", hint=f"use {REDIS_URL_FORMS}")
-    if parsed.scheme != "unix" and not parsed.path.strip("/").isdigit() and parsed.path.strip("/"):
-        raise ConfigError(f"{name}: {redacted(url)!r}: the database {parsed.path.strip('/')!r} is not a number",
-                          hint=f"use {REDIS_URL_FORMS}")
+        target = parse_redis_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {redacted(url)!r} {exc}", hint=f"use {REDIS_URL_FORMS}") from None
+    if target.kind == "cluster":  # the place for Redis Cluster (redis+cluster://), not served by this build
+        raise ConfigError(f"{name}: {redacted(url)!r}: Redis Cluster is not supported by this build",
+                          hint="use one Redis or Sentinel: " + REDIS_URL_FORMS)
 
 
 def redacted(url: str) -> str:
@@ -421,7 +419,8 @@ def validate(s: Settings) -> None:
                  "max_outbound_bytes"):
         if getattr(s, name) < 1:
             raise ConfigError(f"{name}: must be at least 1")
-    for name in ("abuse_max_rate_limited", "abuse_window_s", "max_events_per_s", "handshake_timeout_s"):
+    for name in ("abuse_max_rate_limited", "abuse_window_s", "max_events_per_s", "handshake_timeout_s",
+                 "redis_wait_replicas"):
         if getattr(s, name) < 0:
             raise ConfigError(f"{name}: must not be negative (0 turns it off)")
     _check_hooks(s)

@@ -65,6 +65,12 @@ class Metrics:
                                        "delivered here already", registry=r)
         self.recoveries = Counter("gamegw_redis_recoveries", "Times this instance re-asserted its state "
                                   "after losing Redis", registry=r)
+        self.moves_lost = Counter("gamegw_moves_lost", "Moves given out or delivered here that Redis no longer "
+                                  "had when this instance re-asserted its rooms (a failover lost them)", registry=r)
+        self.redis_changes = Counter("gamegw_redis_server_changes", "Times a connection found another Redis "
+                                     "server than before (a failover, a restart)", registry=r)
+        self.wait_short = Counter("gamegw_redis_wait_short", "Moves whose WAIT (redis_wait_replicas) timed out "
+                                  "before enough replicas had them", registry=r)
         self.deliveries = Counter("gamegw_deliveries", "move events sent to players", registry=r)
         self.limit_hits = Counter("gamegw_limit_hits", "Times a limit was hit, by limit", ["limit"], registry=r)
         self._limit_children = {limit: self.limit_hits.labels(str(limit)) for limit in Limit}

@@ -17,6 +17,7 @@ from redis.exceptions import AuthenticationError, AuthenticationWrongNumberOfArg
 
 from .config import redacted
 from .protocol.errors import StartupError
+from .state.redis_link import MasterNotFound, RedisLink
 from .state.subscriber import SubscriptionRefused
 
 # the replies of a Redis that refuses the credentials (redis-py raises some as ResponseError)
@@ -76,9 +77,13 @@ def _bind_failure(host: str, port: int, exc: OSError, host_setting: str, port_se
                         hint=f"check {host_setting} and {port_setting}")
 
 
-async def check_redis(redis: Redis, url: str) -> None:
-    """One PING: an unreachable Redis, or one that refuses us, stops the start at once."""
+async def check_redis(redis: Redis, url: str, link: RedisLink | None = None) -> None:
+    """One PING: an unreachable Redis, or one that refuses us, stops the start at once. With
+    ``link`` (a Sentinel URL), its sentinels are asked for the master first: that error names
+    each sentinel and what it answered (redis-py's would be a page of connection reprs)."""
     try:
+        if link is not None and link.target.kind == "sentinel":
+            await link.master()
         await redis.ping()
     except (RedisError, OSError) as exc:
         raise redis_failure(url, exc) from None
@@ -98,6 +103,9 @@ def redis_failure(url: str, exc: BaseException, *, setting: str = "--redis / GAM
     if refused:
         return StartupError(f"Redis at {where} refused: {text}",
                             hint=f"check the database number in {setting}, and the user's ACL permissions")
+    if isinstance(exc, MasterNotFound):
+        return StartupError(f"no master for Redis at {where}: {text}",
+                            hint=f"start the sentinels, or correct their addresses and the service name in {setting}")
     if isinstance(exc, TimeoutError) and not str(exc).strip():
         text = "no answer in time"
     return StartupError(f"cannot reach Redis at {where}: {text}",

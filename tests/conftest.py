@@ -82,8 +82,9 @@ def free_port() -> int:
 class RedisServer:
     """A real redis-server on a free port, which a test may stop and start again."""
 
-    def __init__(self, workdir: Path, *, persist: bool = False) -> None:
+    def __init__(self, workdir: Path, *, persist: bool = False, extra: tuple[str, ...] = ()) -> None:
         self.persist = persist  # an append-only file, so that a restart brings the data back
+        self.extra = extra  # more redis-server arguments (a replica's --replicaof)
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
@@ -96,7 +97,8 @@ class RedisServer:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always", "--dir", str(self.workdir)],
+             "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always", "--dir", str(self.workdir),
+             *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis_sync.Redis(port=self.port)
         deadline = time.monotonic() + 10
@@ -118,9 +120,22 @@ class RedisServer:
             self.proc = None
 
 
+TOPOLOGY = os.environ.get("GAMEGW_TEST_TOPOLOGY", "single")  # or "sentinel": the cluster tests over Sentinel
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    """The tests' Redis. ``GAMEGW_TEST_TOPOLOGY=sentinel`` makes it a master, a replica and three
+    sentinels, and ``url`` the ``redis+sentinel://`` URL (``port`` is still the master's)."""
+    server: Any
+    if TOPOLOGY == "sentinel":
+        from tests.sentinel import SentinelSet
+
+        server = SentinelSet(tmp_path_factory.mktemp("sentinel"))
+    elif TOPOLOGY == "single":
+        server = RedisServer(tmp_path_factory.mktemp("redis"))
+    else:
+        raise pytest.UsageError(f"GAMEGW_TEST_TOPOLOGY={TOPOLOGY!r}: use 'single' or 'sentinel'")
     server.start()
     yield server
     server.stop()

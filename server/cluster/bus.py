@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 from ..logs import log, stop_task
 from ..metrics import Metrics
 from ..state.keys import Keys
+from ..state.redis_link import RedisLink
 from ..state.rooms import MoveEvent
 from ..state.subscriber import SUBSCRIBED, subscribe
 from ..transport.manager import GameManager
@@ -100,9 +101,9 @@ class LocalBus:
 
 class RedisBus:
     def __init__(self, redis: Redis, keys: Keys, instance_id: str, manager: GameManager, metrics: Metrics, *,
-                 url: str, timeout_s: float) -> None:
+                 link: RedisLink, timeout_s: float) -> None:
         self._r: Any = redis  # redis-py's types do not follow decode_responses=True
-        self._url = url
+        self._link = link
         self._timeout_s = timeout_s
         self._k = keys
         self._instance_id = instance_id
@@ -300,7 +301,7 @@ class RedisBus:
         channel = self._k.channel(self._instance_id)
         while True:
             try:
-                async for batch in subscribe(self._url, channel, timeout_s=self._timeout_s):
+                async for batch in subscribe(self._link, channel):
                     for message in batch:
                         if message == SUBSCRIBED:
                             self.subscribed.set()

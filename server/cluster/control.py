@@ -124,6 +124,7 @@ class RedisCluster:
         bus.rooms = rooms
         rooms.on_offline_move = bus.deliver_local
         rooms.on_room_left = bus.forget_room
+        rooms.on_moves_lost = lambda _room, lost: gateway.metrics.moves_lost.inc(lost)
 
     # -- operations on users ----------------------------------------------------------------
 
@@ -236,6 +237,12 @@ class RedisCluster:
                 if not self._recover_needed:
                     log(logger, "redis_lost", logging.WARNING, error=str(exc) or type(exc).__name__)
                 self._lost_redis()
+
+    def server_changed(self, before: str, after: str) -> None:
+        """A connection reached another Redis server (a Sentinel failover, a restart): it may lack
+        the newest writes, so it is treated as a Redis that came back empty."""
+        self._gateway.metrics.redis_changes.inc()
+        self._lost_redis()
 
     def _lost_redis(self) -> None:
         """Until :meth:`recover` has run, no move gets a seq from Redis: it may have come back

@@ -36,6 +36,7 @@ from redis.asyncio import Redis
 
 from ..logs import Throttle, log, stop_task
 from ..state.keys import Keys
+from ..state.redis_link import RedisLink
 from ..state.subscriber import SUBSCRIBED, subscribe
 
 logger = logging.getLogger("gamegw.dashboard")
@@ -226,12 +227,12 @@ class LocalFeed(Feed):
 class RedisFeed(Feed):
     """Cluster mode: the watchers key says whether anyone watches; the channel carries the deltas."""
 
-    def __init__(self, redis: Redis, keys: Keys, instance_id: str, stats: Stats | None = None, *, url: str,
+    def __init__(self, redis: Redis, keys: Keys, instance_id: str, stats: Stats | None = None, *, link: RedisLink,
                  timeout_s: float = 5.0, poll_s: float = 0.5, watchers_ttl_s: float = 3.0, **kw: Any) -> None:
         super().__init__(instance_id, stats, **kw)
         self._r: Any = redis
         self._k = keys
-        self._url = url
+        self._link = link
         self._timeout_s = timeout_s
         self._poll_s = poll_s
         self._watchers_ttl_s = watchers_ttl_s
@@ -275,7 +276,7 @@ class RedisFeed(Feed):
 
     async def _read(self) -> None:
         try:
-            async for messages in subscribe(self._url, self._k.dash_feed, timeout_s=self._timeout_s):
+            async for messages in subscribe(self._link, self._k.dash_feed):
                 for message in messages:
                     if message == SUBSCRIBED:
                         self._subscribed.set()

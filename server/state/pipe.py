@@ -11,23 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from collections import deque
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import hiredis
 from redis.exceptions import ResponseError
 
-from .subscriber import command
+from .redis_link import RedisLink, command
 
 
 class RedisPipe:
-    def __init__(self, url: str, *, timeout_s: float) -> None:
-        self._url = url
+    def __init__(self, link: RedisLink, *, timeout_s: float) -> None:
+        self._link = link
         self._timeout_s = timeout_s
         self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
+        self._readers: set[asyncio.Task[None]] = set()
         self._connecting: asyncio.Lock | None = None
         self._waiting: deque[asyncio.Future[Any]] = deque()
         self._out: list[bytes] = []
@@ -70,65 +68,47 @@ class RedisPipe:
         async with self._connecting:
             if self._writer is not None and not self._writer.is_closing():
                 return
-            parsed = urlparse(self._url)
-            if parsed.scheme == "unix":
-                opened = asyncio.open_unix_connection(parsed.path)
-            else:
-                context = ssl.create_default_context() if parsed.scheme == "rediss" else None
-                opened = asyncio.open_connection(parsed.hostname, parsed.port or 6379, ssl=context)
-            reader, writer = await asyncio.wait_for(opened, self._timeout_s)
-            parser = hiredis.Reader(encoding="utf-8", errors="replace")
-            setup = []
-            if parsed.password:
-                user = [unquote(parsed.username)] if parsed.username else []
-                setup.append(command("AUTH", *user, unquote(parsed.password)))
-            db = parsed.path.strip("/") if parsed.scheme != "unix" else ""
-            if db and db != "0":
-                setup.append(command("SELECT", db))
-            for request in setup:  # answered before anything else: check each reply now
-                writer.write(request)
-                await writer.drain()
-                while (reply := parser.gets()) is False:
-                    data = await asyncio.wait_for(reader.read(1 << 16), self._timeout_s)
-                    if not data:
-                        raise ConnectionError("Redis closed the connection")
-                    parser.feed(data)
-                if isinstance(reply, hiredis.ReplyError):
-                    writer.close()
-                    raise ResponseError(str(reply))
-            self._writer = writer
-            self._reader_task = asyncio.create_task(self._read(reader, parser), name="gamegw-redis-pipe")
+            reader, writer, parser = await self._link.open()
+            # a connection of its own for the replies to come: whatever the last one carried fails with it
+            self._writer, self._waiting, self._out = writer, deque(), []
+            task = asyncio.create_task(self._read(reader, writer, parser, self._waiting), name="gamegw-redis-pipe")
+            self._readers.add(task)
+            task.add_done_callback(self._readers.discard)
 
-    async def _read(self, reader: asyncio.StreamReader, parser: Any) -> None:
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, parser: Any,
+                    waiting: deque[asyncio.Future[Any]]) -> None:
         error: BaseException = ConnectionError("Redis closed the connection")
         try:
             while data := await reader.read(1 << 16):
                 parser.feed(data)
                 while (reply := parser.gets()) is not False:
-                    future = self._waiting.popleft()
+                    future = waiting.popleft()
                     if future.done():
                         continue  # its caller timed out; the reply still had to be consumed
                     if isinstance(reply, hiredis.ReplyError):
+                        if str(reply).startswith("READONLY"):
+                            # a master demoted to a replica: the next call asks where the master is
+                            writer.close()
                         future.set_exception(ResponseError(str(reply)))
                     else:
                         future.set_result(reply)
         except (OSError, asyncio.IncompleteReadError) as exc:
             error = exc
         finally:
-            if self._writer is not None:
-                self._writer.close()
-            self._writer = None
-            while self._waiting:  # a lost connection fails whatever it was carrying
-                future = self._waiting.popleft()
+            writer.close()
+            if self._writer is writer:
+                self._writer = None
+            while waiting:  # a lost connection fails whatever it was carrying
+                future = waiting.popleft()
                 if not future.done():
                     future.set_exception(ConnectionError(str(error)))
 
     async def aclose(self) -> None:
         if self._writer is not None:
             self._writer.close()
-        if self._reader_task is not None:
+        for task in list(self._readers):
             with contextlib.suppress(BaseException):
-                await self._reader_task
+                await task
 
 
 def _expire(future: asyncio.Future[Any]) -> None:

@@ -213,7 +213,8 @@ class _RoomLock(asyncio.Lock):
 
 class RedisRoomStore:
     def __init__(self, redis: Redis, keys: Keys, rules: Rules, *, instance_id: str, log_size: int = 1000,
-                 max_members: int = 100, pipe: RedisPipe | None = None) -> None:
+                 max_members: int = 100, pipe: RedisPipe | None = None, wait_replicas: int = 0,
+                 wait_timeout_ms: int = 1000) -> None:
         self._r: Any = redis  # redis-py's types do not follow decode_responses=True
         self._k = keys
         self._rules = rules
@@ -229,6 +230,11 @@ class RedisRoomStore:
         self.down = False  # Redis failed us and nothing has been re-asserted since
         self.on_offline_move: Callable[[str, MoveEvent], Awaitable[None]] | None = None
         self.on_room_left: Callable[[str], None] | None = None  # the last local member detached
+        # room, how many moves this instance gave out or delivered that Redis no longer has (a
+        # failover lost the newest writes, or Redis came back empty); found by reassert()
+        self.on_moves_lost: Callable[[str, int], None] | None = None
+        self.on_wait_short: Callable[[], None] | None = None  # WAIT timed out with too few replicas
+        self._wait = (str(wait_replicas), str(wait_timeout_ms)) if wait_replicas else None
         self._join = redis.register_script(JOIN)
         self._leave = redis.register_script(LEAVE)
         self._move = redis.register_script(MOVE)
@@ -342,9 +348,16 @@ class RedisRoomStore:
         return [str(m) for m in await self._r.hkeys(self._k.room(room, "users"))]
 
     async def _run_move(self, keys: list[str], args: list[str]) -> Any:
-        if self._pipe is not None:
-            return await self._pipe.evalsha(self._move.sha, MOVE, keys, args)
-        return await self._move(keys=keys, args=args)
+        if self._pipe is None:
+            return await self._move(keys=keys, args=args)
+        out = await self._pipe.evalsha(self._move.sha, MOVE, keys, args)
+        if self._wait is not None and int(out) >= 0:
+            # redis_wait_replicas: the ack waits until replicas have the move (WAIT counts the
+            # writes of this connection, all of the pipe's moves so far); a short count is not
+            # an error, the move is already in the room: it is counted
+            if int(await self._pipe.call("WAIT", *self._wait)) < int(self._wait[0]) and self.on_wait_short:
+                self.on_wait_short()
+        return out
 
     async def move(self, room: str, user_id: str, action: dict[str, Any], action_json: str, ts: int) -> MoveEvent:
         if self.down or room in self._offline:
@@ -432,7 +445,9 @@ class RedisRoomStore:
         and the moves accepted offline; the seated users are put back into the game state too
         (``on_join``, which leaves a user the state still has as it is: a Redis back empty lost
         the state, and an arena's rules cannot apply a move of a player they do not know).
-        Returns, per room, how many offline moves were written back."""
+        Returns, per room, how many offline moves were written back. Moves below that floor that
+        Redis no longer has (a failover lost the newest writes: replication is asynchronous) are
+        reported to :attr:`on_moves_lost`; a ``sync`` across them answers ``complete: false``."""
         written: dict[str, int] = {}
         for room in sorted(set(seats) | set(self._local) | set(self._offline)):
             seated = sorted(seats.get(room, {}).items())
@@ -443,7 +458,13 @@ class RedisRoomStore:
             args = [self._instance_id if room in self._local else "", room, self._log_size,
                     str(max(self._last_seq.get(room, 0), delivered.get(room, 0))), str(len(seated)),
                     *[x for pair in seated for x in pair], *pairs]
+            floor = int(args[3])
             before = int(await self._reassert(keys=keys, args=args))
+            lost = floor - before - sum(1 for e in offline if e.seq > before)
+            if lost > 0:
+                log(logger, "moves_lost", logging.WARNING, room=room, redis_seq=before, seq=floor, lost=lost)
+                if self.on_moves_lost is not None:
+                    self.on_moves_lost(room, lost)
             if args[0]:
                 self._routed.add(room)
             for _session_id, user_id in seated:  # a state that went with the data seats them again
@@ -477,6 +498,8 @@ class RedisRoomStore:
         await self._release_tick(keys=[self._k.room(room, "tick")], args=[self._instance_id])
 
     async def tick(self, room: str, now: float, ts: int) -> list[MoveEvent]:
+        if self.down:
+            return []  # the room's seq may be behind in Redis until reassert() has run
         keys = [*self._k.room_keys(room)[:6], self._k.room(room, "tick")]
         prefix = move_prefix(room)
         for _ in range(CAS_RETRIES):

@@ -8,13 +8,13 @@ feeds them to hiredis and hands every complete message on: a few microseconds ea
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import ssl
 from collections.abc import AsyncIterator
-from urllib.parse import unquote, urlparse
 
 import hiredis
+from redis.exceptions import ResponseError
+
+from .redis_link import RedisLink, command
 
 SUBSCRIBED = ""  # yielded once the subscription is confirmed (no published message is empty)
 
@@ -27,29 +27,14 @@ class SubscriptionRefused(ConnectionError):
         self.reply = reply
 
 
-def command(*args: str) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg.encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
-
-
-async def subscribe(url: str, channel: str, *, timeout_s: float) -> AsyncIterator[list[str]]:
-    """Yield batches of the messages published to ``channel``; raise when the connection fails."""
-    parsed = urlparse(url)
-    if parsed.scheme == "unix":
-        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(parsed.path), timeout_s)
-    else:
-        context = ssl.create_default_context() if parsed.scheme == "rediss" else None
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(parsed.hostname, parsed.port or 6379, ssl=context), timeout_s)
-    parser = hiredis.Reader(encoding="utf-8", errors="replace")
+async def subscribe(link: RedisLink, channel: str) -> AsyncIterator[list[str]]:
+    """Yield batches of the messages published to ``channel``; raise when the connection fails.
+    Each call asks the link for the master again: a listener that reconnects follows a failover."""
     try:
-        if parsed.password:
-            # the two-argument form, as redis-py sends it (HELLO 3 AUTH): Redis accepts any
-            # password for a user without one, and the one-argument form would be refused
-            writer.write(command("AUTH", unquote(parsed.username or "") or "default", unquote(parsed.password)))
+        reader, writer, parser = await link.open()
+    except ResponseError as exc:
+        raise SubscriptionRefused(str(exc)) from None
+    try:
         writer.write(command("SUBSCRIBE", channel))
         await writer.drain()
         while True:

@@ -243,6 +243,16 @@ def test_connections_ls_with_no_redis_at_the_url(env: dict[str, str]) -> None:
     failed(run(env, "connections", "ls", "--redis", url), "cannot reach Redis", url, hint=("--redis",))
 
 
+@pytest.mark.parametrize("command", [["serve"], ["connections", "ls"]], ids=["serve", "connections-ls"])
+def test_no_sentinel_answers(prod: dict[str, str], command: list[str]) -> None:
+    """A Sentinel URL whose sentinels are all down: one line naming each, not redis-py's reprs."""
+    ports = [free_port(), free_port()]
+    url = f"redis+sentinel://127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}/0/main"
+    error = failed(run(prod, *command, "--redis", url), f"no master for Redis at {url}: no sentinel named a master "
+                   f"for 'main' (127.0.0.1:{ports[0]}: ", hint=("start the sentinels", "service name", "--redis"))
+    assert f"; 127.0.0.1:{ports[1]}: " in error and "Connection(" not in error
+
+
 def test_connections_ls_with_a_wrong_redis_password(env: dict[str, str], redis_server: RedisServer) -> None:
     url = f"redis://ghost:secret-pw@127.0.0.1:{redis_server.port}/0"
     result = run(env, "connections", "ls", "--redis", url)

@@ -14,12 +14,27 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 COPY = REPO / "loadtests" / "peer-bench"
 SHIPPED = REPO.parent / "shared" / "peer-bench"
+
+
+def peer_bench(mode: str, **env_vars: str) -> tuple[subprocess.CompletedProcess[str], dict[str, dict[str, Any]]]:
+    """``peer_bench.sh MODE --clients 40 --seconds 3`` from the clone's copy, in an environment
+    without our variables; it must exit 0. Returns the run and its JSON rows by candidate."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GAMEGW_", "REDIS", "SENTINEL"))}
+    env.update(PEER_BENCH_DIR="loadtests/peer-bench", PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+               **env_vars)
+    run = subprocess.run(["bash", "loadtests/peer_bench.sh", mode, "--clients", "40", "--seconds", "3"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = {row["name"]: row for row in (json.loads(line) for line in run.stdout.splitlines()
+                                          if line.startswith("{"))}
+    return run, rows
 
 
 def test_the_copy_is_the_shipped_peer_bench() -> None:
@@ -35,14 +50,7 @@ def test_the_copy_is_the_shipped_peer_bench() -> None:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("mode", ["single", "cluster"])
 def test_peer_bench_runs_from_the_clone(mode: str, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GAMEGW_", "REDIS"))}
-    env.update(PEER_BENCH_DIR="loadtests/peer-bench", BARE="0",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
-    run = subprocess.run(["bash", "loadtests/peer_bench.sh", mode, "--clients", "40", "--seconds", "3"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    rows = {row["name"]: row for row in (json.loads(line) for line in run.stdout.splitlines()
-                                          if line.startswith("{"))}
+    run, rows = peer_bench(mode, BARE="0")
     assert set(rows) == {"node", "gateway"}, run.stdout
     for row in rows.values():
         assert row["delivery_ratio"] == 1, row
@@ -57,16 +65,20 @@ def test_peer_bench_hooks_mode_asks_a_local_hook(tmp_path: Path) -> None:
     """``peer_bench.sh hooks``: the Node reference, the gateway without a hook, then with loadtests/hook_server.py on
     every move; with hooks_on_error at its default (deny), a hook that was not reached would
     show as ack errors. The hook server is gone afterwards."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GAMEGW_", "REDIS"))}
-    env.update(PEER_BENCH_DIR="loadtests/peer-bench",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
-    run = subprocess.run(["bash", "loadtests/peer_bench.sh", "hooks", "--clients", "40", "--seconds", "3"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    rows = {row["name"]: row for row in (json.loads(line) for line in run.stdout.splitlines()
-                                          if line.startswith("{"))}
+    run, rows = peer_bench("hooks")
     assert set(rows) == {"node", "nohook", "hook"}, run.stdout  # Node's figure beside every ratio
     for row in rows.values():
         assert row["delivery_ratio"] == 1 and row["ack_errors"] == 0 and row["moves_acked"] > 0, row
     left = subprocess.run(["pgrep", "-f", "loadtests/hook_server.py"], capture_output=True, text=True)
     assert left.stdout == "", "the hook server outlived the run"
+
+
+@pytest.mark.timeout(300)
+def test_peer_bench_sentinel_mode_runs_the_cluster_case_over_sentinel(tmp_path: Path) -> None:
+    """``peer_bench.sh sentinel``: two instances straight to the master, then through three
+    sentinels, then through them with ``GAMEGW_REDIS_WAIT_REPLICAS=1``; each delivers everything."""
+    run, rows = peer_bench("sentinel")
+    assert list(rows) == ["direct", "sentinel", "wait1"], run.stdout
+    for row in rows.values():
+        assert row["delivery_ratio"] == 1 and row["ack_errors"] == 0 and row["seq_gaps"] == 0, row
+        assert row["moves_acked"] == row["moves_sent"] > 0, row

@@ -39,6 +39,7 @@ class Seat:
     url: str
     player: Any = None
     received: list[int] = field(default_factory=list)  # seqs of the room's move events, in order
+    moves: list[dict[str, Any]] = field(default_factory=list)  # those move events
     acked: list[tuple[float, int]] = field(default_factory=list)  # (when, seq) of ok acks
     errors: Counter[str] = field(default_factory=Counter)
     left_events: list[Any] = field(default_factory=list)
@@ -48,8 +49,9 @@ class Seat:
         """Take the events the current connection has recorded into the seat's history."""
         if self.player is None:
             return
-        moves = self.player.events.pop("move", [])
-        self.received.extend(m["seq"] for m in moves if m["room"] == self.room)
+        moves = [m for m in self.player.events.pop("move", []) if m["room"] == self.room]
+        self.received.extend(m["seq"] for m in moves)
+        self.moves.extend(moves)
         self.left_events.extend(self.player.events.pop("player_left", []))
 
     async def play(self, stop: asyncio.Event) -> None:

@@ -542,3 +542,25 @@ class TestTicks:
         assert refused.value.code == AckCode.ILLEGAL_MOVE
         assert await rooms.members("r") == ["alice"]
         assert (await rooms.state("r"))[1]["players"] == ["alice"]
+
+
+async def test_a_redis_store_ticks_nothing_until_it_has_reasserted(redis_server: RedisServer,
+                                                                   redis_prefix: str) -> None:
+    """While ``down`` (Redis failed us, or a failover put another server there), the room's seq in
+    Redis may be behind what was given out: a tick must not take seqs from it until reassert()
+    has put the floor back. Kills the mutant without the guard (the tick takes seqs 1 and 2
+    while the floor is 4)."""
+    redis = Redis.from_url(redis_server.url, decode_responses=True)
+    rooms = RedisRoomStore(redis, Keys(redis_prefix), GameRules(TickTock()), instance_id="gw-1")
+    try:
+        await rooms.join("r", "alice", "s-alice")
+        await rooms.attach("r", "sid-alice")
+        assert await rooms.claim_tick("r", 1000)
+        rooms.down = True
+        assert await rooms.tick("r", 1.0, TS) == []
+        assert await rooms.seq("r") == 0
+        await rooms.reassert({"r": {"s-alice": "alice"}}, {"r": 4})  # this instance delivered up to 4
+        assert seqs(await rooms.tick("r", 2.0, TS)) == [5, 6]
+    finally:
+        await rooms.aclose()
+        await redis.aclose()

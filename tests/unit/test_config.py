@@ -437,3 +437,10 @@ def test_the_admin_listener_is_optional(tmp_path: Path, state_home: Path) -> Non
 ])
 def test_bad_admin_listener(state_home: Path, variables: dict[str, str], words: str) -> None:
     assert words in config_error(prod_env(state_home, **variables))
+
+
+def test_redis_wait_replicas(state_home: Path) -> None:
+    assert load_settings(prod_env(state_home)).redis_wait_replicas == 0
+    assert load_settings(prod_env(state_home, redis_wait_replicas="2")).redis_wait_replicas == 2
+    assert config_error(prod_env(state_home, redis_wait_replicas="-1")) == (
+        "redis_wait_replicas: must not be negative (0 turns it off)")
