@@ -17,8 +17,8 @@ then ``loadgen.js``. Each is measured in its steady state: once every player has
 * ``deliveries_per_s_per_player``: the gateway's ``gamegw_deliveries_total`` over the window, per
   second and per player, which shows that both carried the same load.
 
-With --profile FILE, py-spy records the Locust process over the window (collapsed stacks, for
-``--top``-style reading: see the bottom of this file's output). --scenario idle drives Locust's
+With --profile FILE, py-spy records the Locust process over the window (collapsed stacks: one
+line per stack and its sample count; --native adds C frames). --scenario idle drives Locust's
 idle players alone (loadgen.js has no idle mode).
 
 Prints one JSON line, then a table with the ratio Locust / Node. Exits 1 with a one-line message
@@ -80,13 +80,14 @@ def deliveries(url: str) -> float:
     return 0.0
 
 
-def window(pid: int, url: str, players: int, seconds: float, profile: str | None) -> dict[str, float]:
+def window(pid: int, url: str, players: int, seconds: float, profile: str | None,
+           native: bool = False) -> dict[str, float]:
     """CPU, RSS and the gateway's deliveries of one generator over the measuring window."""
     spy = None
     if profile:
-        spy = subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record",
-                                "--pid", str(pid), "--duration", f"{seconds:.0f}", "--rate", "200",
-                                "--format", "raw", "--output", profile, "--nonblocking"],
+        spy_bin = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        spy = subprocess.Popen([spy_bin, "record", "--pid", str(pid), "--duration", f"{seconds:.0f}", "--rate", "200",
+                                "--format", "raw", "--output", profile, "--native" if native else "--nonblocking"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cpu0, d0, t0 = cpu_ms([pid]), deliveries(url), time.monotonic()
     time.sleep(seconds)
@@ -127,7 +128,7 @@ def run_locust(args: argparse.Namespace, gw: Gateway, secret: str, run_dir: Path
         baseline = json.loads(next(run_dir.glob("baseline-*.json")).read_text())
         log(f"Locust: {joined} players joined; settling {args.settle_s:g} s, then measuring {args.seconds:g} s")
         time.sleep(args.settle_s)
-        got = window(proc.pid, gw.url, args.players, args.seconds, args.profile)
+        got = window(proc.pid, gw.url, args.players, args.seconds, args.profile, args.native)
         got["rss_kb_per_player"] = round((got.pop("rss_kb") - baseline["rss_kb"]) / args.players, 1)
         last = [json.loads(raw) for raw in progress.read_text().splitlines()][-1]
         got["failures"] = last.get("failures", 0)
@@ -217,6 +218,8 @@ def main() -> int:
     ap.add_argument("--no-pin", action="store_true")
     ap.add_argument("--skip-node", action="store_true", help="measure Locust only")
     ap.add_argument("--profile", help="py-spy's collapsed stacks of the Locust process over the window, to FILE")
+    ap.add_argument("--native", action="store_true", help="--profile: C frames too (py-spy then pauses the "
+                                                          "process for each sample, which costs it CPU)")
     args = ap.parse_args()
     if args.players < 1 or args.room_size < 1 or args.seconds <= 0 or args.spawn_rate <= 0:
         ap.error("--players, --room-size, --seconds and --spawn-rate must be positive")

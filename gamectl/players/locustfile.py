@@ -78,18 +78,46 @@ from typing import Any
 
 import gevent
 import orjson
-from gevent import GreenletExit
 from locust import User, events, runners, task
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import CSV_STATS_INTERVAL_SEC, calculate_response_time_percentile
 
+from gamegw.gamectl.players.bulkstats import BulkStats
 from gamegw.gamectl.players.sioclient import Closed, GameSocket, Refused
 from gamegw.gamectl.procstat import cpu_ms, rss_kb
 
 SCENARIOS = ("steady", "churn", "storm", "idle")
 REQUEST_TYPE = "sio"
 runners.WORKER_REPORT_INTERVAL = 1.0  # workers report every second, so progress is live
+BULK = BulkStats(REQUEST_TYPE)  # the broadcasts' latencies until their next flush (see .bulkstats)
+FLUSH_S = 0.5  # a process without a master flushes this often (a worker before each report too)
+_environment: Environment | None = None
+
+
+@events.init.add_listener
+def _keep_environment(environment: Environment, **_: Any) -> None:
+    global _environment
+    _environment = environment
+
+
+def flush() -> None:
+    """Hand the latencies held in bulk to Locust's statistics now."""
+    if _environment is not None:
+        BULK.flush(_environment.stats)
+
+
+@events.report_to_master.add_listener
+def _flush_before_report(**_: Any) -> None:
+    """A worker's report carries everything its players have received (this listener is added at
+    import, before Locust's own, which serializes the statistics)."""
+    flush()
+
+
+def _flusher() -> None:
+    while True:
+        gevent.sleep(FLUSH_S)
+        flush()
 
 
 def _quit_after_final_reports(quit: Any) -> Any:
@@ -259,12 +287,13 @@ class Player(User):
         self.token = ""
         # room -> last seq seen; a room being joined maps to the moves that came before its ack
         self.last_seq: dict[str, int] = {}
-        self.joining: dict[str, list[dict[str, Any]]] = {}
+        self.joining: dict[str, list[tuple[dict[str, Any], float, int]]] = {}
         self.moves = 0
+        self.moves_in_flight: dict[int, tuple[float, GameSocket]] = {}  # ack id -> (sent at, socket)
         self.lost: Any = None
         self.session_id: str | None = None
         self.replay_before_ms = 0.0
-        self.last_event_at = time.monotonic()  # the last move event (or join/resume): see ``silent``
+        self.last_event_at = time.time()  # the last move event (or join/resume): see ``silent``
         self.silent = False
         self.drop_epoch = int(time.time() // self.swarm.drop_every)
         period = self.period()
@@ -342,7 +371,7 @@ class Player(User):
         """Connect (or reconnect) and record it as ``name``; False when refused or failed."""
         if self.host is None:
             raise RuntimeError("Locust was started without --host")
-        sock = GameSocket(self.host, on_event=self.on_event, on_close=self.on_close)
+        sock = GameSocket(self.host, on_move=self.on_move, on_close=self.on_close)
         started = time.perf_counter()
         try:
             session = sock.connect(auth)
@@ -356,7 +385,7 @@ class Player(User):
         self.sock, self.lost = sock, None
         self.session_id = session.get("session_id")
         recovering, self.recovering_from = self.recovering_from, None
-        self.last_event_at = time.monotonic()
+        self.last_event_at = time.time()
         if name == "resume" and not session.get("resumed"):
             self.record(name, started, exc=AckError("not_resumed"))
             if recovering is not None:
@@ -388,6 +417,7 @@ class Player(User):
             epoch = int(time.time() // self.swarm.drop_every)
             if epoch != self.drop_epoch:
                 self.drop_epoch = epoch
+                self.cut_sock = self.sock  # its moves in flight are cut off on purpose
                 self.sock.drop()
                 self.sock = None
                 gevent.sleep(random.uniform(0, self.swarm.reconnect_delay))
@@ -404,7 +434,7 @@ class Player(User):
         """A player that moves gets at least its own moves back: a long silence is a failure."""
         if self.silent or self.room not in self.last_seq or self.joining:
             return
-        quiet = time.monotonic() - self.last_event_at
+        quiet = time.time() - self.last_event_at
         if quiet > max(5.0, 5 * self.period()):
             self.silent = True
             self.record("silent", None, ms=quiet * 1000, exc=Silent(f"no move event for over {quiet:.0f} s"))
@@ -437,9 +467,9 @@ class Player(User):
         self.record("join", started)
         self.room = room
         self.last_seq[room] = int(ack.get("seq", 0))
-        self.last_event_at = time.monotonic()
-        for event in early:
-            self.on_move(event)
+        self.last_event_at = time.time()
+        for event, at, second in early:
+            self.take_move(event, at, second)
 
     def change_room(self) -> None:
         assert self.sock is not None
@@ -455,59 +485,81 @@ class Player(User):
         self.join(self.swarm.room_name(random.choice(others)) if others else self.room)
 
     def move(self) -> None:
+        """Send a move and go back to sleep: its ack is recorded when it comes, by the reader
+        (:meth:`move_acked`), so no greenlet waits on it."""
         sock = self.sock
         assert sock is not None
+        now = time.time()
+        if self.moves_in_flight:
+            self.expire_moves(sock, now)
         self.moves += 1
-        action = {"t": time.time() * 1000, "n": self.moves}
-        started = time.perf_counter()
+        action = {"t": now * 1000, "n": self.moves}
         try:
-            pending = sock.emit("move", {"room": self.room, "action": action})
-            try:
-                ack = sock.wait(pending)
-            except GreenletExit:
-                # Locust can stop a player just as it wakes up for a move; the gateway may
-                # already have it, so its ack is recorded before the player goes.
-                self.record_move(started, sock.wait(pending, 2.0))
-                raise
-        except (Closed, gevent.Timeout) as exc:
-            if isinstance(exc, Closed) and sock is self.cut_sock:
-                return  # --drop-at cut this ack off on purpose: neither a success nor a failure
-            self.record("move", started, exc=Closed(str(exc) or type(exc).__name__))
+            ack_id = sock.emit_cb("move", {"room": self.room, "action": action}, self.move_acked)
+        except Closed as exc:
+            if sock is not self.cut_sock:
+                self.record("move", None, ms=0.0, exc=Closed(str(exc)))
             return
-        self.record_move(started, ack)
+        self.moves_in_flight[ack_id] = (now, sock)
 
-    def record_move(self, started: float, ack: Any) -> None:
-        self.record("move", started, exc=None if ack and ack.get("ok") else AckError(_code(ack)))
+    def move_acked(self, ack_id: int, ack: Any, exc: Exception | None, now: float) -> None:
+        sent, sock = self.moves_in_flight.pop(ack_id, (now, None))
+        ms = (now - sent) * 1000
+        if exc is not None:
+            if sock is not self.cut_sock:  # a cut on purpose (storm, --drop-at): neither success nor failure
+                self.record("move", None, ms=ms, exc=Closed(str(exc) or type(exc).__name__))
+        elif isinstance(ack, dict) and ack.get("ok"):
+            BULK.latencies("move").add(ms, now, int(now))
+        else:
+            self.record("move", None, ms=ms, exc=AckError(_code(ack)))
+
+    def expire_moves(self, sock: GameSocket, now: float) -> None:
+        """Moves unanswered for the client's timeout fail as a timed-out wait did."""
+        for ack_id, (sent, owner) in list(self.moves_in_flight.items()):
+            if now - sent > sock.timeout_s:
+                del self.moves_in_flight[ack_id]
+                owner.forget(ack_id)
+                self.record("move", None, ms=(now - sent) * 1000, exc=Closed("Timeout"))
 
     # -- server events (in the connection's reader greenlet) ---------------------------------
 
-    def on_event(self, name: str, data: Any) -> None:
-        if name == "move" and isinstance(data, dict):
-            room = data.get("room")
-            pending = self.joining.get(room)  # type: ignore[arg-type]
+    def on_move(self, data: Any, now: float, second: int) -> None:
+        """A ``move`` event, read at Unix time ``now`` (``second`` is ``int(now)``)."""
+        if self.joining and isinstance(data, dict):
+            pending = self.joining.get(data.get("room"))  # type: ignore[arg-type]
             if pending is not None:
-                pending.append(data)
-            else:
-                self.on_move(data)
+                pending.append((data, now, second))
+                return
+        self.take_move(data, now, second)
 
-    def on_move(self, data: dict[str, Any]) -> None:
+    def take_move(self, data: Any, now: float, second: int) -> None:
+        """Check the event's seq and record its latency: in bulk when it is in order and live (nearly
+        always), else through Locust's request event with its failure (see :mod:`.bulkstats`)."""
+        if not isinstance(data, dict):
+            return
         room, seq = data.get("room"), data.get("seq")
         last = self.last_seq.get(room)  # type: ignore[arg-type]
         if last is None or not isinstance(seq, int):
             return  # a room this player has left
-        self.last_event_at = time.monotonic()
+        self.last_event_at = now
         self.silent = False
-        now_ms = time.time() * 1000
+        now_ms = now * 1000
         action = data.get("action")
         sent = action.get("t") if isinstance(action, dict) else None
-        latency = now_ms - sent if isinstance(sent, (int, float)) else 0.0
+        if not isinstance(sent, (int, float)):
+            sent = now_ms  # not one of ours: no latency to tell
+        latency = now_ms - sent if now_ms > sent else 0.0
+        if seq == last + 1 and sent >= self.replay_before_ms:
+            self.last_seq[room] = seq  # type: ignore[index]
+            BULK.latencies("broadcast").add(latency, now, second)
+            return
         exc: Exception | None = None
         if seq != last + 1:
             exc = SeqError(f"gap: expected {last + 1}" if seq > last else "repeat")
         if seq > last:
             self.last_seq[room] = seq  # type: ignore[index]
-        name = "replayed" if isinstance(sent, (int, float)) and sent < self.replay_before_ms else "broadcast"
-        self.record(name, None, ms=max(0.0, latency), exc=exc)
+        name = "replayed" if sent < self.replay_before_ms else "broadcast"
+        self.record(name, None, ms=latency, exc=exc)
 
     def on_close(self, reason: Any) -> None:
         code = reason.get("reason") if isinstance(reason, dict) else str(reason)
@@ -663,6 +715,7 @@ def _progress_loop(environment: Environment, path: str) -> None:
             wait = min(next_line - time.monotonic(), windows.next_cut - time.time())
             if wait > 0:
                 gevent.sleep(wait)
+            flush()
             window = windows.close() if windows.due() else None
             if window is None and time.monotonic() < next_line:
                 continue
@@ -729,6 +782,18 @@ def _start_progress(environment: Environment, **_: Any) -> None:
             _progress = gevent.spawn(_progress_loop, environment, path)
 
 
+_flushing: gevent.Greenlet | None = None
+
+
+@events.test_start.add_listener
+def _start_flushing(environment: Environment, **_: Any) -> None:
+    """Locust has just cleared its statistics for this start: what was held belongs to none."""
+    global _flushing
+    BULK.drop()
+    if _flushing is None and not isinstance(environment.runner, MasterRunner):
+        _flushing = gevent.spawn(_flusher)
+
+
 @events.spawning_complete.add_listener
 def _count_peak(user_count: int, **_: Any) -> None:
     """Between two progress lines the page can grow the swarm and stop it again: count each
@@ -740,6 +805,7 @@ def _count_peak(user_count: int, **_: Any) -> None:
 @events.test_stop.add_listener
 def _stopped(environment: Environment, **_: Any) -> None:
     global _stopped_at
+    flush()
     if not isinstance(environment.runner, WorkerRunner) and _started_at and not _stopped_at:
         _stopped_at = time.time()
 
@@ -761,6 +827,7 @@ def _final_stats(environment: Environment, **_: Any) -> None:
     deadline = time.monotonic() + (environment.stop_timeout or 0) + 2
     while runner is not None and runner.user_count > 0 and time.monotonic() < deadline:
         gevent.sleep(0.05)
+    flush()
     if getattr(environment.parsed_options, "csv_prefix", None):
         # Locust's CSV writer rewrites the files every second and only closes them at exit: one
         # more round makes the CSV hold the final figures, as this summary does.
