@@ -251,7 +251,16 @@ class GameSocket:
         sock = self._sock
         if sock is None:
             raise Closed("not connected")
-        with self._send_lock:
+        lock = self._send_lock
+        if not lock.locked():  # the common case: the kernel takes a small frame whole, at once
+            try:
+                sent = sock._sock.send(data)  # type: ignore[attr-defined]  # the real, non-blocking socket
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        with lock:  # the rest waits (cooperatively) for room in the socket's buffer
             sock.sendall(data)
 
     # -- reading -----------------------------------------------------------------------------
