@@ -115,9 +115,24 @@ def _flush_before_report(**_: Any) -> None:
 
 
 def _flusher() -> None:
+    peak = 0
     while True:
         gevent.sleep(FLUSH_S)
         flush()
+        runner = _environment.runner if _environment is not None else None
+        if runner is not None and runner.user_count > peak:
+            peak = runner.user_count
+            _note_players(peak)
+
+
+def _note_players(peak: int) -> None:
+    """For ``gamectl loadtest``'s summary: the most players this process has held at once."""
+    folder = os.environ.get("GAMEGW_LT_BASELINE_DIR", "")
+    if folder:
+        path = Path(folder) / f"players-{os.getpid()}.json"
+        scratch = path.with_suffix(".tmp")
+        scratch.write_bytes(orjson.dumps({"pid": os.getpid(), "peak": peak}))
+        scratch.replace(path)
 
 
 def _quit_after_final_reports(quit: Any) -> Any:
