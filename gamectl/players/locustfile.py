@@ -78,12 +78,14 @@ from typing import Any
 
 import gevent
 import orjson
+from gevent.event import Event
 from locust import User, events, runners, task
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import CSV_STATS_INTERVAL_SEC, calculate_response_time_percentile
 
 from gamegw.gamectl.players.bulkstats import BulkStats
+from gamegw.gamectl.players.schedule import schedule
 from gamegw.gamectl.players.sioclient import Closed, GameSocket, Refused
 from gamegw.gamectl.procstat import cpu_ms, rss_kb
 
@@ -91,6 +93,7 @@ SCENARIOS = ("steady", "churn", "storm", "idle")
 REQUEST_TYPE = "sio"
 runners.WORKER_REPORT_INTERVAL = 1.0  # workers report every second, so progress is live
 BULK = BulkStats(REQUEST_TYPE)  # the broadcasts' latencies until their next flush (see .bulkstats)
+BROADCASTS, MOVE_ACKS = BULK.latencies("broadcast"), BULK.latencies("move")
 FLUSH_S = 0.5  # a process without a master flushes this often (a worker before each report too)
 _environment: Environment | None = None
 
@@ -234,6 +237,8 @@ class Swarm:
         self.rooms = max(1, -(-self.total_users // self.room_size))
         self._numbers = itertools.count()
         self._settings: Any = None
+        if self.drop_at > time.time():  # the schedule cuts everyone at the drop's moment
+            schedule().at(time.monotonic() + self.drop_at - time.time(), self._drop_on_time, 0)
         if not self.token_cmd:
             self._settings = _load_settings(getattr(opts, "gw_config", ""))
 
@@ -246,6 +251,10 @@ class Swarm:
 
     def drop_due(self) -> bool:
         return bool(self.drop_at) and not self.dropped and time.time() >= self.drop_at
+
+    def _drop_on_time(self, _: int) -> None:
+        if not self.dropped:
+            self.mass_drop()
 
     def mass_drop(self) -> None:
         """--drop-at: cut every connected player's connection now, in one pass."""
@@ -311,14 +320,18 @@ class Player(User):
         self.last_event_at = time.time()  # the last move event (or join/resume): see ``silent``
         self.silent = False
         self.drop_epoch = int(time.time() // self.swarm.drop_every)
-        period = self.period()
-        self.next_tick = time.monotonic() + random.uniform(0, period)
+        self.period_s = self.period()
+        self.next_tick = time.monotonic() + random.uniform(0, self.period_s)
+        # the process's schedule plays this player (see wait_time): its current entry, whether
+        # this player's greenlet has it (then the schedule leaves it alone), and the greenlet's alarm
+        self.entry = 0
+        self.busy = True
+        self.wake = Event()
         # --drop-at: when this player's connection was cut (Unix time) until it has resumed,
         # the socket that was cut, and when to resume (monotonic)
         self.recovering_from: float | None = None
         self.cut_sock: GameSocket | None = None
         self.resume_due: float | None = None
-        self.woke_early = False
         self.swarm.players.add(self)
 
     def next_identity(self) -> tuple[str, str, str | None]:
@@ -344,6 +357,8 @@ class Player(User):
             self.join(self.room)
 
     def on_stop(self) -> None:
+        self.entry += 1  # what the schedule holds for this player is void
+        self.busy = True
         if self.sock is not None:
             self.sock.close()
             self.sock = None
@@ -354,20 +369,53 @@ class Player(User):
         return 1.0 / self.swarm.move_rate
 
     def wait_time(self) -> float:
+        """Locust's wait between two runs of :meth:`tick`. The player's next tick goes into the
+        process's schedule (:mod:`.schedule`), which plays it without this greenlet (:meth:`step`)
+        as long as nothing blocks; this greenlet sleeps until the schedule (or a drop) wakes it
+        for what does block: a reconnect, a room change, a storm's drop. Locust sees the player
+        waiting meanwhile, so a stop ends it at once."""
+        self.wake.clear()
+        self.plan()
+        self.busy = False
+        self.wake.wait()
+        self.busy = True
+        return 0.0
+
+    def plan(self) -> None:
+        """Put this player's next tick in the schedule (its only entry from now on)."""
         now = time.monotonic()
-        if self.resume_due is not None and self.sock is None:  # cut by --drop-at: resume now
-            return max(0.0, self.resume_due - now)
-        if self.woke_early:  # the last wake-up was the drop's, not a tick's: keep the schedule
-            self.woke_early = False
+        if self.resume_due is not None and self.sock is None:  # cut by --drop-at: resume then
+            due = self.resume_due
         else:
-            self.next_tick = max(self.next_tick + self.period(), now - self.period())
-        wait = max(0.0, self.next_tick - now)
-        if self.swarm.drop_at and not self.swarm.dropped:  # wake up for the drop, on time
-            until_drop = max(0.0, self.swarm.drop_at - time.time())
-            if until_drop < wait:
-                self.woke_early = True
-                wait = until_drop
-        return wait
+            self.next_tick = due = max(self.next_tick + self.period_s, now - self.period_s)
+        self.entry += 1
+        schedule().at(due, self.step, self.entry)
+
+    def step(self, entry: int) -> None:
+        """The schedule's call at this player's tick: the tick itself when it cannot block (a
+        move, nearly always), else the player's greenlet is woken to run it."""
+        if entry != self.entry or self.busy:
+            return  # an entry left behind, or the greenlet has the player
+        swarm = self.swarm
+        if swarm.drop_at and swarm.drop_due():
+            swarm.mass_drop()
+        now = time.time()
+        sock = self.sock
+        scenario = swarm.scenario
+        if sock is None or not sock.connected or (scenario == "storm" and self.storm_due(now)) or (
+                scenario == "churn" and self.churn_due()):
+            self.wake.set()
+            return
+        if scenario != "idle":
+            self.check_silence(now)
+            self.move(now)
+        self.plan()
+
+    def storm_due(self, now: float) -> bool:
+        return int(now // self.swarm.drop_every) != self.drop_epoch
+
+    def churn_due(self) -> bool:
+        return bool(self.moves) and self.moves % self.swarm.churn_every == 0
 
     def cut(self, moment: float) -> None:
         """--drop-at: cut this player's connection without a goodbye; it resumes on its next step."""
@@ -381,6 +429,7 @@ class Player(User):
         if sock is not None:
             self.cut_sock = sock
             sock.drop()
+        self.wake.set()  # its greenlet plans the resume
 
     def open(self, name: str, auth: dict[str, Any]) -> bool:
         """Connect (or reconnect) and record it as ``name``; False when refused or failed."""
@@ -418,6 +467,7 @@ class Player(User):
 
     @task
     def tick(self) -> None:
+        """One tick in this player's greenlet, which may block (see :meth:`wait_time`)."""
         if self.swarm.drop_due():
             self.swarm.mass_drop()
         if self.sock is None or not self.sock.connected:
@@ -428,29 +478,28 @@ class Player(User):
         scenario = self.swarm.scenario
         if scenario == "idle":
             return
-        if scenario == "storm":
-            epoch = int(time.time() // self.swarm.drop_every)
-            if epoch != self.drop_epoch:
-                self.drop_epoch = epoch
-                self.cut_sock = self.sock  # its moves in flight are cut off on purpose
-                self.sock.drop()
-                self.sock = None
-                gevent.sleep(random.uniform(0, self.swarm.reconnect_delay))
-                self.reconnect()
-                return
-        self.check_silence()
-        if scenario == "churn" and self.moves and self.moves % self.swarm.churn_every == 0:
+        now = time.time()
+        if scenario == "storm" and self.storm_due(now):
+            self.drop_epoch = int(now // self.swarm.drop_every)
+            self.cut_sock = self.sock  # its moves in flight are cut off on purpose
+            self.sock.drop()
+            self.sock = None
+            gevent.sleep(random.uniform(0, self.swarm.reconnect_delay))
+            self.reconnect()
+            return
+        self.check_silence(now)
+        if scenario == "churn" and self.churn_due():
             self.moves += 1
             self.change_room()
             return
-        self.move()
+        self.move(now)
 
-    def check_silence(self) -> None:
+    def check_silence(self, now: float) -> None:
         """A player that moves gets at least its own moves back: a long silence is a failure."""
         if self.silent or self.room not in self.last_seq or self.joining:
             return
-        quiet = time.time() - self.last_event_at
-        if quiet > max(5.0, 5 * self.period()):
+        quiet = now - self.last_event_at
+        if quiet > max(5.0, 5 * self.period_s):
             self.silent = True
             self.record("silent", None, ms=quiet * 1000, exc=Silent(f"no move event for over {quiet:.0f} s"))
 
@@ -499,12 +548,11 @@ class Player(User):
         others = [i for i in range(self.swarm.rooms) if self.swarm.room_name(i) != self.room]
         self.join(self.swarm.room_name(random.choice(others)) if others else self.room)
 
-    def move(self) -> None:
-        """Send a move and go back to sleep: its ack is recorded when it comes, by the reader
-        (:meth:`move_acked`), so no greenlet waits on it."""
+    def move(self, now: float) -> None:
+        """Send a move at Unix time ``now``: its ack is recorded when it comes, by the reader
+        (:meth:`move_acked`), so nobody waits on it."""
         sock = self.sock
         assert sock is not None
-        now = time.time()
         if self.moves_in_flight:
             self.expire_moves(sock, now)
         self.moves += 1
@@ -524,7 +572,7 @@ class Player(User):
             if sock is not self.cut_sock:  # a cut on purpose (storm, --drop-at): neither success nor failure
                 self.record("move", None, ms=ms, exc=Closed(str(exc) or type(exc).__name__))
         elif isinstance(ack, dict) and ack.get("ok"):
-            BULK.latencies("move").add(ms, now, int(now))
+            MOVE_ACKS.add(ms, now, int(now))
         else:
             self.record("move", None, ms=ms, exc=AckError(_code(ack)))
 
@@ -539,7 +587,8 @@ class Player(User):
     # -- server events (in the connection's reader greenlet) ---------------------------------
 
     def on_move(self, data: Any, now: float, second: int) -> None:
-        """A ``move`` event, read at Unix time ``now`` (``second`` is ``int(now)``)."""
+        """A ``move`` event, read at Unix time ``now`` (``second`` is ``int(now)``). (Reading its seq
+        and send time out of the raw frame instead of parsing it with orjson measured no faster.)"""
         if self.joining and isinstance(data, dict):
             pending = self.joining.get(data.get("room"))  # type: ignore[arg-type]
             if pending is not None:
@@ -566,7 +615,7 @@ class Player(User):
         latency = now_ms - sent if now_ms > sent else 0.0
         if seq == last + 1 and sent >= self.replay_before_ms:
             self.last_seq[room] = seq  # type: ignore[index]
-            BULK.latencies("broadcast").add(latency, now, second)
+            BROADCASTS.add(latency, now, second)
             return
         exc: Exception | None = None
         if seq != last + 1:

@@ -34,7 +34,6 @@ from urllib.parse import urlsplit
 import gevent
 import orjson
 from gevent.event import AsyncResult, Event
-from gevent.lock import Semaphore
 
 from .reactor import reactor
 from .wsframe import OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, frame
@@ -46,6 +45,7 @@ _MOVE_AT = len(_MOVE)
 
 EventHandler = Callable[[str, Any], None]
 MoveHandler = Callable[[Any, float, int], None]
+RECV_BYTES = 16384  # a read's most: frames are ~130 bytes, and a 64 KB buffer cost its allocation each read
 # the ack id, its payload (None when it failed), the failure, and the Unix time it came (or failed)
 AckCallback = Callable[[int, Any, Exception | None, float], None]
 
@@ -83,8 +83,8 @@ class GameSocket:
         "_gone",
         "_last_reason",
         "_next_ack",
+        "_outbox",
         "_recv",
-        "_send_lock",
         "_sock",
         "bytes_in",
         "host",
@@ -114,7 +114,7 @@ class GameSocket:
         self._sock: socket.socket | None = None
         self._recv: Callable[[int], bytes] | None = None  # the socket's own non-blocking recv
         self._fd = -1  # registered with the reactor while >= 0
-        self._send_lock = Semaphore()
+        self._outbox: list[bytes] | None = None  # what waits for room in the socket's buffer
         self._acks: dict[int, AsyncResult | AckCallback] = {}
         self._next_ack = 0
         self._connected: AsyncResult = AsyncResult()
@@ -248,20 +248,33 @@ class GameSocket:
         self._send(frame(OP_TEXT, text.encode()))
 
     def _send(self, data: bytes) -> None:
+        """Send a frame without ever blocking the caller (the reactor and the schedule call this
+        for every player): one non-blocking send when the kernel takes it whole, as it nearly
+        always does; else what is left waits in order in an outbox that a greenlet drains."""
         sock = self._sock
         if sock is None:
             raise Closed("not connected")
-        lock = self._send_lock
-        if not lock.locked():  # the common case: the kernel takes a small frame whole, at once
-            try:
-                sent = sock._sock.send(data)  # type: ignore[attr-defined]  # the real, non-blocking socket
-            except BlockingIOError:
-                sent = 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        with lock:  # the rest waits (cooperatively) for room in the socket's buffer
-            sock.sendall(data)
+        outbox = self._outbox
+        if outbox is not None:  # earlier frames still wait: this one goes after them
+            outbox.append(data)
+            return
+        try:
+            sent = sock._sock.send(data)  # type: ignore[attr-defined]  # the real, non-blocking socket
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            self._outbox = [data[sent:]]
+            gevent.spawn(self._drain, sock)
+
+    def _drain(self, sock: socket.socket) -> None:
+        outbox = self._outbox
+        try:
+            while outbox:
+                sock.sendall(outbox.pop(0))  # waits (cooperatively) for room in the buffer
+        except OSError:
+            pass  # the connection is gone: its reader sees it end
+        finally:
+            self._outbox = None
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -271,7 +284,7 @@ class GameSocket:
         if recv is None or self._fd < 0:
             return
         try:
-            chunk = recv(65536)
+            chunk = recv(RECV_BYTES)
         except BlockingIOError:
             return
         except OSError as exc:
