@@ -21,6 +21,8 @@ from typing import Any
 from locust import stats as locust_stats
 from locust.stats import RequestStats, StatsEntry
 
+_LOCUST_BUCKET = locust_stats.bucket_response_time
+
 
 class Latencies:
     """The successful latencies (ms) of one request name, by the second they were taken."""
@@ -73,9 +75,13 @@ class Latencies:
             out.num_requests += len(values)
             for v in values:  # in order, as log() adds them
                 total += v
-            low = min(values) if low is None else min(low, min(values))
-            high = max(high, max(values))
-            times.update(map(bucket, values))
+            least, most = min(values), max(values)
+            low = least if low is None else min(low, least)
+            high = max(high, most)
+            if bucket is _LOCUST_BUCKET and most < 100:  # Locust's own buckets below 100 ms: round()
+                times.update(map(round, values))
+            else:
+                times.update(map(bucket, values))
         out.total_response_time = total  # type: ignore[assignment]
         out.min_response_time = low  # type: ignore[assignment]
         out.max_response_time = high  # type: ignore[assignment]

@@ -599,6 +599,19 @@ class Player(User):
     def take_move(self, data: Any, now: float, second: int) -> None:
         """Check the event's seq and record its latency: in bulk when it is in order and live (nearly
         always), else through Locust's request event with its failure (see :mod:`.bulkstats`)."""
+        try:  # the usual event: the next of a room this player is in, one of ours, live
+            room, seq, sent = data["room"], data["seq"], data["action"]["t"]
+            prev = self.last_seq[room]
+        except (TypeError, KeyError):
+            pass
+        else:
+            if seq == prev + 1 and type(seq) is int and type(sent) is float and sent >= self.replay_before_ms:
+                self.last_seq[room] = seq
+                self.last_event_at = now
+                self.silent = False
+                now_ms = now * 1000
+                BROADCASTS.add(now_ms - sent if now_ms > sent else 0.0, now, second)
+                return
         if not isinstance(data, dict):
             return
         room, seq = data.get("room"), data.get("seq")

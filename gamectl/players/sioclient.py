@@ -329,7 +329,7 @@ class GameSocket:
             if length == 126:
                 if size - start < 2:
                     break
-                length = int.from_bytes(buf[start:start + 2], "big")
+                length = buf[start] << 8 | buf[start + 1]  # (int.from_bytes of a slice: 5% of a worker)
                 start += 2
             elif length == 127:
                 if size - start < 8:
