@@ -84,17 +84,23 @@ def window(pid: int, url: str, players: int, seconds: float, profile: str | None
            native: bool = False) -> dict[str, float]:
     """CPU, RSS and the gateway's deliveries of one generator over the measuring window."""
     spy = None
+    errlog = None
     if profile:
+        errlog = open(profile + ".log", "wb")  # closed once py-spy is done
         spy_bin = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         spy = subprocess.Popen([spy_bin, "record", "--pid", str(pid), "--duration", f"{seconds:.0f}", "--rate", "200",
                                 "--format", "raw", "--output", profile, "--native" if native else "--nonblocking"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=errlog)
     cpu0, d0, t0 = cpu_ms([pid]), deliveries(url), time.monotonic()
     time.sleep(seconds)
     cpu1, d1, t1 = cpu_ms([pid]), deliveries(url), time.monotonic()
     rss = rss_kb([pid])
     if spy is not None:
         spy.wait(60)
+        if errlog is not None:
+            errlog.close()
+        if not Path(profile or "").exists():
+            log(f"py-spy wrote no profile (exit {spy.returncode}); see {profile}.log")
     wall = t1 - t0
     return {"cpu_us_per_s_per_player": round((cpu1 - cpu0) * 1000 / wall / players, 1), "rss_kb": rss,
             "deliveries_per_s_per_player": round((d1 - d0) / wall / players, 2),
