@@ -107,10 +107,12 @@ def window(pid: int, url: str, players: int, seconds: float, profile: str | None
             "cpu_cores": round((cpu1 - cpu0) / wall / 1000, 3)}
 
 
-def run_locust(args: argparse.Namespace, gw: Gateway, secret: str, run_dir: Path) -> dict[str, Any]:
+def start_locust(args: argparse.Namespace, gw: Gateway, secret: str, run_dir: Path,
+                 extra_s: float = 0.0) -> tuple[subprocess.Popen[bytes], Path]:
+    """Locust as ``gamectl loadtest`` starts it (one process); returns once every player has joined."""
     progress = run_dir / "progress.jsonl"
     ramp_s = args.players / args.spawn_rate
-    run_s = int(ramp_s + args.settle_s + args.seconds + 60)  # ended by SIGINT once measured
+    run_s = int(ramp_s + args.settle_s + args.seconds + extra_s + 60)  # ended by SIGINT once measured
     plan = Plan(users=args.players, spawn_rate=args.spawn_rate, run_time_s=run_s,
                 scenario=args.scenario, host=gw.url, room_size=args.room_size, move_rate=args.move_rate, workers=0,
                 remote_workers=0, master_host="127.0.0.1", master_port=0, token_cmd="", config=None, csv=None,
@@ -131,22 +133,79 @@ def run_locust(args: argparse.Namespace, gw: Gateway, secret: str, run_dir: Path
             time.sleep(0.5)
             lines = [json.loads(raw) for raw in progress.read_text().splitlines()] if progress.exists() else []
             joined = max([ln["names"]["join"]["count"] for ln in lines if "names" in ln] or [0])
-        baseline = json.loads(next(run_dir.glob("baseline-*.json")).read_text())
-        log(f"Locust: {joined} players joined; settling {args.settle_s:g} s, then measuring {args.seconds:g} s")
+    except BaseException:
+        stop_locust(proc)
+        raise
+    log(f"Locust: {joined} players joined")
+    return proc, progress
+
+
+def locust_figures(got: dict[str, Any], args: argparse.Namespace, run_dir: Path, progress: Path) -> dict[str, Any]:
+    baseline = json.loads(next(run_dir.glob("baseline-*.json")).read_text())
+    got["rss_kb_per_player"] = round((got.pop("rss_kb") - baseline["rss_kb"]) / args.players, 1)
+    last = [json.loads(raw) for raw in progress.read_text().splitlines()][-1]
+    got["failures"] = last.get("failures", 0)
+    return got
+
+
+def stop_locust(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def run_locust(args: argparse.Namespace, gw: Gateway, secret: str, run_dir: Path) -> dict[str, Any]:
+    proc, progress = start_locust(args, gw, secret, run_dir)
+    try:
+        log(f"Locust: settling {args.settle_s:g} s, then measuring {args.seconds:g} s")
         time.sleep(args.settle_s)
         got = window(proc.pid, gw.url, args.players, args.seconds, args.profile, args.native)
-        got["rss_kb_per_player"] = round((got.pop("rss_kb") - baseline["rss_kb"]) / args.players, 1)
-        last = [json.loads(raw) for raw in progress.read_text().splitlines()][-1]
-        got["failures"] = last.get("failures", 0)
-        return got
+        return locust_figures(got, args, run_dir, progress)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_locust(proc)
+
+
+def run_together(args: argparse.Namespace, gw: Gateway, secret: str, run_dir: Path) -> dict[str, Any]:
+    """--together: both generators at once, each with its own N players (rooms of their own), on the
+    same CPU, measured over the same window: on a busy machine both share whatever else runs there,
+    so their ratio holds where two windows a minute apart do not (the gateway carries 2N players)."""
+    base_kb = node_baseline_kb(args.load_cpu)
+    ramp_s = args.players / args.spawn_rate
+    move_s = ramp_s + 60 + args.settle_s + args.seconds + 5
+    gen = NodeProc(LOADGEN, [gw.url, str(args.players), str(args.room_size), str(args.move_rate), f"{move_s:g}"],
+                   secret, args.load_cpu)
+    try:
+        connected = gen.read("connected", timeout=args.players / 20 + 60)
+        if connected["clients"] != args.players:
+            raise SetupError(f"loadgen.js: {connected['clients']} of {args.players} players connected")
+        proc, progress = start_locust(args, gw, secret, run_dir, extra_s=move_s)
+        try:
+            log(f"both: settling {args.settle_s:g} s, then measuring {args.seconds:g} s")
+            time.sleep(args.settle_s)
+            pids = {"locust": proc.pid, "node": gen.proc.pid}
+            cpu0, d0, t0 = {k: cpu_ms([p]) for k, p in pids.items()}, deliveries(gw.url), time.monotonic()
+            time.sleep(args.seconds)
+            cpu1, d1, t1 = {k: cpu_ms([p]) for k, p in pids.items()}, deliveries(gw.url), time.monotonic()
+            wall = t1 - t0
+            out: dict[str, Any] = {}
+            for k, pid in pids.items():
+                out[k] = {"cpu_us_per_s_per_player": round((cpu1[k] - cpu0[k]) * 1000 / wall / args.players, 1),
+                          "rss_kb": rss_kb([pid]),
+                          # the gateway's deliveries to both, per player of both
+                          "deliveries_per_s_per_player": round((d1 - d0) / wall / (2 * args.players), 2),
+                          "cpu_cores": round((cpu1[k] - cpu0[k]) / wall / 1000, 3)}
+            locust_figures(out["locust"], args, run_dir, progress)
+            out["node"]["rss_kb_per_player"] = round((out["node"].pop("rss_kb") - base_kb) / args.players, 1)
+            out["node"]["failures"] = None  # loadgen.js counts its failures at its end, after this window
+            return out
+        finally:
+            stop_locust(proc)
+    finally:
+        gen.stop(wait=10)
 
 
 def node_baseline_kb(cpu: int | None) -> int:
@@ -193,7 +252,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     check_tools(pin, (args.server_cpu, args.load_cpu) if pin else (0, 0))
     if not LOADGEN.exists() and not args.skip_node:
         raise SetupError(f"no loadgen.js at {LOADGEN}")
-    raise_nofile(2 * args.players + 1024)
+    raise_nofile((4 if args.together else 2) * args.players + 1024)
     secret = secrets.token_hex(24)
     run_dir = Path(tempfile.mkdtemp(prefix="gamegw-bench-swarm-"))
     gw = Gateway(free_port_block(1), secret, REPO / "configs" / "bench.toml", args.server_cpu, logdir=run_dir)
@@ -201,8 +260,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         gw.wait_ready()
         result: dict[str, Any] = {"players": args.players, "room_size": args.room_size, "move_rate": args.move_rate,
                                   "scenario": args.scenario, "seconds": args.seconds, "pinned": pin}
-        result["locust"] = run_locust(args, gw, secret, run_dir)
-        if not args.skip_node and args.scenario == "steady":
+        if args.together:
+            result.update(run_together(args, gw, secret, run_dir))
+        else:
+            result["locust"] = run_locust(args, gw, secret, run_dir)
+        if not args.skip_node and not args.together and args.scenario == "steady":
             result["node"] = run_node(args, gw, secret)
     finally:
         gw.stop()
@@ -223,10 +285,14 @@ def main() -> int:
     ap.add_argument("--load-cpu", type=int, default=1)
     ap.add_argument("--no-pin", action="store_true")
     ap.add_argument("--skip-node", action="store_true", help="measure Locust only")
+    ap.add_argument("--together", action="store_true", help="run both generators at once on the load CPU and "
+                                                             "measure them over the same window (a busy machine)")
     ap.add_argument("--profile", help="py-spy's collapsed stacks of the Locust process over the window, to FILE")
     ap.add_argument("--native", action="store_true", help="--profile: C frames too (py-spy then pauses the "
                                                           "process for each sample, which costs it CPU)")
     args = ap.parse_args()
+    if args.together and (args.skip_node or args.scenario != "steady" or args.profile):
+        ap.error("--together runs the steady scenario with both generators, without --profile")
     if args.players < 1 or args.room_size < 1 or args.seconds <= 0 or args.spawn_rate <= 0:
         ap.error("--players, --room-size, --seconds and --spawn-rate must be positive")
     code, result = run_and_report(NAME, run, args)
