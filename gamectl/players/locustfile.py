@@ -85,7 +85,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import CSV_STATS_INTERVAL_SEC, calculate_response_time_percentile
 
 from gamegw.gamectl.players.bulkstats import BulkStats
-from gamegw.gamectl.players.schedule import schedule
+from gamegw.gamectl.players.reactor import reactor
 from gamegw.gamectl.players.sioclient import Closed, GameSocket, Refused
 from gamegw.gamectl.procstat import cpu_ms, rss_kb
 
@@ -238,7 +238,7 @@ class Swarm:
         self._numbers = itertools.count()
         self._settings: Any = None
         if self.drop_at > time.time():  # the schedule cuts everyone at the drop's moment
-            schedule().at(time.monotonic() + self.drop_at - time.time(), self._drop_on_time, 0)
+            reactor().schedule.at(time.monotonic() + self.drop_at - time.time(), self._drop_on_time, 0)
         if not self.token_cmd:
             self._settings = _load_settings(getattr(opts, "gw_config", ""))
 
@@ -389,7 +389,7 @@ class Player(User):
         else:
             self.next_tick = due = max(self.next_tick + self.period_s, now - self.period_s)
         self.entry += 1
-        schedule().at(due, self.step, self.entry)
+        reactor().schedule.at(due, self.step, self.entry)
 
     def step(self, entry: int) -> None:
         """The schedule's call at this player's tick: the tick itself when it cannot block (a

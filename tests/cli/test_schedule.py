@@ -1,6 +1,6 @@
-"""The players' shared timer (gamectl/players/schedule.py) and the client's sends that never block
-(gamectl/players/sioclient.py): both run in the one greenlet that plays every player of a process,
-so a late entry or a full socket buffer would hold up everyone.
+"""The players' shared timer (gamectl/players/schedule.py, run by the reactor) and the client's
+sends that never block (gamectl/players/sioclient.py): both run in the one greenlet that plays
+every player of a process, so a late entry or a full socket buffer would hold up everyone.
 
 They run under gevent (inside Locust), so the check runs in a subprocess of its own.
 """
@@ -20,11 +20,11 @@ SCRIPT = textwrap.dedent('''
     import json, socket, sys, time
     import gevent
     sys.path.insert(0, sys.argv[1])
-    from gamegw.gamectl.players.schedule import Schedule
+    from gamegw.gamectl.players.reactor import reactor
     from gamegw.gamectl.players.sioclient import GameSocket
 
     out = {}
-    schedule, ran = Schedule(), []
+    schedule, ran = reactor().schedule, []
     t0 = time.monotonic()
 
     def note(token):
