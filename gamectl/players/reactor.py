@@ -70,15 +70,22 @@ class Reactor:
     def _earlier(self, due: float) -> None:
         """The schedule's earliest entry is now ``due``: wake up by then."""
         self._start()
-        if self._waiting is not None and due < self._wake_at:
+        if self._waiting is not None:
             self._alarm(due, self._waiting)
 
     def _alarm(self, due: float, switch: Any) -> None:
-        if self._timer is not None:
-            self._timer.stop()
-        self._timer = get_hub().loop.timer(max(QUANTUM_S, due - time.monotonic()))
-        self._timer.start(switch)
-        self._wake_at = due
+        """Ring by ``due`` (within ``QUANTUM_S``). An alarm set for then or earlier stays: it rings
+        a pass that finds nothing due at worst, and re-arming a timer on every pass cost 15% of the
+        greenlet's time."""
+        timer = self._timer
+        if timer is not None and timer.active and self._wake_at <= due + QUANTUM_S:
+            return
+        if timer is not None:
+            timer.stop()
+        delay = max(QUANTUM_S, due - time.monotonic())
+        self._timer = timer = get_hub().loop.timer(delay)
+        timer.start(switch)
+        self._wake_at = time.monotonic() + delay
 
     def _run(self) -> None:
         hub = get_hub()
@@ -95,9 +102,6 @@ class Reactor:
             hub.switch()  # back when a socket is readable or the alarm rings
             self._waiting = None
             watcher.stop()
-            if self._timer is not None:
-                self._timer.stop()
-                self._timer, self._wake_at = None, float("inf")
             ready = poll(0)
             now = clock()
             second = int(now)
