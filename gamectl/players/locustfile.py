@@ -382,13 +382,17 @@ class Player(User):
         return 0.0
 
     def plan(self) -> None:
-        """Put this player's next tick in the schedule (its only entry from now on)."""
+        """Put this player's next tick in the schedule (its only entry from now on). An idle
+        player that is connected has none: only the end of its connection (:meth:`on_close`) or
+        a drop wakes it, so thousands of idle players cost their heartbeats and nothing else."""
         now = time.monotonic()
+        self.entry += 1
         if self.resume_due is not None and self.sock is None:  # cut by --drop-at: resume then
             due = self.resume_due
+        elif self.swarm.scenario == "idle" and self.sock is not None and self.sock.connected:
+            return
         else:
             self.next_tick = due = max(self.next_tick + self.period_s, now - self.period_s)
-        self.entry += 1
         reactor().schedule.at(due, self.step, self.entry)
 
     def step(self, entry: int) -> None:
@@ -642,6 +646,8 @@ class Player(User):
         code = reason.get("reason") if isinstance(reason, dict) else str(reason)
         self.lost = reason
         self.record("lost", None, ms=0, exc=Lost(str(code)))
+        if self.swarm.scenario == "idle":
+            self.wake.set()  # it has no tick to notice: reconnect now
 
 
 def _code(ack: Any) -> str:

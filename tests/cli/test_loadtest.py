@@ -396,3 +396,31 @@ async def test_web_port_in_use_is_refused() -> None:
         busy.listen()
         code, _, err = await gamectl("loadtest", "--web", "--web-port", str(busy.getsockname()[1]))
     assert code == 1 and "in use" in err and "--web-port 0" in err
+
+
+async def test_idle_players_hold_their_connections_and_resume_a_drop_at_once(gateway_factory) -> None:
+    """Idle players only answer heartbeats: no moves, and no timer of their own (only the end of
+    a connection wakes one), yet a dropped player resumes at once, not at some later tick."""
+    gw = await gateway_factory(grace_s=10)
+    before = await metrics(gw.url)
+    run = asyncio.create_task(loadtest(gw.url, "-u", "4", "-r", "4", "-t", "6s", "--room-size", "2",
+                                       "--scenario", "idle"))
+    users: list[str] = []
+    deadline = time.monotonic() + 30
+    while len(users) < 4 and time.monotonic() < deadline:
+        await asyncio.sleep(0.3)
+        code, out, _ = await gamectl("connections", "ls", "--json", "--url", gw.url)
+        users = sorted(c["user_id"] for c in json.loads(out)["connections"] if c["rooms"]) if code == 0 else []
+    assert len(users) == 4, users
+    code, out, err = await gamectl("simulate-drop", users[0], "--wait", "5", "--json", "--url", gw.url)
+    assert code == 0, (out, err)
+    assert json.loads(out)["resumed"] is True
+    code, report, err = await run
+    after = await metrics(gw.url)
+    req = report["requests"]
+    assert (req["connect"]["count"], req["connect"]["failures"]) == (4, 0)
+    assert (req["join"]["count"], req["join"]["failures"]) == (4, 0)
+    assert (req["lost"]["count"], req["resume"]["count"], req["resume"]["failures"]) == (1, 1, 0)
+    assert delta(before, after, "gamegw_resumes_total|result=resumed") == 1
+    assert delta(before, after, "gamegw_connects_total") == 5  # the resume is a connect too
+    assert delta(before, after, "gamegw_moves_total") == 0 and req.get("move", {}).get("count", 0) == 0
