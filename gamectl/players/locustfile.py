@@ -60,8 +60,11 @@ p50/p90/p99/max per request name, from the difference of Locust's cumulative res
 tables (Locust rounds times above 100 ms to 2 significant digits). The final line lists them
 all, the last partial window included, under ``"minutes"``.
 
-Move timers start at a random phase, so moves arrive spread over each second rather than as one
-burst. Broadcast latency compares clocks across processes: on several machines, keep them synced.
+Players' ticks start at a random phase, so moves arrive spread over each second rather than as
+one burst. A process plays all its players' ticks from one schedule in its reactor greenlet
+(:mod:`.schedule`, :mod:`.reactor`): a player's own greenlet only runs what blocks (connecting,
+joining, a room change, a storm's drop), and an idle player has no tick at all. Broadcast
+latency compares clocks across processes: on several machines, keep them synced.
 """
 
 from __future__ import annotations
@@ -588,7 +591,7 @@ class Player(User):
                 owner.forget(ack_id)
                 self.record("move", None, ms=(now - sent) * 1000, exc=Closed("Timeout"))
 
-    # -- server events (in the connection's reader greenlet) ---------------------------------
+    # -- server events (in the process's reactor greenlet, see .reactor) -----------------------
 
     def on_move(self, data: Any, now: float, second: int) -> None:
         """A ``move`` event, read at Unix time ``now`` (``second`` is ``int(now)``). (Reading its seq
