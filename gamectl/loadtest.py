@@ -223,6 +223,7 @@ class Proc:
     rss_kb_first: int = 0
     rss_kb_peak: int = 0
     marked: bool = False
+    players: int | None = None  # the most players it held at once, as it wrote (``players-PID.json``)
 
     def mark(self) -> None:
         if self.marked:
@@ -244,6 +245,12 @@ class Proc:
         self.cpu_ms_last = max(self.cpu_ms_last, self.cpu_ms_first)
         self.rss_kb_peak = max(self.rss_kb_peak, self.rss_kb_first)
         self.baseline, self.marked = None, True
+
+    def load_players(self, run_dir: Path) -> None:
+        try:
+            self.players = int(orjson.loads((run_dir / f"players-{self.popen.pid}.json").read_bytes())["peak"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
 
     def sample(self, *, cpu: bool) -> None:
         """Read RSS, and CPU time when ``cpu`` (inside the run window, not the wind-down)."""
@@ -363,6 +370,14 @@ def summary_tables(report: dict[str, Any]) -> list[Table]:
     t.add_row(str(lg["processes"]), f"{lg['cpu_cores']:.2f}", f"{lg['rss_mb_peak']:.0f}",
               _ms(lg["cpu_us_per_s_per_player"]), _ms(lg["rss_kb_per_player"]))
     tables.append(t)
+    if len(lg["per_process"]) > 1:
+        t = Table(title="each worker", title_justify="left")
+        for col in ("worker", "players", "CPU (cores)", "CPU µs/s per player", "RSS KB per player"):
+            t.add_column(col, justify="left" if col == "worker" else "right")
+        for w in lg["per_process"]:
+            t.add_row(w["role"], str(w["players"] if w["players"] is not None else "-"), f"{w['cpu_cores']:.2f}",
+                      _ms(w["cpu_us_per_s_per_player"]), _ms(w["rss_kb_per_player"]))
+        tables.append(t)
     srv = report.get("server")
     if srv:
         t = Table(title="gateway (from --metrics-url)", title_justify="left")
@@ -392,6 +407,18 @@ def violations(names: dict[str, Any], requests: int, failures: int, max_fail_rat
             if p99 is not None and p99 > max_p99_ms:
                 broken.append(f"{name} p99 {p99:g} ms > --max-p99-ms {max_p99_ms:g}")
     return broken
+
+
+def _process_cost(proc: Proc, wall_s: float) -> dict[str, Any]:
+    """One player process (the only one, or a worker): the players it held and what each cost it."""
+    players = proc.players or 0
+    cpu_s = (proc.cpu_ms_last - proc.cpu_ms_first) / 1000
+    return {
+        "role": proc.role, "pid": proc.popen.pid, "players": proc.players,
+        "cpu_cores": round(cpu_s / wall_s, 3) if wall_s else 0.0,
+        "cpu_us_per_s_per_player": round(cpu_s / wall_s / players * 1e6, 1) if wall_s and players else None,
+        "rss_kb_per_player": round(max(0, proc.rss_kb_peak - proc.rss_kb_first) / players, 1) if players else None,
+    }
 
 
 def build_report(plan: Plan, final: dict[str, Any], procs: list[Proc], wall_s: float,
@@ -429,6 +456,7 @@ def build_report(plan: Plan, final: dict[str, Any], procs: list[Proc], wall_s: f
             "cpu_us_per_s_per_player": round(cpu_player_s / wall_s / local_users * 1e6, 1)
             if wall_s and local_users else None,
             "rss_kb_per_player": round(sum(rss_grown) / local_users, 1) if local_users else None,
+            "per_process": [_process_cost(p, wall_s) for p in player_procs],
         },
         "server": server.summary() if server else None,
         "reports": {"csv_prefix": plan.csv, "html": plan.html},
@@ -456,9 +484,10 @@ def loadtest(
                                                        "with the configured key.")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", envvar="GAMEGW_CONFIG", show_envvar=False,
                                                 help="TOML settings whose key mints the tokens.")] = None,
-    workers: Annotated[int, typer.Option(min=0, max=64, help=(
-        "Locust worker processes on this machine, under a master. 0 runs one process. Each worker holds "
-        "about a thousand players at 1 move/s."))] = 0,
+    workers: Annotated[str, typer.Option(help=(
+        "Locust worker processes on this machine, under a master: a number (0 runs one process, the "
+        "default) or auto, one per CPU this command may use. The summary shows each one's players and "
+        "their cost."))] = "0",
     remote_workers: Annotated[int, typer.Option(min=0, help=(
         "Workers on other machines the master waits for (start them with the command this prints)."))] = 0,
     master_host: Annotated[str, typer.Option(help=(
@@ -516,7 +545,8 @@ def loadtest(
     if run_time is not None and run_s <= 0:
         raise typer.BadParameter("must be positive", param_hint="--run-time")
     plan = Plan(users=users, spawn_rate=spawn_rate, run_time_s=run_s, scenario=scenario, host=host.rstrip("/"),
-                room_size=room_size, move_rate=move_rate, workers=workers, remote_workers=remote_workers,
+                room_size=room_size, move_rate=move_rate, workers=parse_workers(workers),
+                remote_workers=remote_workers,
                 master_host=master_host, master_port=master_port or _free_port(master_host),
                 token_cmd=token_cmd or "", config=config, csv=csv, html=html,
                 drop_every_s=parse_duration(drop_every, "--drop-every"),
@@ -544,6 +574,19 @@ def loadtest(
             stdout.print("[bold green]passed[/] the thresholds")
     if not report["ok"]:
         raise typer.Exit(1)
+
+
+def parse_workers(value: str) -> int:
+    """--workers: a count from 0 to 64, or ``auto``: one per CPU this process may run on."""
+    if value.strip().lower() == "auto":
+        return min(64, len(os.sched_getaffinity(0)))
+    try:
+        count = int(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r}: a number from 0 to 64, or auto", param_hint="--workers") from None
+    if not 0 <= count <= 64:
+        raise typer.BadParameter(f"{count}: a number from 0 to 64, or auto", param_hint="--workers")
+    return count
 
 
 def _preflight(plan: Plan) -> None:
@@ -683,6 +726,8 @@ def _run(plan: Plan, server: ServerWatch | None, max_fail_ratio: float, max_p99_
         else:
             wall_s = min(end - (test_started or started), plan.run_time_s)
         _stop_all(procs)
+        for proc in procs:
+            proc.load_players(run_dir)
     for line in _follow(progress):
         if not line:
             break

@@ -52,7 +52,6 @@ from pathlib import Path
 from typing import Any
 
 from benchlib import (
-    HERE,
     REPO,
     Gateway,
     RedisProcess,
@@ -66,7 +65,8 @@ from benchlib import (
     tree,
 )
 
-LOCUSTFILE = HERE / "locustfile.py"
+from gamegw.gamectl.loadtest import LOCUSTFILE  # the players gamectl loadtest runs
+
 NAME = "bench_soak"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 STARTUP_S = 5.0  # Locust's own start, before it spawns anyone

@@ -60,8 +60,11 @@ p50/p90/p99/max per request name, from the difference of Locust's cumulative res
 tables (Locust rounds times above 100 ms to 2 significant digits). The final line lists them
 all, the last partial window included, under ``"minutes"``.
 
-Move timers start at a random phase, so moves arrive spread over each second rather than as one
-burst. Broadcast latency compares clocks across processes: on several machines, keep them synced.
+Players' ticks start at a random phase, so moves arrive spread over each second rather than as
+one burst. A process plays all its players' ticks from one schedule in its reactor greenlet
+(:mod:`.schedule`, :mod:`.reactor`): a player's own greenlet only runs what blocks (connecting,
+joining, a room change, a storm's drop), and an idle player has no tick at all. Broadcast
+latency compares clocks across processes: on several machines, keep them synced.
 """
 
 from __future__ import annotations
@@ -78,18 +81,64 @@ from typing import Any
 
 import gevent
 import orjson
-from gevent import GreenletExit
+from gevent.event import Event
 from locust import User, events, runners, task
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import CSV_STATS_INTERVAL_SEC, calculate_response_time_percentile
 
+from gamegw.gamectl.players.bulkstats import BulkStats
+from gamegw.gamectl.players.reactor import reactor
 from gamegw.gamectl.players.sioclient import Closed, GameSocket, Refused
 from gamegw.gamectl.procstat import cpu_ms, rss_kb
 
 SCENARIOS = ("steady", "churn", "storm", "idle")
 REQUEST_TYPE = "sio"
 runners.WORKER_REPORT_INTERVAL = 1.0  # workers report every second, so progress is live
+BULK = BulkStats(REQUEST_TYPE)  # the broadcasts' latencies until their next flush (see .bulkstats)
+BROADCASTS, MOVE_ACKS = BULK.latencies("broadcast"), BULK.latencies("move")
+FLUSH_S = 0.5  # a process without a master flushes this often (a worker before each report too)
+_environment: Environment | None = None
+
+
+@events.init.add_listener
+def _keep_environment(environment: Environment, **_: Any) -> None:
+    global _environment
+    _environment = environment
+
+
+def flush() -> None:
+    """Hand the latencies held in bulk to Locust's statistics now."""
+    if _environment is not None:
+        BULK.flush(_environment.stats)
+
+
+@events.report_to_master.add_listener
+def _flush_before_report(**_: Any) -> None:
+    """A worker's report carries everything its players have received (this listener is added at
+    import, before Locust's own, which serializes the statistics)."""
+    flush()
+
+
+def _flusher() -> None:
+    peak = 0
+    while True:
+        gevent.sleep(FLUSH_S)
+        flush()
+        runner = _environment.runner if _environment is not None else None
+        if runner is not None and runner.user_count > peak:
+            peak = runner.user_count
+            _note_players(peak)
+
+
+def _note_players(peak: int) -> None:
+    """For ``gamectl loadtest``'s summary: the most players this process has held at once."""
+    folder = os.environ.get("GAMEGW_LT_BASELINE_DIR", "")
+    if folder:
+        path = Path(folder) / f"players-{os.getpid()}.json"
+        scratch = path.with_suffix(".tmp")
+        scratch.write_bytes(orjson.dumps({"pid": os.getpid(), "peak": peak}))
+        scratch.replace(path)
 
 
 def _quit_after_final_reports(quit: Any) -> Any:
@@ -191,6 +240,8 @@ class Swarm:
         self.rooms = max(1, -(-self.total_users // self.room_size))
         self._numbers = itertools.count()
         self._settings: Any = None
+        if self.drop_at > time.time():  # the schedule cuts everyone at the drop's moment
+            reactor().schedule.at(time.monotonic() + self.drop_at - time.time(), self._drop_on_time, 0)
         if not self.token_cmd:
             self._settings = _load_settings(getattr(opts, "gw_config", ""))
 
@@ -203,6 +254,10 @@ class Swarm:
 
     def drop_due(self) -> bool:
         return bool(self.drop_at) and not self.dropped and time.time() >= self.drop_at
+
+    def _drop_on_time(self, _: int) -> None:
+        if not self.dropped:
+            self.mass_drop()
 
     def mass_drop(self) -> None:
         """--drop-at: cut every connected player's connection now, in one pass."""
@@ -259,22 +314,27 @@ class Player(User):
         self.token = ""
         # room -> last seq seen; a room being joined maps to the moves that came before its ack
         self.last_seq: dict[str, int] = {}
-        self.joining: dict[str, list[dict[str, Any]]] = {}
+        self.joining: dict[str, list[tuple[dict[str, Any], float, int]]] = {}
         self.moves = 0
+        self.moves_in_flight: dict[int, tuple[float, GameSocket]] = {}  # ack id -> (sent at, socket)
         self.lost: Any = None
         self.session_id: str | None = None
         self.replay_before_ms = 0.0
-        self.last_event_at = time.monotonic()  # the last move event (or join/resume): see ``silent``
+        self.last_event_at = time.time()  # the last move event (or join/resume): see ``silent``
         self.silent = False
         self.drop_epoch = int(time.time() // self.swarm.drop_every)
-        period = self.period()
-        self.next_tick = time.monotonic() + random.uniform(0, period)
+        self.period_s = self.period()
+        self.next_tick = time.monotonic() + random.uniform(0, self.period_s)
+        # the process's schedule plays this player (see wait_time): its current entry, whether
+        # this player's greenlet has it (then the schedule leaves it alone), and the greenlet's alarm
+        self.entry = 0
+        self.busy = True
+        self.wake = Event()
         # --drop-at: when this player's connection was cut (Unix time) until it has resumed,
         # the socket that was cut, and when to resume (monotonic)
         self.recovering_from: float | None = None
         self.cut_sock: GameSocket | None = None
         self.resume_due: float | None = None
-        self.woke_early = False
         self.swarm.players.add(self)
 
     def next_identity(self) -> tuple[str, str, str | None]:
@@ -300,6 +360,8 @@ class Player(User):
             self.join(self.room)
 
     def on_stop(self) -> None:
+        self.entry += 1  # what the schedule holds for this player is void
+        self.busy = True
         if self.sock is not None:
             self.sock.close()
             self.sock = None
@@ -310,20 +372,57 @@ class Player(User):
         return 1.0 / self.swarm.move_rate
 
     def wait_time(self) -> float:
+        """Locust's wait between two runs of :meth:`tick`. The player's next tick goes into the
+        process's schedule (:mod:`.schedule`), which plays it without this greenlet (:meth:`step`)
+        as long as nothing blocks; this greenlet sleeps until the schedule (or a drop) wakes it
+        for what does block: a reconnect, a room change, a storm's drop. Locust sees the player
+        waiting meanwhile, so a stop ends it at once."""
+        self.wake.clear()
+        self.plan()
+        self.busy = False
+        self.wake.wait()
+        self.busy = True
+        return 0.0
+
+    def plan(self) -> None:
+        """Put this player's next tick in the schedule (its only entry from now on). An idle
+        player that is connected has none: only the end of its connection (:meth:`on_close`) or
+        a drop wakes it, so thousands of idle players cost their heartbeats and nothing else."""
         now = time.monotonic()
-        if self.resume_due is not None and self.sock is None:  # cut by --drop-at: resume now
-            return max(0.0, self.resume_due - now)
-        if self.woke_early:  # the last wake-up was the drop's, not a tick's: keep the schedule
-            self.woke_early = False
+        self.entry += 1
+        if self.resume_due is not None and self.sock is None:  # cut by --drop-at: resume then
+            due = self.resume_due
+        elif self.swarm.scenario == "idle" and self.sock is not None and self.sock.connected:
+            return
         else:
-            self.next_tick = max(self.next_tick + self.period(), now - self.period())
-        wait = max(0.0, self.next_tick - now)
-        if self.swarm.drop_at and not self.swarm.dropped:  # wake up for the drop, on time
-            until_drop = max(0.0, self.swarm.drop_at - time.time())
-            if until_drop < wait:
-                self.woke_early = True
-                wait = until_drop
-        return wait
+            self.next_tick = due = max(self.next_tick + self.period_s, now - self.period_s)
+        reactor().schedule.at(due, self.step, self.entry)
+
+    def step(self, entry: int) -> None:
+        """The schedule's call at this player's tick: the tick itself when it cannot block (a
+        move, nearly always), else the player's greenlet is woken to run it."""
+        if entry != self.entry or self.busy:
+            return  # an entry left behind, or the greenlet has the player
+        swarm = self.swarm
+        if swarm.drop_at and swarm.drop_due():
+            swarm.mass_drop()
+        now = time.time()
+        sock = self.sock
+        scenario = swarm.scenario
+        if sock is None or not sock.connected or (scenario == "storm" and self.storm_due(now)) or (
+                scenario == "churn" and self.churn_due()):
+            self.wake.set()
+            return
+        if scenario != "idle":
+            self.check_silence(now)
+            self.move(now)
+        self.plan()
+
+    def storm_due(self, now: float) -> bool:
+        return int(now // self.swarm.drop_every) != self.drop_epoch
+
+    def churn_due(self) -> bool:
+        return bool(self.moves) and self.moves % self.swarm.churn_every == 0
 
     def cut(self, moment: float) -> None:
         """--drop-at: cut this player's connection without a goodbye; it resumes on its next step."""
@@ -337,12 +436,13 @@ class Player(User):
         if sock is not None:
             self.cut_sock = sock
             sock.drop()
+        self.wake.set()  # its greenlet plans the resume
 
     def open(self, name: str, auth: dict[str, Any]) -> bool:
         """Connect (or reconnect) and record it as ``name``; False when refused or failed."""
         if self.host is None:
             raise RuntimeError("Locust was started without --host")
-        sock = GameSocket(self.host, on_event=self.on_event, on_close=self.on_close)
+        sock = GameSocket(self.host, on_move=self.on_move, on_close=self.on_close)
         started = time.perf_counter()
         try:
             session = sock.connect(auth)
@@ -356,7 +456,7 @@ class Player(User):
         self.sock, self.lost = sock, None
         self.session_id = session.get("session_id")
         recovering, self.recovering_from = self.recovering_from, None
-        self.last_event_at = time.monotonic()
+        self.last_event_at = time.time()
         if name == "resume" and not session.get("resumed"):
             self.record(name, started, exc=AckError("not_resumed"))
             if recovering is not None:
@@ -374,6 +474,7 @@ class Player(User):
 
     @task
     def tick(self) -> None:
+        """One tick in this player's greenlet, which may block (see :meth:`wait_time`)."""
         if self.swarm.drop_due():
             self.swarm.mass_drop()
         if self.sock is None or not self.sock.connected:
@@ -384,28 +485,28 @@ class Player(User):
         scenario = self.swarm.scenario
         if scenario == "idle":
             return
-        if scenario == "storm":
-            epoch = int(time.time() // self.swarm.drop_every)
-            if epoch != self.drop_epoch:
-                self.drop_epoch = epoch
-                self.sock.drop()
-                self.sock = None
-                gevent.sleep(random.uniform(0, self.swarm.reconnect_delay))
-                self.reconnect()
-                return
-        self.check_silence()
-        if scenario == "churn" and self.moves and self.moves % self.swarm.churn_every == 0:
+        now = time.time()
+        if scenario == "storm" and self.storm_due(now):
+            self.drop_epoch = int(now // self.swarm.drop_every)
+            self.cut_sock = self.sock  # its moves in flight are cut off on purpose
+            self.sock.drop()
+            self.sock = None
+            gevent.sleep(random.uniform(0, self.swarm.reconnect_delay))
+            self.reconnect()
+            return
+        self.check_silence(now)
+        if scenario == "churn" and self.churn_due():
             self.moves += 1
             self.change_room()
             return
-        self.move()
+        self.move(now)
 
-    def check_silence(self) -> None:
+    def check_silence(self, now: float) -> None:
         """A player that moves gets at least its own moves back: a long silence is a failure."""
         if self.silent or self.room not in self.last_seq or self.joining:
             return
-        quiet = time.monotonic() - self.last_event_at
-        if quiet > max(5.0, 5 * self.period()):
+        quiet = now - self.last_event_at
+        if quiet > max(5.0, 5 * self.period_s):
             self.silent = True
             self.record("silent", None, ms=quiet * 1000, exc=Silent(f"no move event for over {quiet:.0f} s"))
 
@@ -437,9 +538,9 @@ class Player(User):
         self.record("join", started)
         self.room = room
         self.last_seq[room] = int(ack.get("seq", 0))
-        self.last_event_at = time.monotonic()
-        for event in early:
-            self.on_move(event)
+        self.last_event_at = time.time()
+        for event, at, second in early:
+            self.take_move(event, at, second)
 
     def change_room(self) -> None:
         assert self.sock is not None
@@ -454,65 +555,102 @@ class Player(User):
         others = [i for i in range(self.swarm.rooms) if self.swarm.room_name(i) != self.room]
         self.join(self.swarm.room_name(random.choice(others)) if others else self.room)
 
-    def move(self) -> None:
+    def move(self, now: float) -> None:
+        """Send a move at Unix time ``now``: its ack is recorded when it comes, by the reader
+        (:meth:`move_acked`), so nobody waits on it."""
         sock = self.sock
         assert sock is not None
+        if self.moves_in_flight:
+            self.expire_moves(sock, now)
         self.moves += 1
-        action = {"t": time.time() * 1000, "n": self.moves}
-        started = time.perf_counter()
+        action = {"t": now * 1000, "n": self.moves}
         try:
-            pending = sock.emit("move", {"room": self.room, "action": action})
-            try:
-                ack = sock.wait(pending)
-            except GreenletExit:
-                # Locust can stop a player just as it wakes up for a move; the gateway may
-                # already have it, so its ack is recorded before the player goes.
-                self.record_move(started, sock.wait(pending, 2.0))
-                raise
-        except (Closed, gevent.Timeout) as exc:
-            if isinstance(exc, Closed) and sock is self.cut_sock:
-                return  # --drop-at cut this ack off on purpose: neither a success nor a failure
-            self.record("move", started, exc=Closed(str(exc) or type(exc).__name__))
+            ack_id = sock.emit_cb("move", {"room": self.room, "action": action}, self.move_acked)
+        except Closed as exc:
+            if sock is not self.cut_sock:
+                self.record("move", None, ms=0.0, exc=Closed(str(exc)))
             return
-        self.record_move(started, ack)
+        self.moves_in_flight[ack_id] = (now, sock)
 
-    def record_move(self, started: float, ack: Any) -> None:
-        self.record("move", started, exc=None if ack and ack.get("ok") else AckError(_code(ack)))
+    def move_acked(self, ack_id: int, ack: Any, exc: Exception | None, now: float) -> None:
+        sent, sock = self.moves_in_flight.pop(ack_id, (now, None))
+        ms = (now - sent) * 1000
+        if exc is not None:
+            if sock is not self.cut_sock:  # a cut on purpose (storm, --drop-at): neither success nor failure
+                self.record("move", None, ms=ms, exc=Closed(str(exc) or type(exc).__name__))
+        elif isinstance(ack, dict) and ack.get("ok"):
+            MOVE_ACKS.add(ms, now, int(now))
+        else:
+            self.record("move", None, ms=ms, exc=AckError(_code(ack)))
 
-    # -- server events (in the connection's reader greenlet) ---------------------------------
+    def expire_moves(self, sock: GameSocket, now: float) -> None:
+        """Moves unanswered for the client's timeout fail as a timed-out wait did."""
+        for ack_id, (sent, owner) in list(self.moves_in_flight.items()):
+            if now - sent > sock.timeout_s:
+                del self.moves_in_flight[ack_id]
+                owner.forget(ack_id)
+                self.record("move", None, ms=(now - sent) * 1000, exc=Closed("Timeout"))
 
-    def on_event(self, name: str, data: Any) -> None:
-        if name == "move" and isinstance(data, dict):
-            room = data.get("room")
-            pending = self.joining.get(room)  # type: ignore[arg-type]
+    # -- server events (in the process's reactor greenlet, see .reactor) -----------------------
+
+    def on_move(self, data: Any, now: float, second: int) -> None:
+        """A ``move`` event, read at Unix time ``now`` (``second`` is ``int(now)``). (Reading its seq
+        and send time out of the raw frame instead of parsing it with orjson measured no faster.)"""
+        if self.joining and isinstance(data, dict):
+            pending = self.joining.get(data.get("room"))  # type: ignore[arg-type]
             if pending is not None:
-                pending.append(data)
-            else:
-                self.on_move(data)
+                pending.append((data, now, second))
+                return
+        self.take_move(data, now, second)
 
-    def on_move(self, data: dict[str, Any]) -> None:
+    def take_move(self, data: Any, now: float, second: int) -> None:
+        """Check the event's seq and record its latency: in bulk when it is in order and live (nearly
+        always), else through Locust's request event with its failure (see :mod:`.bulkstats`)."""
+        try:  # the usual event: the next of a room this player is in, one of ours, live
+            room, seq, sent = data["room"], data["seq"], data["action"]["t"]
+            prev = self.last_seq[room]
+        except (TypeError, KeyError):
+            pass
+        else:
+            if seq == prev + 1 and type(seq) is int and type(sent) is float and sent >= self.replay_before_ms:
+                self.last_seq[room] = seq
+                self.last_event_at = now
+                self.silent = False
+                now_ms = now * 1000
+                BROADCASTS.add(now_ms - sent if now_ms > sent else 0.0, now, second)
+                return
+        if not isinstance(data, dict):
+            return
         room, seq = data.get("room"), data.get("seq")
         last = self.last_seq.get(room)  # type: ignore[arg-type]
         if last is None or not isinstance(seq, int):
             return  # a room this player has left
-        self.last_event_at = time.monotonic()
+        self.last_event_at = now
         self.silent = False
-        now_ms = time.time() * 1000
+        now_ms = now * 1000
         action = data.get("action")
         sent = action.get("t") if isinstance(action, dict) else None
-        latency = now_ms - sent if isinstance(sent, (int, float)) else 0.0
+        if not isinstance(sent, (int, float)):
+            sent = now_ms  # not one of ours: no latency to tell
+        latency = now_ms - sent if now_ms > sent else 0.0
+        if seq == last + 1 and sent >= self.replay_before_ms:
+            self.last_seq[room] = seq  # type: ignore[index]
+            BROADCASTS.add(latency, now, second)
+            return
         exc: Exception | None = None
         if seq != last + 1:
             exc = SeqError(f"gap: expected {last + 1}" if seq > last else "repeat")
         if seq > last:
             self.last_seq[room] = seq  # type: ignore[index]
-        name = "replayed" if isinstance(sent, (int, float)) and sent < self.replay_before_ms else "broadcast"
-        self.record(name, None, ms=max(0.0, latency), exc=exc)
+        name = "replayed" if sent < self.replay_before_ms else "broadcast"
+        self.record(name, None, ms=latency, exc=exc)
 
     def on_close(self, reason: Any) -> None:
         code = reason.get("reason") if isinstance(reason, dict) else str(reason)
         self.lost = reason
         self.record("lost", None, ms=0, exc=Lost(str(code)))
+        if self.swarm.scenario == "idle":
+            self.wake.set()  # it has no tick to notice: reconnect now
 
 
 def _code(ack: Any) -> str:
@@ -663,6 +801,7 @@ def _progress_loop(environment: Environment, path: str) -> None:
             wait = min(next_line - time.monotonic(), windows.next_cut - time.time())
             if wait > 0:
                 gevent.sleep(wait)
+            flush()
             window = windows.close() if windows.due() else None
             if window is None and time.monotonic() < next_line:
                 continue
@@ -729,6 +868,18 @@ def _start_progress(environment: Environment, **_: Any) -> None:
             _progress = gevent.spawn(_progress_loop, environment, path)
 
 
+_flushing: gevent.Greenlet | None = None
+
+
+@events.test_start.add_listener
+def _start_flushing(environment: Environment, **_: Any) -> None:
+    """Locust has just cleared its statistics for this start: what was held belongs to none."""
+    global _flushing
+    BULK.drop()
+    if _flushing is None and not isinstance(environment.runner, MasterRunner):
+        _flushing = gevent.spawn(_flusher)
+
+
 @events.spawning_complete.add_listener
 def _count_peak(user_count: int, **_: Any) -> None:
     """Between two progress lines the page can grow the swarm and stop it again: count each
@@ -740,6 +891,7 @@ def _count_peak(user_count: int, **_: Any) -> None:
 @events.test_stop.add_listener
 def _stopped(environment: Environment, **_: Any) -> None:
     global _stopped_at
+    flush()
     if not isinstance(environment.runner, WorkerRunner) and _started_at and not _stopped_at:
         _stopped_at = time.time()
 
@@ -761,6 +913,7 @@ def _final_stats(environment: Environment, **_: Any) -> None:
     deadline = time.monotonic() + (environment.stop_timeout or 0) + 2
     while runner is not None and runner.user_count > 0 and time.monotonic() < deadline:
         gevent.sleep(0.05)
+    flush()
     if getattr(environment.parsed_options, "csv_prefix", None):
         # Locust's CSV writer rewrites the files every second and only closes them at exit: one
         # more round makes the CSV hold the final figures, as this summary does.

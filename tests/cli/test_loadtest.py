@@ -6,6 +6,7 @@ import asyncio
 import csv
 import itertools
 import json
+import os
 import re
 import shutil
 import signal
@@ -128,6 +129,38 @@ async def test_counts_match_the_gateway_and_the_csv(gateway_factory, tmp_path: P
         assert int(rows[("sio", name)]["Request Count"]) == req[name]["count"]
         assert int(rows[("sio", name)]["Failure Count"]) == 0
     assert Path(f"{prefix}_stats_history.csv").stat().st_size > 0  # noqa: ASYNC240
+
+
+async def test_workers_auto_runs_one_per_cpu_and_shows_each_ones_players_and_cost(gateway_factory,
+                                                                                   tmp_path: Path) -> None:
+    cpus = len(os.sched_getaffinity(0))
+    gw = await gateway_factory()
+    before = await metrics(gw.url)
+    players = 6 * cpus
+    code, report, err = await loadtest(gw.url, "-u", str(players), "-r", "200", "-t", "4s", "--room-size", "3",
+                                       "--move-rate", "2", "--workers", "auto", TMPDIR=str(tmp_path))
+    after = await metrics(gw.url)
+    assert code == 0, err
+    assert report["run"]["workers"] == cpus
+    assert report["loadgen"]["processes"] == cpus + 1  # the master holds no player
+    each = report["loadgen"]["per_process"]
+    assert [w["role"] for w in each] == [f"worker-{i}" for i in range(cpus)]
+    # Locust shares the players out evenly; each worker wrote how many it held
+    assert [w["players"] for w in each] == [6] * cpus
+    assert sorted(w["pid"] for w in each) == sorted(json.loads(f.read_text())["pid"]
+                                                   for f in tmp_path.glob("gamegw-loadtest-*/players-*.json"))  # noqa: ASYNC240
+    for w in each:
+        assert w["cpu_us_per_s_per_player"] > 0 and w["cpu_cores"] > 0, w
+        assert 0 < w["rss_kb_per_player"] <= 400, w
+    req = report["requests"]
+    assert (req["connect"]["count"], req["join"]["count"], report["total"]["failures"]) == (players, players, 0)
+    assert req["move"]["count"] == delta(before, after, "gamegw_moves_total")
+
+
+async def test_workers_must_be_a_count_or_auto() -> None:
+    for bad in ("many", "-1", "65"):
+        code, _, err = await gamectl("loadtest", "--workers", bad)
+        assert code == 2 and "--workers" in err and "auto" in err, (bad, err)
 
 
 async def test_storm_players_drop_and_resume(gateway_factory) -> None:
@@ -363,3 +396,31 @@ async def test_web_port_in_use_is_refused() -> None:
         busy.listen()
         code, _, err = await gamectl("loadtest", "--web", "--web-port", str(busy.getsockname()[1]))
     assert code == 1 and "in use" in err and "--web-port 0" in err
+
+
+async def test_idle_players_hold_their_connections_and_resume_a_drop_at_once(gateway_factory) -> None:
+    """Idle players only answer heartbeats: no moves, and no timer of their own (only the end of
+    a connection wakes one), yet a dropped player resumes at once, not at some later tick."""
+    gw = await gateway_factory(grace_s=10)
+    before = await metrics(gw.url)
+    run = asyncio.create_task(loadtest(gw.url, "-u", "4", "-r", "4", "-t", "6s", "--room-size", "2",
+                                       "--scenario", "idle"))
+    users: list[str] = []
+    deadline = time.monotonic() + 30
+    while len(users) < 4 and time.monotonic() < deadline:
+        await asyncio.sleep(0.3)
+        code, out, _ = await gamectl("connections", "ls", "--json", "--url", gw.url)
+        users = sorted(c["user_id"] for c in json.loads(out)["connections"] if c["rooms"]) if code == 0 else []
+    assert len(users) == 4, users
+    code, out, err = await gamectl("simulate-drop", users[0], "--wait", "5", "--json", "--url", gw.url)
+    assert code == 0, (out, err)
+    assert json.loads(out)["resumed"] is True
+    code, report, err = await run
+    after = await metrics(gw.url)
+    req = report["requests"]
+    assert (req["connect"]["count"], req["connect"]["failures"]) == (4, 0)
+    assert (req["join"]["count"], req["join"]["failures"]) == (4, 0)
+    assert (req["lost"]["count"], req["resume"]["count"], req["resume"]["failures"]) == (1, 1, 0)
+    assert delta(before, after, "gamegw_resumes_total|result=resumed") == 1
+    assert delta(before, after, "gamegw_connects_total") == 5  # the resume is a connect too
+    assert delta(before, after, "gamegw_moves_total") == 0 and req.get("move", {}).get("count", 0) == 0
