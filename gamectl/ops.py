@@ -11,7 +11,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from rich.console import Console
@@ -119,12 +119,15 @@ async def _from_redis(url: str, prefix: str, user: str | None, room: str | None,
     from redis.exceptions import RedisError
 
     from gamegw.server.startup import redis_failure
+    from gamegw.server.state import rcluster
     from gamegw.server.state.keys import Keys
     from gamegw.server.state.registry_redis import RedisRegistry
 
-    redis = Redis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
+    cluster = rcluster.is_cluster_url(url)
+    options: dict[str, Any] = {"decode_responses": True, "socket_timeout": 5, "socket_connect_timeout": 5}
+    redis = cast(Redis, rcluster.client(url, **options)) if cluster else Redis.from_url(url, **options)
     try:
-        registry = RedisRegistry(redis, Keys(prefix), "gamectl")
+        registry = RedisRegistry(redis, Keys(prefix, cluster=cluster), "gamectl")
         conns = await registry.list(user_id=user, room=room, instance_id=instance)
     except (RedisError, OSError) as exc:
         failure = redis_failure(url, exc, setting="--redis")

@@ -16,9 +16,7 @@ from typing import Any
 
 import socketio
 from aiohttp import web
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .auth.revocation import MemoryRevocations, RedisRevocations, Revocations
@@ -41,8 +39,7 @@ from .protocol import jsoncodec
 from .protocol.codes import POLLING_UNAVAILABLE, SHUTDOWN
 from .rules import make_rules
 from .startup import check_redis, listen, redis_failure
-from .state.keys import Keys
-from .state.pipe import RedisPipe
+from .state.clients import open_redis
 from .state.registry import MemoryRegistry, Registry
 from .state.registry_redis import RedisRegistry
 from .state.rooms import MemoryRoomStore, RoomStore
@@ -145,21 +142,13 @@ def create_app(
     redis: Redis | None = None
     bus: Bus
     if settings.redis_url:
-        # A bounded pool: under load, commands wait for a connection (up to redis_timeout_s)
-        # instead of opening one connection per concurrent player.
-        pool = BlockingConnectionPool.from_url(
-            settings.redis_url, decode_responses=True, max_connections=settings.redis_max_connections,
-            timeout=settings.redis_timeout_s, socket_timeout=settings.redis_timeout_s,
-            socket_connect_timeout=settings.redis_timeout_s,
-            # one immediate retry (a pooled connection that died with a restarted Redis), not
-            # redis-py's default of three with backoff, which hides an outage for seconds
-            retry=Retry(NoBackoff(), 1))
-        redis = Redis.from_pool(pool)  # the client owns the pool: aclose() closes its connections
-        keys = Keys(settings.redis_prefix)
+        redis, keys, pipe = open_redis(settings.redis_url, settings.redis_prefix,
+                                       max_connections=settings.redis_max_connections,
+                                       timeout_s=settings.redis_timeout_s)
         redis_registry = RedisRegistry(redis, keys, settings.instance_id)
         redis_rooms = RedisRoomStore(redis, keys, rules, instance_id=settings.instance_id,
                                      log_size=settings.move_log_size, max_members=settings.max_room_members,
-                                     pipe=RedisPipe(settings.redis_url, timeout_s=settings.redis_timeout_s))
+                                     pipe=pipe)
         registry, rooms = redis_registry, redis_rooms
         sessions: SessionStore = RedisSessionStore(redis, keys)
         revocations: Revocations = RedisRevocations(redis, keys, ttl_s=settings.jwt_max_lifetime_s,

@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 
 from .. import games
 from .protocol.errors import ConfigError
+from .state import rcluster
 
 ENV_PREFIX = "GAMEGW_"
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
@@ -333,6 +334,10 @@ REDIS_URL_FORMS = "redis://[user:password@]host:port/db, rediss://... (TLS) or u
 
 def check_redis_url(name: str, url: str) -> None:
     """A URL redis-py can open, or a :class:`ConfigError` naming ``name`` and the accepted forms."""
+    if rcluster.is_cluster_url(url):
+        if (why := rcluster.problem(url)) is not None:
+            raise ConfigError(f"{name}: {redacted(url)!r}: {why}", hint=f"use {rcluster.FORMS}")
+        return
     try:
         parsed = urlparse(url)
         parsed.port  # noqa: B018  (raises on a bad port)

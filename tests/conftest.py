@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,13 +21,16 @@ from typing import Any
 
 import aiohttp
 import pytest
-import redis as redis_sync
 import socketio
 from aiohttp import web
 
 from gamegw.server.app import create_app, server_options
 from gamegw.server.auth.tokens import mint
 from gamegw.server.config import Settings, load_settings
+
+from .redis_servers import TOPOLOGY, RedisClusterServer, RedisServer, free_port
+
+__all__ = ["RedisServer", "free_port"]  # imported from here by the tests
 
 TEST_SECRET = "test-secret-0123456789-0123456789-abcdef"
 
@@ -64,54 +65,11 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5, i
         await asyncio.sleep(interval)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RedisServer:
-    """A real redis-server on a free port, which a test may stop and start again."""
-
-    def __init__(self, workdir: Path, *, persist: bool = False) -> None:
-        self.persist = persist  # an append-only file, so that a restart brings the data back
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
-        self.binary = binary
-        self.port = free_port()
-        self.workdir = workdir
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis_sync.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis_sync.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-            finally:
-                client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-
-
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer | RedisClusterServer]:
+    """The tests' Redis: one redis-server, or a three-master cluster with GAMEGW_TEST_TOPOLOGY=cluster."""
+    folder = tmp_path_factory.mktemp("redis")
+    server = RedisClusterServer(folder) if TOPOLOGY == "cluster" else RedisServer(folder)
     server.start()
     yield server
     server.stop()

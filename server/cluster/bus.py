@@ -36,8 +36,10 @@ from redis.exceptions import RedisError
 
 from ..logs import log, stop_task
 from ..metrics import Metrics
+from ..state import rcluster
 from ..state.keys import Keys
 from ..state.rooms import MoveEvent
+from ..state.shards import ShardSubscriber
 from ..state.subscriber import SUBSCRIBED, subscribe
 from ..transport.manager import GameManager
 
@@ -108,7 +110,10 @@ class RedisBus:
         self._instance_id = instance_id
         self._manager = manager
         self._metrics = metrics
-        self._emit = redis.register_script(EMIT)
+        self._emit = redis.register_script(rcluster.sharded(EMIT) if keys.cluster else EMIT)
+        # cluster: room traffic on the rooms' own channels, each SSUBSCRIBEd on its shard
+        self.shards = ShardSubscriber(redis, url, timeout_s=timeout_s, on_messages=self._handle_batch,
+                                      on_lost=self._shard_lost) if keys.cluster else None
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -227,7 +232,17 @@ class RedisBus:
     async def emit_room(self, room: str, event: str, data: Any, skip_sid: str | None = None) -> None:
         text = self._manager.encode(NAMESPACE, event, data)[0].data
         message = f"E{room}\n{skip_sid or ''}\n{text}"
-        await self._emit(keys=[self._k.room(room, "insts")], args=[self._k.channel_prefix, message])
+        keys = [self._k.room(room, "insts")] + ([self._k.room_channel(room)] if self._k.cluster else [])
+        await self._emit(keys=keys, args=[self._k.channel_prefix, message])
+
+    async def _handle_batch(self, batch: list[str]) -> None:
+        for message in batch:
+            await self._handle(message)
+
+    def _shard_lost(self) -> None:
+        """A shard's room channels missed messages: the same recovery as a lost listener."""
+        if self.on_resubscribed is not None:
+            self.on_resubscribed()
 
     async def request(self, instance_id: str, body: dict[str, Any], timeout: float) -> dict[str, Any] | None:
         """Ask another instance to act; its answer, or None if it did not answer in time."""
@@ -279,6 +294,8 @@ class RedisBus:
         if not self.subscribed.is_set():
             await self._restart()
             await asyncio.wait_for(self.subscribed.wait(), self._timeout_s)
+        if self.shards is not None:
+            await self.shards.settled()
 
     async def _store_reachable(self) -> bool:
         try:
@@ -365,6 +382,8 @@ class RedisBus:
             await stop_task(self._task)
         for task in list(self._background):
             await stop_task(task)
+        if self.shards is not None:
+            await self.shards.aclose()
 
 
 def _consume(task: asyncio.Future[Any]) -> None:

@@ -33,6 +33,7 @@ from ..logs import log, stop_task
 from ..metrics import Sampler
 from ..protocol import codes
 from ..protocol.codes import Disconnect, LeftReason
+from ..state import rcluster
 from ..state.keys import Keys
 
 if TYPE_CHECKING:
@@ -122,6 +123,7 @@ class RedisCluster:
         bus.on_control = self._on_control
         bus.on_resubscribed = self._lost_redis
         bus.rooms = rooms
+        rooms.shards = bus.shards
         rooms.on_offline_move = bus.deliver_local
         rooms.on_room_left = bus.forget_room
 
@@ -199,7 +201,7 @@ class RedisCluster:
         ids = sorted(await self._r.smembers(self._k.instances))
         if not ids:
             return []
-        raws = await self._r.mget([self._k.alive(i) for i in ids])
+        raws = await rcluster.mget(self._r, [self._k.alive(i) for i in ids])
         out = []
         for iid, raw in zip(ids, raws, strict=True):
             info = orjson.loads(raw) if raw else {"instance": iid}

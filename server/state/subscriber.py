@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import ssl
 from collections.abc import AsyncIterator
 from urllib.parse import unquote, urlparse
 
 import hiredis
+
+from . import rcluster
 
 SUBSCRIBED = ""  # yielded once the subscription is confirmed (no published message is empty)
 
@@ -35,21 +38,37 @@ def command(*args: str) -> bytes:
     return b"".join(out)
 
 
-async def subscribe(url: str, channel: str, *, timeout_s: float) -> AsyncIterator[list[str]]:
-    """Yield batches of the messages published to ``channel``; raise when the connection fails."""
-    parsed = urlparse(url)
-    if parsed.scheme == "unix":
-        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(parsed.path), timeout_s)
-    else:
-        context = ssl.create_default_context() if parsed.scheme == "rediss" else None
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(parsed.hostname, parsed.port or 6379, ssl=context), timeout_s)
-    parser = hiredis.Reader(encoding="utf-8", errors="replace")
-    try:
+async def open_connection(url: str, timeout_s: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw connection to ``url``, AUTHenticated when it has a password (the reply is the
+    caller's first). A cluster URL: the first of its seed nodes that accepts, from a random one."""
+    candidates = rcluster.node_urls(url)
+    start = random.randrange(len(candidates))
+    for i, candidate in enumerate(candidates[start:] + candidates[:start]):
+        parsed = urlparse(candidate)
+        try:
+            if parsed.scheme == "unix":
+                opened = asyncio.open_unix_connection(parsed.path)
+            else:
+                context = ssl.create_default_context() if parsed.scheme == "rediss" else None
+                opened = asyncio.open_connection(parsed.hostname, parsed.port or 6379, ssl=context)
+            reader, writer = await asyncio.wait_for(opened, timeout_s)
+        except OSError:
+            if i == len(candidates) - 1:
+                raise
+            continue
         if parsed.password:
             # the two-argument form, as redis-py sends it (HELLO 3 AUTH): Redis accepts any
             # password for a user without one, and the one-argument form would be refused
             writer.write(command("AUTH", unquote(parsed.username or "") or "default", unquote(parsed.password)))
+        return reader, writer
+    raise ConnectionError("no Redis node to connect to")
+
+
+async def subscribe(url: str, channel: str, *, timeout_s: float) -> AsyncIterator[list[str]]:
+    """Yield batches of the messages published to ``channel``; raise when the connection fails."""
+    reader, writer = await open_connection(url, timeout_s)
+    parser = hiredis.Reader(encoding="utf-8", errors="replace")
+    try:
         writer.write(command("SUBSCRIBE", channel))
         await writer.drain()
         while True:
