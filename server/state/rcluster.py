@@ -45,9 +45,13 @@ def nodes(url: str) -> list[tuple[str, int]]:
     out = []
     for part in hosts:
         parsed = urlparse("redis://" + part)
-        if not parsed.hostname or parsed.port is None:
+        try:
+            port = parsed.port
+        except ValueError:
+            port = None
+        if not parsed.hostname or port is None:
             raise ValueError(f"{part!r} is not host:port")
-        out.append((parsed.hostname, parsed.port))
+        out.append((parsed.hostname, port))
     return out
 
 
@@ -99,16 +103,6 @@ async def mget(redis: Any, keys: list[str]) -> list[Any]:
     if isinstance(redis, RedisCluster):
         return list(await redis.mget_nonatomic(keys))
     return list(await redis.mget(keys))
-
-
-def slot(key: str) -> int:
-    """The hash slot of ``key`` (its hash tag's, when it has one)."""
-    start = key.find("{")
-    if start >= 0:
-        end = key.find("}", start + 1)
-        if end > start + 1:
-            key = key[start + 1:end]
-    return binascii.crc_hqx(key.encode(), 0) % 16384
 
 
 def bucket(user_id: str) -> str:
