@@ -94,10 +94,16 @@ class RedisClusterServer:
         self.port = self.nodes[0].port
         hosts = ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
         self.url = f"redis+cluster://{hosts}/0"
+        self.created = False
 
     def start(self) -> None:
+        """Start the masters; the first time, make them a cluster (later, they know it from nodes.conf)."""
         for node in self.nodes:
             node.start()
+        if self.created:
+            self.wait_ok()
+            return
+        self.created = True
         cli = shutil.which("redis-cli")
         if cli is None:
             raise RuntimeError("redis-cli is not on PATH (apt-get install redis-tools)")
@@ -143,3 +149,8 @@ class RedisClusterServer:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+    def wipe(self) -> None:
+        """Lose the data of the stopped masters (their append-only files), not the cluster's layout."""
+        for node in self.nodes:
+            shutil.rmtree(node.workdir / "appendonlydir", ignore_errors=True)
