@@ -70,3 +70,21 @@ def test_peer_bench_hooks_mode_asks_a_local_hook(tmp_path: Path) -> None:
         assert row["delivery_ratio"] == 1 and row["ack_errors"] == 0 and row["moves_acked"] > 0, row
     left = subprocess.run(["pgrep", "-f", "loadtests/hook_server.py"], capture_output=True, text=True)
     assert left.stdout == "", "the hook server outlived the run"
+
+
+@pytest.mark.timeout(300)
+def test_peer_bench_rcluster_mode_runs_over_one_redis_then_a_redis_cluster() -> None:
+    """``peer_bench.sh rcluster``: the gateway's cluster case over one Redis, then over a
+    three-master Redis Cluster the script makes, in one run; every move delivered, in order."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GAMEGW_", "REDIS"))}
+    env.update(PEER_BENCH_DIR="loadtests/peer-bench",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
+    run = subprocess.run(["bash", "loadtests/peer_bench.sh", "rcluster", "--clients", "40", "--seconds", "3"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = {row["name"]: row for row in (json.loads(line) for line in run.stdout.splitlines()
+                                          if line.startswith("{"))}
+    assert set(rows) == {"node", "one", "rcluster"}, run.stdout
+    for name in ("one", "rcluster"):
+        assert rows[name]["instances"] == 2 and rows[name]["delivery_ratio"] == 1, rows[name]
+        assert rows[name]["seq_gaps"] == 0 and rows[name]["ack_errors"] == 0, rows[name]
