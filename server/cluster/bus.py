@@ -124,6 +124,7 @@ class RedisBus:
         self.probe_interval_s = 2.0
         self.rooms: RedisRoomStore | None = None  # for the log (gap filling) and what it learns
         self.on_resubscribed: Callable[[], None] | None = None  # after a lost subscription came back
+        self.on_rooms_lost: Callable[[set[str]], None] | None = None  # cluster: a master lost their channels
         self._delivered: dict[str, int] = {}  # room -> last seq delivered here
         self._filling: dict[str, dict[int, str]] = {}  # room -> moves held while a gap is read
 
@@ -239,10 +240,10 @@ class RedisBus:
         for message in batch:
             await self._handle(message)
 
-    def _shard_lost(self) -> None:
-        """A shard's room channels missed messages: the same recovery as a lost listener."""
-        if self.on_resubscribed is not None:
-            self.on_resubscribed()
+    def _shard_lost(self, channels: set[str]) -> None:
+        """A master went away with these room channels: their rooms recover as after an outage."""
+        if self.on_rooms_lost is not None:
+            self.on_rooms_lost({self._k.room_of_channel(c) for c in channels})
 
     async def request(self, instance_id: str, body: dict[str, Any], timeout: float) -> dict[str, Any] | None:
         """Ask another instance to act; its answer, or None if it did not answer in time."""

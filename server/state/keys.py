@@ -120,6 +120,10 @@ class Keys:
     def room_channel(self, room: str) -> str:
         return self.room(room, "ch")
 
+    def room_of_channel(self, channel: str) -> str:
+        """The room of a ``{p}:room:{{r}}:ch`` channel."""
+        return channel[len(self.p) + len(":room:{"):-len("}:ch")]
+
     def channel(self, instance_id: str) -> str:
         return f"{self.p}:ch:{instance_id}"
 

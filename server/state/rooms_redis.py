@@ -229,6 +229,7 @@ class RedisRoomStore:
         self._last_seq: dict[str, int] = {}  # room -> the highest seq its joins and moves here returned
         self._offline: dict[str, list[MoveEvent]] = {}  # moves accepted while Redis was away
         self.down = False  # Redis failed us and nothing has been re-asserted since
+        self.down_rooms: set[str] = set()  # cluster mode: the rooms whose shard failed us (the others play on)
         self.on_offline_move: Callable[[str, MoveEvent], Awaitable[None]] | None = None
         self.on_room_left: Callable[[str], None] | None = None  # the last local member detached
         fan_out = rcluster.sharded if keys.cluster else str  # cluster: SPUBLISH to the room's channel
@@ -361,12 +362,15 @@ class RedisRoomStore:
         return await self._move(keys=keys, args=args)
 
     async def move(self, room: str, user_id: str, action: dict[str, Any], action_json: str, ts: int) -> MoveEvent:
-        if self.down or room in self._offline:
+        if self.down or room in self.down_rooms or room in self._offline:
             return await self._move_offline(room, user_id, action, action_json, ts)
         try:
             return await self._move_online(room, user_id, action, action_json, ts)
         except (RedisError, OSError, TimeoutError):
-            self.down = True
+            if self._k.cluster:
+                self.down_rooms.add(room)
+            else:
+                self.down = True
             return await self._move_offline(room, user_id, action, action_json, ts)
 
     async def _move_online(self, room: str, user_id: str, action: dict[str, Any], action_json: str,
@@ -399,7 +403,7 @@ class RedisRoomStore:
         return MoveEvent(seq, prefix + str(seq) + move_suffix(user_id, action_json, ts))
 
     async def publish(self, room: str, user_id: str, action_json: str, ts: int) -> MoveEvent | None:
-        if self.down or room in self._offline:
+        if self.down or room in self.down_rooms or room in self._offline:
             # the room's seq is this instance's own until reassert() writes it back
             raise StoreUnavailable()
         keys = self._k.room_keys(room)[:4] + self._channel(room)
@@ -470,6 +474,7 @@ class RedisRoomStore:
             self._offline.pop(room, None)
             written[room] = len(offline)
         self.down = False
+        self.down_rooms.clear()
         return written
 
     async def events_after(self, room: str, after_seq: int) -> tuple[list[MoveEvent], bool]:

@@ -5,7 +5,7 @@ that holds the room and the instances that subscribed to it.
 :meth:`ShardSubscriber.subscribe` returns once the master confirmed the subscription: whatever a
 script publishes to the channel after that reaches us. A master that goes away (or moves a slot
 away: Redis then unsubscribes us itself) loses its channels' messages until they are subscribed
-again; ``on_lost`` is called at once, so that the owner catches up from the rooms' logs, and the
+again; ``on_lost`` is called at once with them, so that the owner catches up from the rooms' logs, and the
 channels are subscribed again in the background (:meth:`settled` waits for that).
 """
 
@@ -39,7 +39,7 @@ class _Node:
 
 class ShardSubscriber:
     def __init__(self, redis: Any, url: str, *, timeout_s: float,
-                 on_messages: Callable[[list[str]], Awaitable[None]], on_lost: Callable[[], None]) -> None:
+                 on_messages: Callable[[list[str]], Awaitable[None]], on_lost: Callable[[set[str]], None]) -> None:
         self._redis = redis  # a redis.asyncio.cluster.RedisCluster: its slot map says where a channel lives
         self._url = url
         self._timeout_s = timeout_s
@@ -164,7 +164,7 @@ class ShardSubscriber:
     def _lose(self, channels: set[str]) -> None:
         self._unsettled |= channels
         self._calm.clear()
-        self._on_lost()
+        self._on_lost(channels)
         task = asyncio.create_task(self._again(channels), name="gamegw-shard-resubscribe")
         self._retrying.add(task)
         task.add_done_callback(self._retrying.discard)

@@ -97,6 +97,8 @@ async def test_rooms_on_three_masters_span_two_instances_over_sharded_pubsub(own
 
 
 async def test_one_master_restarted_under_play(own_cluster, gateways, players):
+    """The rooms of the other masters play on; the restarted master's room answers unavailable
+    (it spans the instances), then plays again with no move lost, repeated or out of order."""
     a_gw, b_gw = await gateways(2, redis_timeout_s=0.5, grace_s=30)
     rooms = rooms_on_every_master(own_cluster)
     table = Table(players)
@@ -120,5 +122,10 @@ async def test_one_master_restarted_under_play(own_cluster, gateways, players):
     figures = table.check_sequences()
     print({s.user: (s.room, len(s.acked), dict(s.errors)) for s in table.seats}, figures)
     assert figures["moves_acked"] > 50, figures
+    for seat in table.seats:  # the rooms of the other masters played on; the restarted one's waited
+        if seat.room == rooms[0]:
+            assert seat.errors["unavailable"] > 0 and seat.errors["no_ack"] == 0, seat.errors
+        else:
+            assert not seat.errors, (seat.room, seat.errors)
     for seat in table.seats:
         assert seat.player.client.connected, f"{seat.user} lost its connection"
