@@ -20,7 +20,9 @@ import re
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from redis._parsers.commands import AsyncCommandsParser
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ConnectionError
 
 SCHEMES = ("redis+cluster", "valkey+cluster")
 FORMS = "redis+cluster://[user:password@]host1:port1[,host2:port2...]/0"
@@ -88,7 +90,43 @@ def client(url: str, **options: Any) -> RedisCluster:
         options["username"] = unquote(user) or None
         options["password"] = unquote(password) or None
     startup = [ClusterNode(h, p) for h, p in nodes(url)]
-    return RedisCluster(startup_nodes=startup, **options)
+    cluster = _Cluster(startup_nodes=startup, **options)
+    cluster.commands_parser = _CommandTable()
+    return cluster
+
+
+class _Cluster(RedisCluster):
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        # redis-py closes every node's connections when a slot map refresh fails (a master just
+        # went away), also one another call is still opening: that call fails with an
+        # AttributeError. Its command was not sent yet: once more, on a new connection.
+        for attempt in (1, 2):
+            try:
+                return await super().execute_command(*args, **kwargs)
+            except AttributeError as exc:
+                if attempt == 2 or not _while_connecting(exc):
+                    raise ConnectionError(f"the connection was closed under the call ({exc})") from exc
+        raise AssertionError("unreachable")
+
+
+def _while_connecting(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while a connection was being set up (before any command went)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "on_connect_check_health":
+            return True
+        tb = tb.tb_next
+    return False
+
+
+class _CommandTable(AsyncCommandsParser):
+    """The command table, read once. redis-py reads it again, from the first master, whenever
+    it refreshes its slot map after a failed call: with that master down, every call to the
+    other masters would fail too (a restarted master stopped every room, not only its own)."""
+
+    async def initialize(self, node: ClusterNode | None = None) -> None:
+        if not self.commands:
+            await super().initialize(node)
 
 
 def credentials(url: str) -> tuple[str, str] | None:
