@@ -61,6 +61,11 @@ class RedisServer:
     def extra_args(self) -> list[str]:
         return []
 
+    @property
+    def ports(self) -> list[int]:
+        """Every redis-server's port (one here)."""
+        return [self.port]
+
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
@@ -149,6 +154,10 @@ class RedisClusterServer:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+    @property
+    def ports(self) -> list[int]:
+        return [n.port for n in self.nodes]
 
     def wipe(self) -> None:
         """Lose the data of the stopped masters (their append-only files), not the cluster's layout."""

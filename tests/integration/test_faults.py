@@ -184,10 +184,6 @@ def wipe(server: RedisServer | RedisClusterServer) -> None:
     server.workdir.mkdir()
 
 
-def ports(server: RedisServer | RedisClusterServer) -> list[int]:
-    """Every redis-server of ``server``."""
-    return [n.port for n in server.nodes] if isinstance(server, RedisClusterServer) else [server.port]
-
 
 @pytest.mark.parametrize("comes_back", ["with_data", "empty"])
 async def test_redis_stopped_for_5s_under_load(process_factory, players, own_redis, comes_back: str) -> None:
@@ -303,7 +299,7 @@ async def test_pubsub_connections_killed_under_load(process_factory, players, ow
     await asyncio.sleep(1.5)
     killed = time.monotonic()
     count = 0
-    for port in ports(own_redis):
+    for port in own_redis.ports:
         killer = redis_sync.Redis(port=port)
         try:
             count += killer.client_kill_filter(_type="pubsub")
