@@ -66,6 +66,17 @@ class RedisServer:
         """Every redis-server's port (one here)."""
         return [self.port]
 
+    def kill_pubsub(self) -> int:
+        """``CLIENT KILL TYPE pubsub`` on every redis-server; how many connections it cut."""
+        killed = 0
+        for port in self.ports:
+            killer = redis_sync.Redis(port=port)
+            try:
+                killed += int(killer.client_kill_filter(_type="pubsub"))
+            finally:
+                killer.close()
+        return killed
+
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
@@ -88,6 +99,8 @@ class ClusterNode(RedisServer):
 
 
 class RedisClusterServer:
+    kill_pubsub = RedisServer.kill_pubsub
+
     """Three masters (no replicas) covering the 16384 slots; ``url`` is ``redis+cluster://a,b,c/0``."""
 
     def __init__(self, workdir: Path, *, masters: int = 3, persist: bool = False) -> None:
