@@ -35,14 +35,7 @@ def test_the_copy_is_the_shipped_peer_bench() -> None:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("mode", ["single", "cluster"])
 def test_peer_bench_runs_from_the_clone(mode: str, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GAMEGW_", "REDIS"))}
-    env.update(PEER_BENCH_DIR="loadtests/peer-bench", BARE="0",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
-    run = subprocess.run(["bash", "loadtests/peer_bench.sh", mode, "--clients", "40", "--seconds", "3"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    rows = {row["name"]: row for row in (json.loads(line) for line in run.stdout.splitlines()
-                                          if line.startswith("{"))}
+    run, rows = peer_bench(mode, BARE="0")
     assert set(rows) == {"node", "gateway"}, run.stdout
     for row in rows.values():
         assert row["delivery_ratio"] == 1, row
@@ -52,19 +45,25 @@ def test_peer_bench_runs_from_the_clone(mode: str, tmp_path: Path) -> None:
     assert "(1.00x)" in table[1]  # the ratios are to the first candidate, Node
 
 
+def peer_bench(mode: str, **env_overrides: str) -> tuple[subprocess.CompletedProcess[str], dict[str, dict]]:
+    """``peer_bench.sh MODE`` briefly (40 players, 3 s) from the clone: the run and its rows by name."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GAMEGW_", "REDIS"))}
+    env.update(PEER_BENCH_DIR="loadtests/peer-bench", PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+               **env_overrides)
+    run = subprocess.run(["bash", "loadtests/peer_bench.sh", mode, "--clients", "40", "--seconds", "3"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = {row["name"]: row for row in (json.loads(line) for line in run.stdout.splitlines()
+                                          if line.startswith("{"))}
+    return run, rows
+
+
 @pytest.mark.timeout(300)
 def test_peer_bench_hooks_mode_asks_a_local_hook(tmp_path: Path) -> None:
     """``peer_bench.sh hooks``: the Node reference, the gateway without a hook, then with loadtests/hook_server.py on
     every move; with hooks_on_error at its default (deny), a hook that was not reached would
     show as ack errors. The hook server is gone afterwards."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GAMEGW_", "REDIS"))}
-    env.update(PEER_BENCH_DIR="loadtests/peer-bench",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
-    run = subprocess.run(["bash", "loadtests/peer_bench.sh", "hooks", "--clients", "40", "--seconds", "3"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    rows = {row["name"]: row for row in (json.loads(line) for line in run.stdout.splitlines()
-                                          if line.startswith("{"))}
+    run, rows = peer_bench("hooks")
     assert set(rows) == {"node", "nohook", "hook"}, run.stdout  # Node's figure beside every ratio
     for row in rows.values():
         assert row["delivery_ratio"] == 1 and row["ack_errors"] == 0 and row["moves_acked"] > 0, row
@@ -76,14 +75,7 @@ def test_peer_bench_hooks_mode_asks_a_local_hook(tmp_path: Path) -> None:
 def test_peer_bench_rcluster_mode_runs_over_one_redis_then_a_redis_cluster() -> None:
     """``peer_bench.sh rcluster``: the gateway's cluster case over one Redis, then over a
     three-master Redis Cluster the script makes, in one run; every move delivered, in order."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GAMEGW_", "REDIS"))}
-    env.update(PEER_BENCH_DIR="loadtests/peer-bench",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
-    run = subprocess.run(["bash", "loadtests/peer_bench.sh", "rcluster", "--clients", "40", "--seconds", "3"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    rows = {row["name"]: row for row in (json.loads(line) for line in run.stdout.splitlines()
-                                          if line.startswith("{"))}
+    run, rows = peer_bench("rcluster")
     assert set(rows) == {"node", "one", "rcluster"}, run.stdout
     for name in ("one", "rcluster"):
         assert rows[name]["instances"] == 2 and rows[name]["delivery_ratio"] == 1, rows[name]
