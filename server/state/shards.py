@@ -56,6 +56,14 @@ class ShardSubscriber:
     async def subscribe(self, channel: str) -> None:
         """Subscribe on the channel's master; raise if it cannot be done within the timeout."""
         self._wanted.add(channel)
+        try:
+            await self._subscribe(channel)
+        except BaseException:
+            if channel not in self._unsettled:  # a first subscription: nobody waits for it now
+                self._wanted.discard(channel)
+            raise
+
+    async def _subscribe(self, channel: str) -> None:
         for attempt in range(3):
             target = self._redis.get_node_from_key(channel)
             node = await self._node((target.host, int(target.port)))
@@ -69,6 +77,9 @@ class ShardSubscriber:
                     raise ConnectionError(f"the slot of {channel!r} keeps moving") from None
                 await self._redis.nodes_manager.initialize()  # a fresh slot map, then again
                 continue
+            if channel not in self._wanted:  # unsubscribed meanwhile (a resubscription's race)
+                node.writer.write(command("SUNSUBSCRIBE", channel))
+                return
             node.channels.add(channel)
             self._unsettled.discard(channel)
             self._check_calm()
@@ -104,8 +115,10 @@ class ShardSubscriber:
             url = rcluster.node_url(self._url, *address)
             reader, writer = await open_connection(url, self._timeout_s)
             node = _Node(writer)
-            if rcluster.credentials(self._url) is not None:
-                node.pending.append(("", asyncio.get_running_loop().create_future()))  # AUTH's reply
+            if rcluster.credentials(self._url) is not None:  # AUTH's reply comes first
+                auth: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                auth.add_done_callback(_refused)
+                node.pending.append(("", auth))
             node.task = asyncio.create_task(self._read(address, node, reader), name="gamegw-shard-reader")
             self._nodes[address] = node
             return node
@@ -174,7 +187,7 @@ class ShardSubscriber:
         while channels := channels & self._wanted:
             for channel in sorted(channels):
                 with contextlib.suppress(Exception):
-                    await self.subscribe(channel)
+                    await self._subscribe(channel)
             channels = channels & self._unsettled
             if channels:
                 await asyncio.sleep(backoff)
@@ -195,6 +208,12 @@ class ShardSubscriber:
                 with contextlib.suppress(BaseException):
                     await node.task
         self._nodes.clear()
+
+
+def _refused(auth: asyncio.Future[None]) -> None:
+    """A refused AUTH: its error is logged here (the subscriptions behind it fail on their own)."""
+    if not auth.cancelled() and auth.exception() is not None:
+        log(logger, "shard_auth_refused", logging.WARNING, error=str(auth.exception()))
 
 
 class _Moved(ConnectionError):
