@@ -336,12 +336,9 @@ REDIS_URL_FORMS = FORMS
 def check_redis_url(name: str, url: str) -> None:
     """A URL the gateway can open, or a :class:`ConfigError` naming ``name`` and the accepted forms."""
     try:
-        target = parse_redis_url(url)
+        parse_redis_url(url)
     except ValueError as exc:
         raise ConfigError(f"{name}: {redacted(url)!r} {exc}", hint=f"use {REDIS_URL_FORMS}") from None
-    if target.kind == "cluster":  # the place for Redis Cluster (redis+cluster://), not served by this build
-        raise ConfigError(f"{name}: {redacted(url)!r}: Redis Cluster is not supported by this build",
-                          hint="use one Redis or Sentinel: " + REDIS_URL_FORMS)
 
 
 def redacted(url: str) -> str:
