@@ -13,6 +13,8 @@ import pytest
 import redis as redis_sync
 
 from gamegw.server.config import load_settings
+from gamegw.server.state.redis_link import RedisLink, command, read_reply
+from gamegw.server.state.redis_url import parse_redis_url
 from tests.conftest import TEST_SECRET, Gateway, eventually, start_gateway
 from tests.integration.test_faults import Table, registry
 from tests.redis_servers import RedisClusterServer
@@ -131,3 +133,32 @@ async def test_one_master_restarted_under_play(own_cluster, gateways, players):
             assert not seat.errors and len(during) > 3, (seat.room, seat.errors, len(during))
     for seat in table.seats:
         assert seat.player.client.connected, f"{seat.user} lost its connection"
+
+
+async def test_a_cluster_with_a_password_plays_and_its_masters_are_not_one_server(own_cluster, gateways, players):
+    """The raw connections (the control listener on a seed node, each master's SSUBSCRIBE
+    connection) AUTH through RedisLink; a cluster's masters have run_ids of their own, which
+    must not read as a Redis that changed. Kills the mutants that send no AUTH to a named master
+    (PING answers NOAUTH) and that compare run_ids on a cluster (ServerChanged at the second
+    master)."""
+    rooms = rooms_on_every_master(own_cluster)
+    for node in own_cluster.nodes:
+        with redis_sync.Redis(port=node.port) as admin:
+            admin.config_set("requirepass", "s3cret")
+    url = own_cluster.url.replace("redis+cluster://", "redis+cluster://:s3cret@")
+    link = RedisLink(parse_redis_url(url), timeout_s=2)
+    for node in own_cluster.nodes:  # every master in turn, on one link
+        reader, writer, parser = await link.open(("127.0.0.1", node.port))
+        writer.write(command("PING"))
+        assert await read_reply(reader, parser, 2) == "PONG"
+        writer.close()
+        await writer.wait_closed()
+    a_gw, b_gw = await gateways(2, redis_url=url)
+    a = await players(a_gw.url, a_gw.token("alice"))
+    b = await players(b_gw.url, b_gw.token("bob"))
+    for room in rooms:
+        assert (await a.call("join", {"room": room}))["ok"]
+        assert (await b.call("join", {"room": room}))["ok"]
+        assert (await a.call("move", {"room": room, "action": {}}))["seq"] == 1
+    moves = await b.wait_for("move", 3)
+    assert sorted((m["room"], m["seq"]) for m in moves) == sorted((room, 1) for room in rooms)
