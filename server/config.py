@@ -388,6 +388,10 @@ def validate(s: Settings) -> None:
         raise ConfigError("jwt_max_lifetime_s: must be positive")
     if s.redis_url:
         check_redis_url("redis_url", s.redis_url)
+        if s.redis_wait_replicas > 0 and parse_redis_url(s.redis_url).kind == "cluster":
+            # a cluster's moves go through redis-py's cluster client, not the pipe that sends WAIT
+            raise ConfigError("redis_wait_replicas: not with a Redis Cluster (redis+cluster://) in this build",
+                              hint="set it to 0, or use one Redis or Sentinel")
     if s.heartbeat_ttl_s <= s.heartbeat_interval_s:
         raise ConfigError("heartbeat_ttl_s: must be longer than heartbeat_interval_s")
     for name in ("grace_s", "ping_interval_s", "ping_timeout_s", "redis_timeout_s", "heartbeat_interval_s",
