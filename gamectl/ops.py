@@ -118,17 +118,18 @@ async def _from_redis(url: str, prefix: str, user: str | None, room: str | None,
     from redis.exceptions import RedisError
 
     from gamegw.server.startup import redis_failure
+    from gamegw.server.state.clients import redis_client
     from gamegw.server.state.keys import Keys
-    from gamegw.server.state.redis_link import RedisLink, pooled_client
+    from gamegw.server.state.redis_link import RedisLink
     from gamegw.server.state.redis_url import parse_redis_url
     from gamegw.server.state.registry_redis import RedisRegistry
 
     target = parse_redis_url(url)
-    redis = pooled_client(target, max_connections=4, timeout_s=5)  # one Redis, or its Sentinel
+    redis = redis_client(target, max_connections=4, timeout_s=5)  # one Redis, its Sentinel, or a Cluster
     try:
         if target.kind == "sentinel":  # no master: a message naming each sentinel's answer
             await RedisLink(target, timeout_s=5).master()
-        registry = RedisRegistry(redis, Keys(prefix), "gamectl")
+        registry = RedisRegistry(redis, Keys(prefix, cluster=target.kind == "cluster"), "gamectl")
         conns = await registry.list(user_id=user, room=room, instance_id=instance)
     except (RedisError, OSError) as exc:
         failure = redis_failure(url, exc, setting="--redis")

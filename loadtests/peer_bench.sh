@@ -4,6 +4,8 @@
 # the load to CPU 1), every server on the gateway's heartbeat (10 s / 5 s). Usage:
 #   loadtests/peer_bench.sh single            # one instance each
 #   loadtests/peer_bench.sh cluster           # two instances each over a redis-server of the run's own
+#   loadtests/peer_bench.sh rcluster          # the gateway's cluster case over one Redis, then over a
+#                                             # three-master Redis Cluster (redis+cluster://), in one run
 #   loadtests/peer_bench.sh dashboard         # the gateway with no page open, then with /admin/ui open
 #   loadtests/peer_bench.sh hooks             # the gateway without a hook, then asking a local hook on every move
 #   loadtests/peer_bench.sh sentinel          # two instances over one master (+ a replica): straight to it, then
@@ -42,6 +44,29 @@ case "$mode" in
     "$run" --clients 1000 --room-size 10 --rate 2 --seconds 15 --instances 2 --redis "redis://127.0.0.1:$port/0" "$@" \
       node="$node_ref" "${bare[@]}" \
       gateway='gamectl serve --config configs/bench.toml --port {port} --redis $REDIS_URL' ;;
+  rcluster)  # Redis Cluster's cost: the cluster case over one redis-server, then over three masters
+    free() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+    dir=$(mktemp -d) pids=() nodes=()
+    trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$dir"' EXIT
+    one=$(free)
+    redis-server --port "$one" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" >/dev/null &
+    pids+=($!)
+    for k in 1 2 3; do
+      port=$(free); mkdir "$dir/$k"
+      redis-server --port "$port" --cluster-port "$(free)" --bind 127.0.0.1 --save "" --appendonly no \
+        --dir "$dir/$k" --cluster-enabled yes --cluster-config-file nodes.conf >/dev/null &
+      pids+=($!) nodes+=("127.0.0.1:$port")
+    done
+    for node in "${nodes[@]}" "127.0.0.1:$one"; do
+      until redis-cli -p "${node##*:}" ping >/dev/null 2>&1; do sleep 0.05; done
+    done
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >/dev/null
+    until redis-cli -p "${nodes[0]##*:}" cluster info | grep -q cluster_state:ok; do sleep 0.1; done
+    cluster_url="redis+cluster://$(IFS=,; echo "${nodes[*]}")/0"
+    "$run" --clients 1000 --room-size 10 --rate 2 --seconds 15 --instances 2 --redis "redis://127.0.0.1:$one/0" "$@" \
+      node="$node_ref" \
+      one='gamectl serve --config configs/bench.toml --port {port} --redis $REDIS_URL' \
+      rcluster="gamectl serve --config configs/bench.toml --port {port} --redis $cluster_url" ;;
   dashboard)  # the dashboard's own cost: the same gateway without, then with, a page open on it
     exec "$run" --clients 1000 --room-size 10 --rate 2 --seconds 15 "$@" \
       node="$node_ref" closed='gamectl serve --config configs/bench.toml --port {port}' \
@@ -78,5 +103,5 @@ case "$mode" in
       direct='gamectl serve --config configs/bench.toml --port {port} --redis $REDIS_URL' \
       sentinel='gamectl serve --config configs/bench.toml --port {port} --redis $SENTINEL_URL' \
       wait1='env GAMEGW_REDIS_WAIT_REPLICAS=1 gamectl serve --config configs/bench.toml --port {port} --redis $SENTINEL_URL' ;;
-  *) echo "usage: $0 single|cluster|dashboard|hooks|sentinel [peer-bench args]" >&2; exit 2 ;;
+  *) echo "usage: $0 single|cluster|rcluster|dashboard|hooks|sentinel [peer-bench args]" >&2; exit 2 ;;
 esac

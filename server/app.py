@@ -39,9 +39,8 @@ from .protocol import jsoncodec
 from .protocol.codes import POLLING_UNAVAILABLE, SHUTDOWN
 from .rules import make_rules
 from .startup import check_redis, listen, redis_failure
-from .state.keys import Keys
-from .state.pipe import RedisPipe
-from .state.redis_link import RedisLink, pooled_client
+from .state.clients import open_redis
+from .state.redis_link import RedisLink
 from .state.redis_url import parse_redis_url
 from .state.registry import MemoryRegistry, Registry
 from .state.registry_redis import RedisRegistry
@@ -145,16 +144,14 @@ def create_app(
     redis: Redis | None = None
     bus: Bus
     if settings.redis_url:
-        target = parse_redis_url(settings.redis_url)
-        redis = pooled_client(target, max_connections=settings.redis_max_connections,
-                              timeout_s=settings.redis_timeout_s)
-        link = RedisLink(target, timeout_s=settings.redis_timeout_s)  # the raw connections' way to the master
-        keys = Keys(settings.redis_prefix)
+        link = RedisLink(parse_redis_url(settings.redis_url),  # the raw connections' way to the master
+                         timeout_s=settings.redis_timeout_s)
+        redis, keys, pipe = open_redis(link, settings.redis_prefix, max_connections=settings.redis_max_connections,
+                                       timeout_s=settings.redis_timeout_s)
         redis_registry = RedisRegistry(redis, keys, settings.instance_id)
         redis_rooms = RedisRoomStore(redis, keys, rules, instance_id=settings.instance_id,
                                      log_size=settings.move_log_size, max_members=settings.max_room_members,
-                                     pipe=RedisPipe(link, timeout_s=settings.redis_timeout_s),
-                                     wait_replicas=settings.redis_wait_replicas,
+                                     pipe=pipe, wait_replicas=settings.redis_wait_replicas,
                                      wait_timeout_ms=max(1, int(settings.redis_timeout_s * 500)))
         redis_rooms.on_wait_short = metrics.wait_short.inc
         registry, rooms = redis_registry, redis_rooms

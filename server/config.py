@@ -336,12 +336,9 @@ REDIS_URL_FORMS = FORMS
 def check_redis_url(name: str, url: str) -> None:
     """A URL the gateway can open, or a :class:`ConfigError` naming ``name`` and the accepted forms."""
     try:
-        target = parse_redis_url(url)
+        parse_redis_url(url)
     except ValueError as exc:
         raise ConfigError(f"{name}: {redacted(url)!r} {exc}", hint=f"use {REDIS_URL_FORMS}") from None
-    if target.kind == "cluster":  # the place for Redis Cluster (redis+cluster://), not served by this build
-        raise ConfigError(f"{name}: {redacted(url)!r}: Redis Cluster is not supported by this build",
-                          hint="use one Redis or Sentinel: " + REDIS_URL_FORMS)
 
 
 def redacted(url: str) -> str:
@@ -391,6 +388,10 @@ def validate(s: Settings) -> None:
         raise ConfigError("jwt_max_lifetime_s: must be positive")
     if s.redis_url:
         check_redis_url("redis_url", s.redis_url)
+        if s.redis_wait_replicas > 0 and parse_redis_url(s.redis_url).kind == "cluster":
+            # a cluster's moves go through redis-py's cluster client, not the pipe that sends WAIT
+            raise ConfigError("redis_wait_replicas: not with a Redis Cluster (redis+cluster://) in this build",
+                              hint="set it to 0, or use one Redis or Sentinel")
     if s.heartbeat_ttl_s <= s.heartbeat_interval_s:
         raise ConfigError("heartbeat_ttl_s: must be longer than heartbeat_interval_s")
     for name in ("grace_s", "ping_interval_s", "ping_timeout_s", "redis_timeout_s", "heartbeat_interval_s",

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,13 +21,17 @@ from typing import Any
 
 import aiohttp
 import pytest
-import redis as redis_sync
 import socketio
 from aiohttp import web
 
 from gamegw.server.app import create_app, server_options
 from gamegw.server.auth.tokens import mint
 from gamegw.server.config import Settings, load_settings
+
+from .redis_servers import TOPOLOGIES, TOPOLOGY, RedisClusterServer, RedisServer, free_port
+from .sentinel import SentinelSet
+
+__all__ = ["RedisServer", "free_port"]  # imported from here by the tests
 
 TEST_SECRET = "test-secret-0123456789-0123456789-abcdef"
 
@@ -73,69 +75,22 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5, i
         await asyncio.sleep(interval)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RedisServer:
-    """A real redis-server on a free port, which a test may stop and start again."""
-
-    def __init__(self, workdir: Path, *, persist: bool = False, extra: tuple[str, ...] = ()) -> None:
-        self.persist = persist  # an append-only file, so that a restart brings the data back
-        self.extra = extra  # more redis-server arguments (a replica's --replicaof)
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
-        self.binary = binary
-        self.port = free_port()
-        self.workdir = workdir
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always", "--dir", str(self.workdir),
-             *self.extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis_sync.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis_sync.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-            finally:
-                client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-
-
-TOPOLOGY = os.environ.get("GAMEGW_TEST_TOPOLOGY", "single")  # or "sentinel": the cluster tests over Sentinel
-
-
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """The tests' Redis. ``GAMEGW_TEST_TOPOLOGY=sentinel`` makes it a master, a replica and three
-    sentinels, and ``url`` the ``redis+sentinel://`` URL (``port`` is still the master's)."""
-    server: Any
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer | RedisClusterServer | SentinelSet]:
+    """The tests' Redis, by ``GAMEGW_TEST_TOPOLOGY`` (:data:`.redis_servers.TOPOLOGIES`): one
+    redis-server (``single``, the default), a master with a replica and three sentinels
+    (``sentinel``: ``url`` is the ``redis+sentinel://`` URL, ``port`` the master's), or a
+    three-master Redis Cluster (``cluster``: ``url`` is the ``redis+cluster://`` URL)."""
+    folder = tmp_path_factory.mktemp("redis")
+    server: RedisServer | RedisClusterServer | SentinelSet
     if TOPOLOGY == "sentinel":
-        from tests.sentinel import SentinelSet
-
-        server = SentinelSet(tmp_path_factory.mktemp("sentinel"))
+        server = SentinelSet(folder)
+    elif TOPOLOGY == "cluster":
+        server = RedisClusterServer(folder)
     elif TOPOLOGY == "single":
-        server = RedisServer(tmp_path_factory.mktemp("redis"))
+        server = RedisServer(folder)
     else:
-        raise pytest.UsageError(f"GAMEGW_TEST_TOPOLOGY={TOPOLOGY!r}: use 'single' or 'sentinel'")
+        raise pytest.UsageError(f"GAMEGW_TEST_TOPOLOGY={TOPOLOGY!r}: use one of {', '.join(TOPOLOGIES)}")
     server.start()
     yield server
     server.stop()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis as redis_sync
 
-from tests.conftest import RedisServer, free_port
+from tests.redis_servers import RedisServer, free_port
 
 SERVICE = "gamegw"
 
@@ -36,9 +36,16 @@ class SentinelSet:
         nodes = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
         self.url = f"redis+sentinel://{nodes}/0/{SERVICE}"
 
+    kill_pubsub = RedisServer.kill_pubsub
+
     @property
     def nodes(self) -> list[RedisServer]:
         return [self.master, self.replica]
+
+    @property
+    def ports(self) -> list[int]:
+        """Every redis-server's port (the master's and the replica's)."""
+        return [n.port for n in self.nodes]
 
     @property
     def port(self) -> int:

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
+from ..state import rcluster
 from ..state.keys import Keys
 from .tokens import Claims
 
@@ -121,6 +122,6 @@ class RedisRevocations:
 
     async def is_revoked(self, claims: Claims) -> bool:
         keys = [self._k.revoked_user(claims.user_id)] + ([self._k.revoked_jti(claims.jti)] if claims.jti else [])
-        values = await self._r.mget(keys)
+        values = await rcluster.mget(self._r, keys)
         before = float(values[0]) if values[0] is not None else None
         return matches(claims, before, len(values) > 1 and values[1] is not None)

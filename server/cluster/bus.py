@@ -36,9 +36,11 @@ from redis.exceptions import RedisError
 
 from ..logs import log, stop_task
 from ..metrics import Metrics
+from ..state import rcluster
 from ..state.keys import Keys
 from ..state.redis_link import RedisLink
 from ..state.rooms import MoveEvent
+from ..state.shards import ShardSubscriber
 from ..state.subscriber import SUBSCRIBED, subscribe
 from ..transport.manager import GameManager
 
@@ -109,7 +111,10 @@ class RedisBus:
         self._instance_id = instance_id
         self._manager = manager
         self._metrics = metrics
-        self._emit = redis.register_script(EMIT)
+        self._emit = redis.register_script(rcluster.sharded(EMIT) if keys.cluster else EMIT)
+        # cluster: room traffic on the rooms' own channels, each SSUBSCRIBEd on its shard
+        self.shards = ShardSubscriber(redis, link, timeout_s=timeout_s, on_messages=self._handle_batch,
+                                      on_lost=self._shard_lost) if keys.cluster else None
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -120,6 +125,7 @@ class RedisBus:
         self.probe_interval_s = 2.0
         self.rooms: RedisRoomStore | None = None  # for the log (gap filling) and what it learns
         self.on_resubscribed: Callable[[], None] | None = None  # after a lost subscription came back
+        self.on_rooms_lost: Callable[[set[str]], None] | None = None  # cluster: a master lost their channels
         self._delivered: dict[str, int] = {}  # room -> last seq delivered here
         self._filling: dict[str, dict[int, str]] = {}  # room -> moves held while a gap is read
 
@@ -228,7 +234,17 @@ class RedisBus:
     async def emit_room(self, room: str, event: str, data: Any, skip_sid: str | None = None) -> None:
         text = self._manager.encode(NAMESPACE, event, data)[0].data
         message = f"E{room}\n{skip_sid or ''}\n{text}"
-        await self._emit(keys=[self._k.room(room, "insts")], args=[self._k.channel_prefix, message])
+        keys = [self._k.room(room, "insts")] + ([self._k.room_channel(room)] if self._k.cluster else [])
+        await self._emit(keys=keys, args=[self._k.channel_prefix, message])
+
+    async def _handle_batch(self, batch: list[str]) -> None:
+        for message in batch:
+            await self._handle(message)
+
+    def _shard_lost(self, channels: set[str]) -> None:
+        """A master went away with these room channels: their rooms recover as after an outage."""
+        if self.on_rooms_lost is not None:
+            self.on_rooms_lost({self._k.room_of_channel(c) for c in channels})
 
     async def request(self, instance_id: str, body: dict[str, Any], timeout: float) -> dict[str, Any] | None:
         """Ask another instance to act; its answer, or None if it did not answer in time."""
@@ -280,6 +296,8 @@ class RedisBus:
         if not self.subscribed.is_set():
             await self._restart()
             await asyncio.wait_for(self.subscribed.wait(), self._timeout_s)
+        if self.shards is not None:
+            await self.shards.settled()
 
     async def _store_reachable(self) -> bool:
         try:
@@ -366,6 +384,8 @@ class RedisBus:
             await stop_task(self._task)
         for task in list(self._background):
             await stop_task(task)
+        if self.shards is not None:
+            await self.shards.aclose()
 
 
 def _consume(task: asyncio.Future[Any]) -> None:

@@ -33,6 +33,7 @@ from ..logs import log, stop_task
 from ..metrics import Sampler
 from ..protocol import codes
 from ..protocol.codes import Disconnect, LeftReason
+from ..state import rcluster
 from ..state.keys import Keys
 
 if TYPE_CHECKING:
@@ -121,7 +122,9 @@ class RedisCluster:
         self._recover_needed = False
         bus.on_control = self._on_control
         bus.on_resubscribed = self._lost_redis
+        bus.on_rooms_lost = self._lost_rooms
         bus.rooms = rooms
+        rooms.shards = bus.shards
         rooms.on_offline_move = bus.deliver_local
         rooms.on_room_left = bus.forget_room
         rooms.on_moves_lost = lambda _room, lost: gateway.metrics.moves_lost.inc(lost)
@@ -200,7 +203,7 @@ class RedisCluster:
         ids = sorted(await self._r.smembers(self._k.instances))
         if not ids:
             return []
-        raws = await self._r.mget([self._k.alive(i) for i in ids])
+        raws = await rcluster.mget(self._r, [self._k.alive(i) for i in ids])
         out = []
         for iid, raw in zip(ids, raws, strict=True):
             info = orjson.loads(raw) if raw else {"instance": iid}
@@ -227,7 +230,7 @@ class RedisCluster:
             await asyncio.sleep(self._interval)
             try:
                 await self._beat()
-                if self._recover_needed or self._rooms.down:
+                if self._recover_needed or self._rooms.down or self._rooms.down_rooms:
                     await self.recover()
             except Exception as exc:
                 if not self._recover_needed and await self._rooms.reachable():
@@ -246,9 +249,16 @@ class RedisCluster:
 
     def _lost_redis(self) -> None:
         """Until :meth:`recover` has run, no move gets a seq from Redis: it may have come back
-        empty, and a room's seq must never start again from 0."""
+        empty, and a room's seq must never start again from 0. (A Redis Cluster: only the rooms
+        whose master failed a call wait, see :meth:`_lost_rooms`; the others play on.)"""
         self._recover_needed = True
-        self._rooms.down = True
+        if not self._k.cluster:
+            self._rooms.down = True
+
+    def _lost_rooms(self, rooms: set[str]) -> None:
+        """A master of a Redis Cluster went away with these rooms' channels."""
+        self._recover_needed = True
+        self._rooms.down_rooms |= rooms
 
     async def recover(self) -> dict[str, int]:
         """Redis is back (maybe empty): re-assert what this instance holds, then catch up.

@@ -30,15 +30,23 @@
     {p}:dash:watchers             string a dashboard is open somewhere; expires unless refreshed
     {p}:dash:feed                 channel the dashboard's deltas, published only while watchers exists
 
-Room keys carry the room in a hash tag, so one room's keys stay in one slot.
+    {p}:room:{{r}}:ch             channel the room's moves and events (Redis Cluster: SPUBLISH)
+
+Room keys carry the room in a hash tag, so one room's keys stay in one slot. In Redis Cluster
+mode (``cluster=True``) a user's ``usess`` and ``budget`` keys carry the tag of the user's
+bucket (:func:`.rcluster.bucket`), and so do the user's session ids (so ``sess`` keys) and the
+bucket's own grace set ``{p}:grace:{{b}}``: each session script touches one slot.
 """
 
 from __future__ import annotations
 
+from . import rcluster
+
 
 class Keys:
-    def __init__(self, prefix: str = "gamegw") -> None:
+    def __init__(self, prefix: str = "gamegw", *, cluster: bool = False) -> None:
         self.p = prefix
+        self.cluster = cluster
         self.instances = f"{prefix}:instances"
         self.seen = f"{prefix}:seen"
         self.grace = f"{prefix}:grace"
@@ -67,7 +75,24 @@ class Keys:
         return f"{self.p}:block:{user_id}"
 
     def budget(self, user_id: str) -> str:
-        return f"{self.p}:budget:{user_id}"
+        return f"{self.p}:budget:{self._tag(user_id)}{user_id}"
+
+    def _tag(self, user_id: str) -> str:
+        return rcluster.bucket(user_id) if self.cluster else ""
+
+    def session_id(self, user_id: str, fresh: str) -> str:
+        """A new session's id: ``fresh``, after the user's bucket tag in cluster mode."""
+        return self._tag(user_id) + fresh
+
+    def grace_of(self, user_id: str) -> str:
+        """The grace set that holds the user's sessions."""
+        return f"{self.grace}:{self._tag(user_id)}" if self.cluster else self.grace
+
+    def graces(self) -> list[str]:
+        """Every grace set: one, or one per bucket in cluster mode."""
+        if not self.cluster:
+            return [self.grace]
+        return [f"{self.grace}:{{u{b}}}" for b in range(rcluster.BUCKETS)]
 
     def revoked_user(self, user_id: str) -> str:
         return f"{self.p}:revoked:{user_id}"
@@ -79,7 +104,7 @@ class Keys:
         return f"{self.p}:sess:{session_id}"
 
     def user_sessions(self, user_id: str) -> str:
-        return f"{self.p}:usess:{user_id}"
+        return f"{self.p}:usess:{self._tag(user_id)}{user_id}"
 
     def room(self, room: str, part: str) -> str:
         return f"{self.p}:room:{{{room}}}:{part}"
@@ -91,6 +116,13 @@ class Keys:
     def room_of(self, seats_key: str) -> str:
         """The room of a ``{p}:room:{{r}}:seats`` key."""
         return seats_key[len(self.p) + len(":room:{"):-len("}:seats")]
+
+    def room_channel(self, room: str) -> str:
+        return self.room(room, "ch")
+
+    def room_of_channel(self, channel: str) -> str:
+        """The room of a ``{p}:room:{{r}}:ch`` channel."""
+        return channel[len(self.p) + len(":room:{"):-len("}:ch")]
 
     def channel(self, instance_id: str) -> str:
         return f"{self.p}:ch:{instance_id}"

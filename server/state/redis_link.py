@@ -1,6 +1,7 @@
 """The way to the Redis master, for every connection the gateway opens.
 
-One Redis: the URL's address. Sentinel: the sentinels are asked for the master's address on
+One Redis: the URL's address. A Redis Cluster: a seed node, or the master a caller names
+(:mod:`.shards` subscribes on each master). Sentinel: the sentinels are asked for the master's address on
 every (re)connect, so a connection that failed, or that found a replica (``READONLY``), asks
 again and follows a failover. The pooled redis-py client does the same through redis-py's
 ``Sentinel`` (:func:`pooled_client`); the raw connections of the move pipe and of the
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -97,18 +99,23 @@ class RedisLink:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def open(self) -> Opened:
-        """A connection to the master, authenticated and on the URL's database."""
+    async def open(self, node: tuple[str, int] | None = None) -> Opened:
+        """A connection to the master, authenticated and on the URL's database. A cluster: to
+        ``node``, or to the first seed node that accepts, from a random one (plain pub/sub
+        reaches every node of a cluster); its nodes' run_ids are not compared."""
         t = self.target
+        if t.kind == "cluster" and node is None:
+            return await self._open_seed()
         if t.path:
             opened = asyncio.open_unix_connection(t.path)
             where = t.path
         else:
-            host, port = await self.master()
+            host, port = node or await self.master()
             opened = asyncio.open_connection(host, port, ssl=ssl.create_default_context() if t.tls else None)
             where = f"{host}:{port}"
         reader, writer = await asyncio.wait_for(opened, self._timeout_s)
         parser = hiredis.Reader(encoding="utf-8", errors="replace")
+        checks = t.kind != "cluster"
         try:
             setup = []
             if t.password:
@@ -117,23 +124,39 @@ class RedisLink:
                 setup.append(command("AUTH", t.username or "default", t.password))
             if t.db:
                 setup.append(command("SELECT", str(t.db)))
-            setup += [command("ROLE"), command("INFO", "server")]
+            if checks:
+                setup += [command("ROLE"), command("INFO", "server")]
             writer.write(b"".join(setup))
             replies = [await read_reply(reader, parser, self._timeout_s) for _ in setup]
-            for reply in replies[:-2]:
+            for reply in replies[:-2] if checks else replies:
                 if isinstance(reply, hiredis.ReplyError):
                     raise ResponseError(str(reply))
-            # ROLE and INFO are @dangerous to Redis's ACLs: a user without them connects, and
-            # failovers are noticed by connection errors and READONLY only
-            role, info = (None if isinstance(r, hiredis.ReplyError) else r for r in replies[-2:])
-            if t.kind == "sentinel" and role is not None and role[0] != "master":
-                raise ConnectionError(f"{where} is a {role[0]}, not the master (a failover under way)")
-            if info is not None:
-                self._check_server(_run_id(str(info)), where)
+            if checks:
+                self._check_role(replies[-2], replies[-1], where)
         except BaseException:
             writer.close()
             raise
         return reader, writer, parser
+
+    async def _open_seed(self) -> Opened:
+        nodes = list(self.target.nodes)
+        start = random.randrange(len(nodes))
+        for i, node in enumerate(nodes[start:] + nodes[:start]):
+            try:
+                return await self.open(node)
+            except (OSError, TimeoutError):
+                if i == len(nodes) - 1:
+                    raise
+        raise ConnectionError("no Redis node to connect to")
+
+    def _check_role(self, role: Any, info: Any, where: str) -> None:
+        # ROLE and INFO are @dangerous to Redis's ACLs: a user without them connects, and
+        # failovers are noticed by connection errors and READONLY only
+        role, info = (None if isinstance(r, hiredis.ReplyError) else r for r in (role, info))
+        if self.target.kind == "sentinel" and role is not None and role[0] != "master":
+            raise ConnectionError(f"{where} is a {role[0]}, not the master (a failover under way)")
+        if info is not None:
+            self._check_server(_run_id(str(info)), where)
 
     def _check_server(self, run_id: str, where: str) -> None:
         before, self.run_id = self.run_id, run_id

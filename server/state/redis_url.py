@@ -1,4 +1,4 @@
-"""What a ``redis_url`` names: one Redis, a master found through Sentinel, or (later) a Cluster.
+"""What a ``redis_url`` names: one Redis, a master found through Sentinel, or a Redis Cluster.
 
 The forms follow python-socketio's, so one URL configures both:
 
@@ -7,8 +7,8 @@ The forms follow python-socketio's, so one URL configures both:
 * ``redis+sentinel://[user:password@]host1:port1,host2:port2/DB/SERVICE`` (and
   ``valkey+sentinel://``): the sentinels to ask for the master of ``SERVICE``. The user and
   password are the master's (the sentinels are asked without them), as python-socketio does;
-* ``redis+cluster://`` / ``valkey+cluster://``: recognised as kind ``"cluster"``, which this
-  build does not serve yet (:func:`gamegw.server.config.check_redis_url` says so).
+* ``redis+cluster://[user:password@]host1:port1[,host2:port2...]/0`` (and ``valkey+cluster://``):
+  the seed nodes of a Redis Cluster (database 0 only, see :mod:`.rcluster`).
 
 :func:`parse_redis_url` raises :class:`ValueError` with a message for an operator; the
 configuration turns it into a ``ConfigError`` that names the setting.
@@ -26,7 +26,8 @@ DIRECT_SCHEMES = {"redis": "redis", "rediss": "rediss", "unix": "unix", "valkey"
 SENTINEL_SCHEMES = ("redis+sentinel", "valkey+sentinel")
 CLUSTER_SCHEMES = ("redis+cluster", "valkey+cluster")
 FORMS = ("redis://[user:password@]host:port/db, rediss://... (TLS), unix:///path/to/redis.sock, valkey://..., "
-         "or redis+sentinel://[user:password@]host1:port1,host2:port2/db/service (valkey+sentinel://...)")
+         "redis+sentinel://[user:password@]host1:port1,host2:port2/db/service (valkey+sentinel://...), "
+         "or redis+cluster://[user:password@]host1:port1[,host2:port2...]/0 (valkey+cluster://...)")
 
 Kind = Literal["direct", "sentinel", "cluster"]
 
@@ -99,6 +100,8 @@ def _parse_nodes(url: str, scheme: str) -> RedisTarget:
                          "(redis+sentinel://host:26379/0/mymaster)")
     if "/" in service:
         raise ValueError(f"names the service {service!r}, which contains '/'")
+    if kind == "cluster" and (db_text not in ("", "0") or service):
+        raise ValueError(f"names the database {path.strip('/')!r}: a cluster has database 0 only")
     return RedisTarget(kind, db=int(db_text or 0), username=unquote(username) or None,
                        password=unquote(password) or None, nodes=nodes, service=unquote(service))
 

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from . import rcluster
 from .keys import Keys
 from .registry import Connection
 
@@ -39,7 +40,7 @@ class RedisRegistry:
 
     async def add(self, conn: Connection) -> None:
         self._own[conn.sid] = conn
-        async with self._r.pipeline(transaction=True) as pipe:
+        async with self._r.pipeline(transaction=not self._k.cluster) as pipe:  # a cluster has no cross-slot MULTI
             self._write(pipe, conn)
             pipe.sadd(self._k.instances, conn.instance_id)
             await pipe.execute()
@@ -66,7 +67,7 @@ class RedisRegistry:
 
     async def forget(self, conn: Connection) -> None:
         """Delete every trace of a connection (also one of another, dead instance)."""
-        async with self._r.pipeline(transaction=True) as pipe:
+        async with self._r.pipeline(transaction=not self._k.cluster) as pipe:
             pipe.delete(self._k.conn(conn.sid), self._rooms(conn.sid))
             pipe.zrem(self._k.user(conn.user_id), conn.sid)
             pipe.srem(self._k.inst_sids(conn.instance_id), conn.sid)
@@ -100,11 +101,11 @@ class RedisRegistry:
         if not sids:
             return []
         pipe = self._r.pipeline(transaction=False)
-        pipe.mget([self._k.conn(s) for s in sids])
         pipe.hmget(self._k.seen, sids)
         for s in sids:
             pipe.smembers(self._rooms(s))
-        raws, seens, *rooms = await pipe.execute()
+        seens, *rooms = await pipe.execute()
+        raws = await rcluster.mget(self._r, [self._k.conn(s) for s in sids])
         conns = [c for c in (_load(raw, seen, rs) for raw, seen, rs in zip(raws, seens, rooms, strict=True))
                  if c is not None]
         return [
@@ -141,6 +142,15 @@ class RedisRegistry:
         reached Redis after the connection's removal left a ``seen`` field behind for good."""
         if self._dirty_seen:
             batch, self._dirty_seen = self._dirty_seen, {}
+            if self._k.cluster:  # the entries are in other slots than the hash: read them first
+                async with self._r.pipeline(transaction=False) as pipe:
+                    for sid in batch:
+                        pipe.exists(self._k.conn(sid))
+                    found = await pipe.execute()
+                batch = {sid: at for (sid, at), there in zip(batch.items(), found, strict=True) if there}
+                if batch:
+                    await self._r.hset(self._k.seen, mapping={sid: repr(at) for sid, at in batch.items()})
+                return
             args = [self._k.conn("")] + [x for sid, at in batch.items() for x in (sid, repr(at))]
             await self._flush(keys=[self._k.seen], args=args)
 
@@ -152,7 +162,7 @@ class RedisRegistry:
         lost = [c for sid, c in self._own.items() if sid not in live and c.state == "connected"]
         in_redis = set(await self._r.smembers(self._k.inst_sids(self._instance_id)))
         stale = sorted(in_redis - set(self._own))
-        stale_raw = await self._r.mget([self._k.conn(sid) for sid in stale]) if stale else []
+        stale_raw = await rcluster.mget(self._r, [self._k.conn(sid) for sid in stale]) if stale else []
         async with self._r.pipeline(transaction=False) as pipe:
             for conn in self._own.values():
                 self._write(pipe, conn)

@@ -32,9 +32,11 @@ from ..logs import log
 from ..protocol.codes import AckCode
 from ..protocol.errors import ActionError, StoreUnavailable
 from ..rules import Rules, State
+from . import rcluster
 from .keys import Keys
 from .pipe import RedisPipe
 from .rooms import SERVER_USER, Joined, MoveEvent, move_json, move_prefix, move_suffix
+from .shards import ShardSubscriber
 
 CAS_RETRIES = 20
 logger = logging.getLogger("gamegw.rooms")
@@ -110,7 +112,7 @@ SERVER_MOVE = """
 if redis.call('EXISTS', KEYS[3]) == 0 then return -1024 end
 """ + _APPEND
 
-# KEYS: seq log users insts inst_rooms seats
+# KEYS: seq log users insts seats [inst_rooms]
 # ARGV: instance room log_size last_seq n_seats (session user).. [seq event]..
 # Puts back what this instance knows of a room after an outage: the seats of its sessions that
 # Redis lost, its routing, a seq never lower than one already given out, and the moves it
@@ -120,11 +122,11 @@ local before = tonumber(redis.call('GET', KEYS[1]) or '0')
 local n = tonumber(ARGV[5])
 for i = 1, n do
   local id, user = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
-  if redis.call('HSETNX', KEYS[6], id, user) == 1 then redis.call('HINCRBY', KEYS[3], user, 1) end
+  if redis.call('HSETNX', KEYS[5], id, user) == 1 then redis.call('HINCRBY', KEYS[3], user, 1) end
 end
 if ARGV[1] ~= '' then
   redis.call('SADD', KEYS[4], ARGV[1])
-  redis.call('SADD', KEYS[5], ARGV[2])
+  if KEYS[6] then redis.call('SADD', KEYS[6], ARGV[2]) end
 end
 local top = before
 local i = 6 + 2 * n
@@ -228,6 +230,7 @@ class RedisRoomStore:
         self._last_seq: dict[str, int] = {}  # room -> the highest seq its joins and moves here returned
         self._offline: dict[str, list[MoveEvent]] = {}  # moves accepted while Redis was away
         self.down = False  # Redis failed us and nothing has been re-asserted since
+        self.down_rooms: set[str] = set()  # cluster mode: the rooms whose shard failed us (the others play on)
         self.on_offline_move: Callable[[str, MoveEvent], Awaitable[None]] | None = None
         self.on_room_left: Callable[[str], None] | None = None  # the last local member detached
         # room, how many moves this instance gave out or delivered that Redis no longer has (a
@@ -235,16 +238,18 @@ class RedisRoomStore:
         self.on_moves_lost: Callable[[str, int], None] | None = None
         self.on_wait_short: Callable[[], None] | None = None  # WAIT timed out with too few replicas
         self._wait = (str(wait_replicas), str(wait_timeout_ms)) if wait_replicas else None
+        fan_out = rcluster.sharded if keys.cluster else str  # cluster: SPUBLISH to the room's channel
+        self.shards: ShardSubscriber | None = None  # cluster: the room channels' subscriptions
         self._join = redis.register_script(JOIN)
         self._leave = redis.register_script(LEAVE)
-        self._move = redis.register_script(MOVE)
-        self._server_move = redis.register_script(SERVER_MOVE)
+        self._move = redis.register_script(fan_out(MOVE))
+        self._server_move = redis.register_script(fan_out(SERVER_MOVE))
         self._pipe = pipe
         self._set_state = redis.register_script(SET_STATE)
         self._reassert = redis.register_script(REASSERT)
         self._claim_tick = redis.register_script(CLAIM_TICK)
         self._release_tick = redis.register_script(RELEASE_TICK)
-        self._tick = redis.register_script(TICK)
+        self._tick = redis.register_script(fan_out(TICK))
 
     async def join(self, room: str, user_id: str, member_id: str) -> Joined:
         seq, _log, users, *_rest, seats = self._k.room_keys(room)
@@ -276,7 +281,9 @@ class RedisRoomStore:
             for member_id, user_id in (await self._r.hgetall(key)).items():
                 if await exists(member_id):
                     continue
-                keys = [*self._k.room_keys(room), self._k.session(member_id)]
+                # one step with one Redis; in a cluster the session is in another slot: the
+                # check above is the guard (a session that ended does not come back)
+                keys = [*self._k.room_keys(room)] + ([] if self._k.cluster else [self._k.session(member_id)])
                 unseated, last, deleted, _user = await self._leave(keys=keys, args=[member_id])
                 if not int(unseated):
                     continue
@@ -321,6 +328,8 @@ class RedisRoomStore:
                 want = room in self._local
                 if want == (room in self._routed):
                     return
+                if want and self.shards is not None:  # listening before the join fixes its seq
+                    await self.shards.subscribe(self._k.room_channel(room))
                 async with self._r.pipeline(transaction=False) as pipe:
                     if want:
                         pipe.sadd(self._k.room(room, "insts"), self._instance_id)
@@ -336,6 +345,8 @@ class RedisRoomStore:
                         self._spans[room] = int(out[2]) > 1
                 else:
                     self._routed.discard(room)
+                    if self.shards is not None:
+                        await self.shards.unsubscribe(self._k.room_channel(room))
         finally:
             lock.users -= 1
             if not lock.users:
@@ -346,6 +357,10 @@ class RedisRoomStore:
 
     async def members(self, room: str) -> list[str]:
         return [str(m) for m in await self._r.hkeys(self._k.room(room, "users"))]
+
+    def _channel(self, room: str) -> list[str]:
+        """The room's channel as the last key of its publishing scripts (cluster mode), or none."""
+        return [self._k.room_channel(room)] if self._k.cluster else []
 
     async def _run_move(self, keys: list[str], args: list[str]) -> Any:
         if self._pipe is None:
@@ -360,17 +375,20 @@ class RedisRoomStore:
         return out
 
     async def move(self, room: str, user_id: str, action: dict[str, Any], action_json: str, ts: int) -> MoveEvent:
-        if self.down or room in self._offline:
+        if self.down or room in self.down_rooms or room in self._offline:
             return await self._move_offline(room, user_id, action, action_json, ts)
         try:
             return await self._move_online(room, user_id, action, action_json, ts)
         except (RedisError, OSError, TimeoutError):
-            self.down = True
+            if self._k.cluster:
+                self.down_rooms.add(room)
+            else:
+                self.down = True
             return await self._move_offline(room, user_id, action, action_json, ts)
 
     async def _move_online(self, room: str, user_id: str, action: dict[str, Any], action_json: str,
                            ts: int) -> MoveEvent:
-        keys = self._k.room_keys(room)
+        keys = self._k.room_keys(room) + self._channel(room)
         prefix = move_prefix(room)
         fixed = [self._log_size, user_id, self._k.channel_prefix, room]
         if self._rules.stateless_moves:
@@ -398,10 +416,10 @@ class RedisRoomStore:
         return MoveEvent(seq, prefix + str(seq) + move_suffix(user_id, action_json, ts))
 
     async def publish(self, room: str, user_id: str, action_json: str, ts: int) -> MoveEvent | None:
-        if self.down or room in self._offline:
+        if self.down or room in self.down_rooms or room in self._offline:
             # the room's seq is this instance's own until reassert() writes it back
             raise StoreUnavailable()
-        keys = self._k.room_keys(room)[:4]
+        keys = self._k.room_keys(room)[:4] + self._channel(room)
         prefix = move_prefix(room)
         out = await self._server_move(keys=keys, args=[prefix, move_suffix(user_id, action_json, ts), self._log_size,
                                                        user_id, self._k.channel_prefix, room])
@@ -454,7 +472,7 @@ class RedisRoomStore:
             offline = self._offline.get(room, [])
             pairs = [x for e in offline for x in (str(e.seq), e.json)]
             room_keys = self._k.room_keys(room)
-            keys = [*room_keys[:4], self._k.inst_rooms(self._instance_id), room_keys[6]]
+            keys = [*room_keys[:4], room_keys[6]] + ([] if self._k.cluster else [self._k.inst_rooms(self._instance_id)])
             args = [self._instance_id if room in self._local else "", room, self._log_size,
                     str(max(self._last_seq.get(room, 0), delivered.get(room, 0))), str(len(seated)),
                     *[x for pair in seated for x in pair], *pairs]
@@ -466,6 +484,8 @@ class RedisRoomStore:
                 if self.on_moves_lost is not None:
                     self.on_moves_lost(room, lost)
             if args[0]:
+                if self._k.cluster:  # another slot: a step of its own
+                    await self._r.sadd(self._k.inst_rooms(self._instance_id), room)
                 self._routed.add(room)
             for _session_id, user_id in seated:  # a state that went with the data seats them again
                 await self._update_state(room, lambda s, u=user_id: self._rules.on_join(s, u), user_id, member=True)
@@ -475,6 +495,7 @@ class RedisRoomStore:
             self._offline.pop(room, None)
             written[room] = len(offline)
         self.down = False
+        self.down_rooms.clear()
         return written
 
     async def events_after(self, room: str, after_seq: int) -> tuple[list[MoveEvent], bool]:
@@ -498,9 +519,9 @@ class RedisRoomStore:
         await self._release_tick(keys=[self._k.room(room, "tick")], args=[self._instance_id])
 
     async def tick(self, room: str, now: float, ts: int) -> list[MoveEvent]:
-        if self.down:
+        if self.down or room in self.down_rooms:
             return []  # the room's seq may be behind in Redis until reassert() has run
-        keys = [*self._k.room_keys(room)[:6], self._k.room(room, "tick")]
+        keys = [*self._k.room_keys(room)[:6], self._k.room(room, "tick"), *self._channel(room)]
         prefix = move_prefix(room)
         for _ in range(CAS_RETRIES):
             state, ver = await self._read_state(room)
@@ -525,9 +546,9 @@ class RedisRoomStore:
     async def _read_move_state(self, room: str, user_id: str) -> tuple[State, str, bool]:
         """The state, its version and whether ``user_id`` is a member, in one round trip."""
         async with self._r.pipeline(transaction=False) as pipe:
-            pipe.mget([self._k.room(room, "state"), self._k.room(room, "ver")])
+            pipe.get(self._k.room(room, "state")).get(self._k.room(room, "ver"))  # no MGET in a cluster pipeline
             pipe.hexists(self._k.room(room, "users"), user_id)
-            (raw, ver), member = await pipe.execute()
+            raw, ver, member = await pipe.execute()
         state = orjson.loads(raw) if raw is not None else self._rules.initial_state()
         return state, str(ver or "0"), bool(member)
 

@@ -196,7 +196,7 @@ class RedisSessionStore:
         self._reassert = redis.register_script(REASSERT)
 
     def _user_keys(self, user_id: str) -> list[str]:
-        return [self._k.user_sessions(user_id), self._k.grace]
+        return [self._k.user_sessions(user_id), self._k.grace_of(user_id)]
 
     async def save_budget(self, user_id: str, snapshot: tuple[float, float, float], ttl_s: float) -> None:
         await self._r.set(self._k.budget(user_id), " ".join(repr(x) for x in snapshot), px=max(1, int(ttl_s * 1000)))
@@ -204,7 +204,8 @@ class RedisSessionStore:
     async def seat(self, *, user_id: str, sid: str, instance_id: str, now: float, new_session_id: str,
                    max_live: int, policy: str) -> Seat:
         out = await self._seat(keys=[*self._user_keys(user_id), self._k.budget(user_id)], args=[
-            self._k.session(""), sid, instance_id, repr(now), new_session_id, str(max_live), policy, user_id])
+            self._k.session(""), sid, instance_id, repr(now), self._k.session_id(user_id, new_session_id),
+            str(max_live), policy, user_id])
         outcome, live = str(out[0]), int(out[1])
         budget = _budget(out[8])
         if outcome == "refused":
@@ -249,8 +250,16 @@ class RedisSessionStore:
         return _session(out[0], out[1]) if out else None
 
     async def expire_due(self, now: float) -> list[Session]:
-        out = await self._expire(keys=[self._k.grace], args=[repr(now), self._k.session("")])
-        sessions = [_session(head, rooms) for head, rooms in out]
+        graces = self._k.graces()
+        if len(graces) > 1:  # cluster mode: a script only for the grace sets with a session due
+            async with self._r.pipeline(transaction=False) as pipe:
+                for key in graces:
+                    pipe.zrangebyscore(key, "-inf", repr(now), start=0, num=1)
+                graces = [key for key, due in zip(graces, await pipe.execute(), strict=True) if due]
+        sessions = []
+        for key in graces:
+            out = await self._expire(keys=[key], args=[repr(now), self._k.session("")])
+            sessions += [_session(head, rooms) for head, rooms in out]
         if sessions:
             async with self._r.pipeline(transaction=False) as pipe:
                 for s in sessions:

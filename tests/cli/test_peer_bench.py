@@ -82,3 +82,14 @@ def test_peer_bench_sentinel_mode_runs_the_cluster_case_over_sentinel(tmp_path: 
     for row in rows.values():
         assert row["delivery_ratio"] == 1 and row["ack_errors"] == 0 and row["seq_gaps"] == 0, row
         assert row["moves_acked"] == row["moves_sent"] > 0, row
+
+
+@pytest.mark.timeout(300)
+def test_peer_bench_rcluster_mode_runs_over_one_redis_then_a_redis_cluster() -> None:
+    """``peer_bench.sh rcluster``: the gateway's cluster case over one Redis, then over a
+    three-master Redis Cluster the script makes, in one run; every move delivered, in order."""
+    run, rows = peer_bench("rcluster")
+    assert set(rows) == {"node", "one", "rcluster"}, run.stdout
+    for name in ("one", "rcluster"):
+        assert rows[name]["instances"] == 2 and rows[name]["delivery_ratio"] == 1, rows[name]
+        assert rows[name]["seq_gaps"] == 0 and rows[name]["ack_errors"] == 0, rows[name]

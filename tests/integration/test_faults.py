@@ -21,11 +21,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-import redis as redis_sync
 import socketio
 
 from gamegw.server.auth.tokens import mint
 from tests.conftest import RedisServer, eventually, make_settings
+from tests.redis_servers import TOPOLOGY, RedisClusterServer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -163,18 +163,27 @@ def check_registry(conns: list[dict[str, Any]], users: set[str], states: set[str
 
 @pytest.fixture
 def own_redis(tmp_path: Path):
-    """A redis-server of this test's own, with an append-only file: it can be stopped and
-    started again, with its data or (after :func:`wipe`) empty."""
-    server = RedisServer(tmp_path / "redis", persist=True)
-    server.workdir.mkdir()
+    """A redis-server of this test's own (a three-master cluster with GAMEGW_TEST_TOPOLOGY=cluster),
+    with append-only files: it can be stopped and started again, with its data or (after
+    :func:`wipe`) empty."""
+    server: RedisServer | RedisClusterServer
+    if TOPOLOGY == "cluster":
+        server = RedisClusterServer(tmp_path / "redis", persist=True)
+    else:
+        server = RedisServer(tmp_path / "redis", persist=True)
+        server.workdir.mkdir()
     server.start()
     yield server
     server.stop()
 
 
-def wipe(server: RedisServer) -> None:
+def wipe(server: RedisServer | RedisClusterServer) -> None:
+    if isinstance(server, RedisClusterServer):
+        server.wipe()
+        return
     shutil.rmtree(server.workdir)
     server.workdir.mkdir()
+
 
 
 @pytest.mark.parametrize("comes_back", ["with_data", "empty"])
@@ -289,12 +298,8 @@ async def test_pubsub_connections_killed_under_load(process_factory, players, ow
         await table.seat(f"p{i}", f"room{i % 2}", (a.url, b.url)[i % 2 == 0 and i < 4])
     table.start()
     await asyncio.sleep(1.5)
-    killer = redis_sync.Redis(port=own_redis.port)
-    try:
-        killed = time.monotonic()
-        assert killer.client_kill_filter(_type="pubsub") >= 2  # both instances' listeners
-    finally:
-        killer.close()
+    killed = time.monotonic()
+    assert own_redis.kill_pubsub() >= 2  # both instances' listeners
     await eventually(lambda: _ready(a.url, b.url), timeout=10)
     back_s = time.monotonic() - killed
     await asyncio.sleep(2.0)

@@ -544,19 +544,24 @@ class TestTicks:
         assert (await rooms.state("r"))[1]["players"] == ["alice"]
 
 
+@pytest.mark.parametrize("down", ["store", "room"])
 async def test_a_redis_store_ticks_nothing_until_it_has_reasserted(redis_server: RedisServer,
-                                                                   redis_prefix: str) -> None:
-    """While ``down`` (Redis failed us, or a failover put another server there), the room's seq in
-    Redis may be behind what was given out: a tick must not take seqs from it until reassert()
-    has put the floor back. Kills the mutant without the guard (the tick takes seqs 1 and 2
-    while the floor is 4)."""
+                                                                   redis_prefix: str, down: str) -> None:
+    """While ``down`` (Redis failed us, or a failover put another server there), or while the
+    room is in ``down_rooms`` (its Redis Cluster master failed us), the room's seq in Redis may
+    be behind what was given out: a tick must not take seqs from it until reassert() has put the
+    floor back. Kills the mutants without either guard (the tick takes seqs 1 and 2 while the
+    floor is 4)."""
     redis = Redis.from_url(redis_server.url, decode_responses=True)
     rooms = RedisRoomStore(redis, Keys(redis_prefix), GameRules(TickTock()), instance_id="gw-1")
     try:
         await rooms.join("r", "alice", "s-alice")
         await rooms.attach("r", "sid-alice")
         assert await rooms.claim_tick("r", 1000)
-        rooms.down = True
+        if down == "store":
+            rooms.down = True
+        else:
+            rooms.down_rooms.add("r")
         assert await rooms.tick("r", 1.0, TS) == []
         assert await rooms.seq("r") == 0
         await rooms.reassert({"r": {"s-alice": "alice"}}, {"r": 4})  # this instance delivered up to 4

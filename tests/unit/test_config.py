@@ -444,3 +444,7 @@ def test_redis_wait_replicas(state_home: Path) -> None:
     assert load_settings(prod_env(state_home, redis_wait_replicas="2")).redis_wait_replicas == 2
     assert config_error(prod_env(state_home, redis_wait_replicas="-1")) == (
         "redis_wait_replicas: must not be negative (0 turns it off)")
+    cluster = "redis+cluster://127.0.0.1:7000/0"
+    assert load_settings(prod_env(state_home, redis_url=cluster)).redis_url == cluster
+    assert config_error(prod_env(state_home, redis_url=cluster, redis_wait_replicas="1")) == (
+        "redis_wait_replicas: not with a Redis Cluster (redis+cluster://) in this build")

@@ -32,7 +32,7 @@ def test_what_a_url_names(url: str, target: RedisTarget) -> None:
 
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "valkey://cache:6390/2", "valkeys://cache",
                                  "redis+sentinel://s1:26379,s2:26380/0/mymaster",
-                                 "valkey+sentinel://user:pw@s1:26379/3/main"])
+                                 "valkey+sentinel://user:pw@s1:26379/3/main", "redis+cluster://n1:7000,n2/0"])
 def test_good_urls_pass_the_check(url: str) -> None:
     check_redis_url("redis_url", url)
 
@@ -58,8 +58,6 @@ def test_good_urls_pass_the_check(url: str) -> None:
                                       "'m/extra', which contains '/'"),
     ("redis+sentinel://s1/0/m?ssl=1", "redis_url: 'redis+sentinel://s1/0/m?ssl=1' takes no query string or "
                                       "fragment"),
-    ("redis+cluster://n1:7000/0", "redis_url: 'redis+cluster://n1:7000/0': Redis Cluster is not supported by "
-                                  "this build"),
 ])
 def test_bad_urls_say_what_is_wrong(url: str, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
