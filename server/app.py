@@ -50,9 +50,10 @@ from .state.rooms_redis import RedisRoomStore
 from .state.sessions import MemorySessionStore, SessionStore
 from .state.sessions_redis import RedisSessionStore
 from .ticks import Ticker
-from .transport import websocket
+from .transport import handoff, websocket
 from .transport.eio import ConformantServer
 from .transport.manager import GameManager, GameServer
+from .transport.sticky import sid_prefix
 
 logger = logging.getLogger("gamegw.app")
 
@@ -88,7 +89,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
 @web.middleware
 async def polling_refused(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                           ) -> web.StreamResponse:
-    """With several workers on one port, say why long-polling fails instead of a bare 400."""
+    """With ``websocket_only``, say why long-polling fails instead of a bare 400."""
     if request.path.startswith("/socket.io") and request.query.get("transport") == "polling":
         return web.json_response(POLLING_UNAVAILABLE.body(), status=POLLING_UNAVAILABLE.status)
     return await handler(request)
@@ -129,6 +130,8 @@ def create_app(
     # never be reordered, a client's own disconnect is never taken for a transport close, and
     # no task is created per message (the library's default costs CPU on the hot path).
     sio.eio.async_handlers = False
+    if settings.worker_index and isinstance(sio.eio, ConformantServer):
+        sio.eio.sid_prefix = sid_prefix(settings.worker_index)  # the parent routes a session's requests by it
     transports = websocket.install(sio.eio, compress=settings.websocket_compression,
                                    max_outbound_bytes=settings.max_outbound_bytes)
     sio.on_engineio_open = guards.engineio_open
@@ -216,6 +219,8 @@ def create_app(
     middlewares: list[Any] = [*guards.middlewares()]
     if settings.websocket_only:
         middlewares.insert(1, polling_refused)
+    if settings.worker_handoff_fd >= 0:
+        middlewares.insert(0, handoff.one_request_per_connection)
     app = web.Application(middlewares=middlewares)
     ticker = Ticker(rules, rooms, bus, metrics, instance_id=settings.instance_id, lease_s=settings.tick_lease_s,
                     clock=clock, on_move=feed.move)
@@ -339,8 +344,11 @@ def run(settings: Settings) -> None:
     Raises :class:`StartupError` (a port in use, Redis unreachable) before ``ready`` is logged;
     ``ready`` means every listener is bound and listening.
     """
-    # bound first: a port that is taken stops the start before anything else runs
-    sockets = listen(settings.host, settings.port, reuse_port=settings.reuse_port)
+    # bound first: a port that is taken stops the start before anything else runs (a worker's
+    # connections come from its parent instead, over the handoff channel)
+    handed = settings.worker_handoff_fd >= 0
+    sockets = [] if handed else listen(settings.host, settings.port, reuse_port=settings.reuse_port)
+    url = f"http://{settings.host}:{settings.port}" if handed else url_of(sockets[0])
     loop: asyncio.AbstractEventLoop
     try:
         import uvloop
@@ -352,10 +360,14 @@ def run(settings: Settings) -> None:
     app = create_app(settings)
 
     async def ready(app: web.Application) -> None:
-        url = url_of(sockets[0])
         log(logger, "ready", instance=settings.instance_id, url=url, admin_url=app[PARTS].admin_url or url)
 
     app.on_startup.append(ready)
+    if handed:
+        channel = socket.socket(fileno=settings.worker_handoff_fd)
+        handoff.serve(app, channel, loop=loop, name=url, shutdown_timeout=settings.drain_s,
+                      **server_options(settings))
+        return
     try:
         web.run_app(app, sock=sockets, print=None, access_log=None, loop=loop, handle_signals=True,
                     shutdown_timeout=settings.drain_s,
