@@ -5,7 +5,9 @@ Unix socketpair (``SCM_RIGHTS``). :class:`HandoffSite` is an aiohttp site that t
 that channel and gives each to the app's server with ``loop.connect_accepted_socket`` (the
 protocol factory a TCPSite's listener uses), so a handed connection is served exactly like an
 accepted one. :func:`serve` is ``web.run_app`` for such a worker: the same lifecycle (startup,
-SIGINT/SIGTERM, drain, cleanup), with this site in place of a listener.
+SIGINT/SIGTERM, drain, cleanup), with this site in place of a listener. When the parent dies
+(even by SIGKILL) the channel ends, and the worker drains and exits as on SIGTERM: no orphan
+keeps serving connections that nobody routes to it any more.
 
 The parent routes a connection by its first request only, so :func:`one_request_per_connection`
 closes every plain HTTP exchange after its response (``Connection: close``): a long-polling
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -84,8 +87,10 @@ class HandoffSite(web.BaseSite):
                 log(logger, "channel_failed", logging.ERROR, error=exc.strerror or str(exc))
                 self._close_channel()
                 return
-            if not message and not fds:  # the parent closed its end: nothing more will come
+            if not message and not fds:  # the parent is gone: drain and exit, as on its SIGTERM
+                log(logger, "parent_gone", logging.WARNING, note="the channel from the parent closed; stopping")
                 self._close_channel()
+                signal.raise_signal(signal.SIGTERM)
                 return
             for fd in fds:
                 sock = socket.socket(fileno=fd)
