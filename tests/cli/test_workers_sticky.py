@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -327,3 +328,36 @@ async def test_workers_stop_when_the_parent_dies(redis_server, redis_prefix):
         for pid in workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_dead_worker_stops_the_rest(redis_server, redis_prefix):
+    """SIGKILL to one worker: the parent stops the other one (its share of the connections
+    would go nowhere) and exits 1."""
+    proc, _ = await start_workers(redis_server.url, redis_prefix)
+    workers = children(proc.pid)
+    try:
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        assert await asyncio.wait_for(proc.wait(), WAIT_S) == 1
+        assert not alive(workers[1])
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def test_workers_on_a_taken_port_fail_with_one_line():
+    """The parent binds the port before any worker starts: a taken one is the usual one-line error."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            GAMECTL, "serve", "--workers", "2", "--port", str(port), "--redis", "redis://127.0.0.1:1/0",
+            env=process_env("gw"), stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
+    assert proc.returncode == 1
+    assert f"port {port} on 127.0.0.1 is in use".encode() in err and b"Traceback" not in err
