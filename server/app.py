@@ -346,9 +346,10 @@ def run(settings: Settings) -> None:
     """
     # bound first: a port that is taken stops the start before anything else runs (a worker's
     # connections come from its parent instead, over the handoff channel)
-    handed = settings.worker_handoff_fd >= 0
-    sockets = [] if handed else listen(settings.host, settings.port, reuse_port=settings.reuse_port)
-    url = f"http://{settings.host}:{settings.port}" if handed else url_of(sockets[0])
+    channel = handoff.channel_of(settings.worker_handoff_fd) if settings.worker_handoff_fd >= 0 else None
+    sockets = [] if channel is not None else listen(settings.host, settings.port, reuse_port=settings.reuse_port)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    url = f"http://{host}:{settings.port}" if channel is not None else url_of(sockets[0])
     loop: asyncio.AbstractEventLoop
     try:
         import uvloop
@@ -363,8 +364,7 @@ def run(settings: Settings) -> None:
         log(logger, "ready", instance=settings.instance_id, url=url, admin_url=app[PARTS].admin_url or url)
 
     app.on_startup.append(ready)
-    if handed:
-        channel = socket.socket(fileno=settings.worker_handoff_fd)
+    if channel is not None:
         handoff.serve(app, channel, loop=loop, name=url, shutdown_timeout=settings.drain_s,
                       **server_options(settings))
         return

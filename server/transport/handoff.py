@@ -27,6 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from ..logs import log
+from ..protocol.errors import StartupError
 
 logger = logging.getLogger("gamegw.handoff")
 
@@ -103,6 +104,22 @@ class HandoffSite(web.BaseSite):
         self._serving.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log(logger, "handoff_failed", logging.WARNING, error=str(task.exception()))
+
+
+def channel_of(fd: int) -> socket.socket:
+    """The Unix socket the parent passed as ``fd`` (``worker_handoff_fd``), checked."""
+    hint = ("worker_handoff_fd is set by `gamectl serve --workers N` for its workers only; "
+            "unset GAMEGW_WORKER_HANDOFF_FD to serve on a port of this process's own")
+    try:
+        channel = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise StartupError(f"worker_handoff_fd: {fd} is not an open socket ({exc.strerror or exc})",
+                           hint=hint) from None
+    if (channel.family, channel.type) != (socket.AF_UNIX, socket.SOCK_SEQPACKET):
+        channel.detach()  # not ours to close
+        raise StartupError(f"worker_handoff_fd: {fd} is not the Unix socketpair of a `--workers` parent",
+                           hint=hint)
+    return channel
 
 
 def serve(app: web.Application, channel: socket.socket, *, loop: asyncio.AbstractEventLoop, name: str,

@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -36,11 +37,12 @@ SETTINGS = make_settings()
 ADMIN = {"Authorization": "Bearer " + mint(SETTINGS, "ops", role="admin")}
 
 
-async def start_workers(redis_url: str, redis_prefix: str) -> tuple[asyncio.subprocess.Process, str]:
+async def start_workers(redis_url: str, redis_prefix: str, **variables: str
+                        ) -> tuple[asyncio.subprocess.Process, str]:
     """``gamectl serve --workers 2`` (instances gw-w1 and gw-w2), ready; the parent and its URL."""
     port = free_port()
     env = process_env("gw", GAMEGW_REDIS_PREFIX=redis_prefix, GAMEGW_LOG_LEVEL="warning",
-                      GAMEGW_HEARTBEAT_INTERVAL_S="0.2", GAMEGW_HEARTBEAT_TTL_S="1.0")
+                      GAMEGW_HEARTBEAT_INTERVAL_S="0.2", GAMEGW_HEARTBEAT_TTL_S="1.0", **variables)
     proc = await asyncio.create_subprocess_exec(GAMECTL, "serve", "--workers", "2", "--port", str(port),
                                                 "--redis", redis_url, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -62,9 +64,9 @@ async def start_workers(redis_url: str, redis_prefix: str) -> tuple[asyncio.subp
 
 
 @contextlib.asynccontextmanager
-async def two_workers(redis_url: str, redis_prefix: str) -> AsyncIterator[str]:
+async def two_workers(redis_url: str, redis_prefix: str, **variables: str) -> AsyncIterator[str]:
     """:func:`start_workers`, stopped with SIGTERM at the end, which must exit 0."""
-    proc, url = await start_workers(redis_url, redis_prefix)
+    proc, url = await start_workers(redis_url, redis_prefix, **variables)
     try:
         yield url
         proc.send_signal(signal.SIGTERM)
@@ -361,3 +363,33 @@ async def test_workers_on_a_taken_port_fail_with_one_line():
         _, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
     assert proc.returncode == 1
     assert f"port {port} on 127.0.0.1 is in use".encode() in err and b"Traceback" not in err
+
+
+async def test_a_connection_that_sends_no_request_line_is_closed(redis_server, redis_prefix):
+    """The parent waits handshake_timeout_s for a request line (nothing, or half of one), then
+    closes the connection: a silent client holds nothing in the parent for long."""
+    async with two_workers(redis_server.url, redis_prefix, GAMEGW_HANDSHAKE_TIMEOUT_S="1") as url:
+        host, port = url.removeprefix("http://").split(":")
+        for sent in (b"", b"GET /socket.io/?EIO=4&transport=polling&sid=w1"):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(sent)
+            started = time.monotonic()
+            try:  # closed, unanswered: an end of file, or a reset where the half line was left unread
+                assert await asyncio.wait_for(reader.read(), WAIT_S) == b""
+            except ConnectionResetError:
+                pass
+            assert 0.9 < time.monotonic() - started < 5
+            writer.close()
+            with contextlib.suppress(ConnectionResetError):
+                await writer.wait_closed()
+
+
+@pytest.mark.parametrize(("fd", "says"), [("999", "is not an open socket"), ("0", "is not an open socket")])
+async def test_a_handoff_fd_that_is_no_channel_fails_with_one_line(fd, says):
+    """worker_handoff_fd is internal; set by hand to something else, the start fails cleanly."""
+    proc = await asyncio.create_subprocess_exec(
+        GAMECTL, "serve", env=process_env("gw", GAMEGW_WORKER_HANDOFF_FD=fd), stdin=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
+    assert proc.returncode == 1
+    assert f"worker_handoff_fd: {fd} {says}".encode() in err and b"Traceback" not in err
