@@ -65,7 +65,13 @@ def run_workers(settings: Settings, workers: int, config: str | None) -> int:
         with theirs:
             procs.append(subprocess.Popen(args, env=env, pass_fds=[theirs.fileno()]))
     router = Router(listeners, channels, peek_timeout_s=settings.handshake_timeout_s or 75.0)
-    loop = asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop
+    try:  # a connect storm goes through the parent's accept loop: uvloop when installed, as the workers
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover
+        loop = asyncio.new_event_loop()
     try:
         return loop.run_until_complete(_supervise(procs, router))
     finally:
