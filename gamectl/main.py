@@ -53,9 +53,10 @@ def serve(
         "Serve /admin/* and /metrics on this port only (on admin_host, default 127.0.0.1), not on the "
         "game port. With --workers N, worker k takes this port + k - 1."))] = None,
     workers: Annotated[int, typer.Option(min=1, max=64, help=(
-        "Processes on this port (SO_REUSEPORT), forming one cluster over Redis (needs --redis). "
-        "With more than one, clients must use the websocket transport: long-polling is refused "
-        "with a clear error, since a polling session cannot follow the kernel's spreading."))] = 1,
+        "Processes behind this port, forming one cluster over Redis (needs --redis). The parent "
+        "accepts each connection and hands it to one worker: a request with an Engine.IO sid to "
+        "the worker that made it (sticky routing, so long-polling works), others round-robin. "
+        "Several machines behind a load balancer still need sticky routing there (README)."))] = 1,
 ) -> None:
     """Run the gateway.
 
@@ -79,7 +80,11 @@ def serve(
                         f"ports other than the game port {settings.port}", "choose another --admin-port")
         from .workers import run_workers
 
-        raise typer.Exit(run_workers(settings, workers, str(config) if config else None))
+        try:
+            code = run_workers(settings, workers, str(config) if config else None)
+        except StartupError as exc:  # the port is taken
+            fail(1, str(exc), exc.hint or None)
+        raise typer.Exit(code)
     configure(settings.log_level, settings.log_format)
     if settings.dev:
         import logging

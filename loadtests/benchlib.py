@@ -158,11 +158,12 @@ def free_port_block(n: int) -> int:
 class Gateway:
     """One `gamectl serve` process on 127.0.0.1, in its own process group, stderr to a log file."""
 
-    def __init__(self, port: int, secret: str, config: Path, cpu: int | None, redis: str | None = None,
-                 prefix: str | None = None, logdir: Path | None = None) -> None:
+    def __init__(self, port: int, secret: str, config: Path, cpu: int | str | None, redis: str | None = None,
+                 prefix: str | None = None, logdir: Path | None = None, extra: tuple[str, ...] = ()) -> None:
+        """``cpu``: what taskset -c takes (2, or "0,1"); ``extra``: more `serve` arguments."""
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        cmd = [gamectl_path(), "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+        cmd = [gamectl_path(), "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port), *extra]
         if redis:
             cmd += ["--redis", redis]
         if cpu is not None:
@@ -213,7 +214,7 @@ class Gateway:
 class NodeProc:
     """A node script in its own process group (pinned when cpu is given); JSON lines out, commands in."""
 
-    def __init__(self, script: Path, argv: list[str], secret: str, cpu: int | None,
+    def __init__(self, script: Path, argv: list[str], secret: str, cpu: int | str | None,
                  env: dict[str, str] | None = None) -> None:
         cmd = ["node", str(script), *argv]
         if cpu is not None:

@@ -49,9 +49,10 @@ from .state.rooms_redis import RedisRoomStore
 from .state.sessions import MemorySessionStore, SessionStore
 from .state.sessions_redis import RedisSessionStore
 from .ticks import Ticker
-from .transport import websocket
+from .transport import handoff, websocket
 from .transport.eio import ConformantServer
 from .transport.manager import GameManager, GameServer
+from .transport.sticky import sid_prefix
 
 logger = logging.getLogger("gamegw.app")
 
@@ -87,7 +88,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
 @web.middleware
 async def polling_refused(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                           ) -> web.StreamResponse:
-    """With several workers on one port, say why long-polling fails instead of a bare 400."""
+    """With ``websocket_only``, say why long-polling fails instead of a bare 400."""
     if request.path.startswith("/socket.io") and request.query.get("transport") == "polling":
         return web.json_response(POLLING_UNAVAILABLE.body(), status=POLLING_UNAVAILABLE.status)
     return await handler(request)
@@ -128,6 +129,8 @@ def create_app(
     # never be reordered, a client's own disconnect is never taken for a transport close, and
     # no task is created per message (the library's default costs CPU on the hot path).
     sio.eio.async_handlers = False
+    if settings.worker_index and isinstance(sio.eio, ConformantServer):
+        sio.eio.sid_prefix = sid_prefix(settings.worker_index)  # the parent routes a session's requests by it
     transports = websocket.install(sio.eio, compress=settings.websocket_compression,
                                    max_outbound_bytes=settings.max_outbound_bytes)
     sio.on_engineio_open = guards.engineio_open
@@ -212,6 +215,8 @@ def create_app(
     middlewares: list[Any] = [*guards.middlewares()]
     if settings.websocket_only:
         middlewares.insert(1, polling_refused)
+    if settings.worker_handoff_fd >= 0:
+        middlewares.insert(0, handoff.one_request_per_connection)
     app = web.Application(middlewares=middlewares)
     ticker = Ticker(rules, rooms, bus, metrics, instance_id=settings.instance_id, lease_s=settings.tick_lease_s,
                     clock=clock, on_move=feed.move)
@@ -335,8 +340,12 @@ def run(settings: Settings) -> None:
     Raises :class:`StartupError` (a port in use, Redis unreachable) before ``ready`` is logged;
     ``ready`` means every listener is bound and listening.
     """
-    # bound first: a port that is taken stops the start before anything else runs
-    sockets = listen(settings.host, settings.port, reuse_port=settings.reuse_port)
+    # bound first: a port that is taken stops the start before anything else runs (a worker's
+    # connections come from its parent instead, over the handoff channel)
+    channel = handoff.channel_of(settings.worker_handoff_fd) if settings.worker_handoff_fd >= 0 else None
+    sockets = [] if channel is not None else listen(settings.host, settings.port, reuse_port=settings.reuse_port)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    url = f"http://{host}:{settings.port}" if channel is not None else url_of(sockets[0])
     loop: asyncio.AbstractEventLoop
     try:
         import uvloop
@@ -348,10 +357,13 @@ def run(settings: Settings) -> None:
     app = create_app(settings)
 
     async def ready(app: web.Application) -> None:
-        url = url_of(sockets[0])
         log(logger, "ready", instance=settings.instance_id, url=url, admin_url=app[PARTS].admin_url or url)
 
     app.on_startup.append(ready)
+    if channel is not None:
+        handoff.serve(app, channel, loop=loop, name=url, shutdown_timeout=settings.drain_s,
+                      **server_options(settings))
+        return
     try:
         web.run_app(app, sock=sockets, print=None, access_log=None, loop=loop, handle_signals=True,
                     shutdown_timeout=settings.drain_s,

@@ -97,7 +97,11 @@ class Settings:
     max_message_bytes: int = 65536
     websocket_compression: bool = False
     websocket_only: bool = False  # refuse long-polling (set for `serve --workers N`)
-    reuse_port: bool = False  # bind with SO_REUSEPORT (set for `serve --workers N`)
+    reuse_port: bool = False  # bind with SO_REUSEPORT
+    # set by `serve --workers N` for each worker: its number (1..N), which starts each sid it makes,
+    # and the Unix socket on which the parent hands it connections (server/transport/sticky.py)
+    worker_index: int = 0
+    worker_handoff_fd: int = -1
     max_events_per_s: float = 30.0  # per user, across reconnects; excess events get `rate_limited` acks (0: off)
     max_events_burst: int = 60
     # sustained abuse: more rate_limited acks than this within abuse_window_s closes the connection
@@ -392,6 +396,8 @@ def validate(s: Settings) -> None:
             # a cluster's moves go through redis-py's cluster client, not the pipe that sends WAIT
             raise ConfigError("redis_wait_replicas: not with a Redis Cluster (redis+cluster://) in this build",
                               hint="set it to 0, or use one Redis or Sentinel")
+    if not 0 <= s.worker_index <= 999:
+        raise ConfigError(f"worker_index: {s.worker_index} is out of range (0-999); `serve --workers N` sets it")
     if s.heartbeat_ttl_s <= s.heartbeat_interval_s:
         raise ConfigError("heartbeat_ttl_s: must be longer than heartbeat_interval_s")
     for name in ("grace_s", "ping_interval_s", "ping_timeout_s", "redis_timeout_s", "heartbeat_interval_s",

@@ -113,8 +113,8 @@ REQUEST_TIMEOUT = HttpRefusal(408, "request_timeout", "the body did not arrive i
 LENGTH_REQUIRED = HttpRefusal(411, "length_required", "a long-polling POST must carry a Content-Length")
 PAYLOAD_TOO_LARGE = HttpRefusal(413, "payload_too_large", "the body is over max_message_bytes")
 POLLING_UNAVAILABLE = HttpRefusal(
-    400, "polling_unavailable", "this gateway runs several workers on one port and accepts the websocket "
-                                "transport only; connect with transports: ['websocket']")
+    400, "polling_unavailable", "this gateway accepts the websocket transport only (websocket_only); "
+                                "connect with transports: ['websocket']")
 
 
 class AckCode(StrEnum):

@@ -125,6 +125,10 @@ class ConformantServer(engineio.AsyncServer):  # type: ignore[misc]
     socket_class: type[ConformantSocket] = ConformantSocket
     # (eio_sid) a client answered a ping: the one sign of life an idle client gives
     on_pong: Callable[[str], Awaitable[None]] | None = None
+    sid_prefix = ""  # before every sid made here: a worker's number, for sticky routing (sticky.py)
+
+    def generate_id(self) -> str:
+        return self.sid_prefix + str(super().generate_id())
 
     def attach(self, app: Any, engineio_path: str = "engine.io") -> None:
         super().attach(app, engineio_path)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,21 +34,23 @@ WAIT_S = 10
 
 
 class NodePlayer:
-    """resume.js in a subprocess of the test's event loop; its stdout lines, parsed, in order."""
+    """resume.js (or another script of tests/js) in a subprocess of the test's event loop; its
+    stdout lines, parsed, in order."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, name: str = SCRIPT.name) -> None:
         self.proc = proc
+        self.name = name
         self.lines: list[dict[str, Any]] = []
         self.stderr = b""
         self.arrived = asyncio.Event()
         self.readers = [asyncio.create_task(self._read_stdout()), asyncio.create_task(self._read_stderr())]
 
     @classmethod
-    async def start(cls, node: str, config: dict[str, Any]) -> NodePlayer:
+    async def start(cls, node: str, config: dict[str, Any], script: Path = SCRIPT) -> NodePlayer:
         proc = await asyncio.create_subprocess_exec(
-            node, str(SCRIPT), cwd=JS_DIR,
+            node, str(script), cwd=JS_DIR,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        player = cls(proc)
+        player = cls(proc, script.name)
         await player.send(config)  # the token goes over stdin, never on the command line
         return player
 
@@ -77,18 +80,18 @@ class NodePlayer:
             while True:
                 for line in self.lines:
                     if "error" in line:
-                        pytest.fail(f"resume.js failed: {line['error']}\n{self._diagnostics()}")
+                        pytest.fail(f"{self.name} failed: {line['error']}\n{self._diagnostics()}")
                     if key in line:
                         return line[key]
                 if self.proc.stdout is not None and self.proc.stdout.at_eof():
-                    pytest.fail(f"resume.js ended before {what}\n{self._diagnostics()}")
+                    pytest.fail(f"{self.name} ended before {what}\n{self._diagnostics()}")
                 self.arrived.clear()
                 await self.arrived.wait()
 
         try:
             return await asyncio.wait_for(found(), timeout)
         except TimeoutError:
-            pytest.fail(f"no {what} from resume.js within {timeout} s\n{self._diagnostics()}")
+            pytest.fail(f"no {what} from {self.name} within {timeout} s\n{self._diagnostics()}")
 
     def seqs(self) -> list[int]:
         return [line["seq"] for line in self.lines if line.get("event") == "move"]

@@ -17,37 +17,15 @@
 //   {"error": "..."}                something went wrong; the process exits 1
 "use strict";
 
-const readline = require("readline");
 const { io } = require("socket.io-client");
+const { drive, emit, withTimeout } = require("./jsonlines");
 
-function emit(obj) {
-  process.stdout.write(JSON.stringify(obj) + "\n");
-}
-
-function fail(err) {
-  emit({ error: String(err && err.stack ? err.stack : err) });
-  process.exit(1);
-}
-
-const lines = readline.createInterface({ input: process.stdin });
 let cfg = null;
 let socket = null;
 const report = { events: [], authSent: [], moves: [], sessions: [] };
 
-lines.on("line", (line) => {
-  if (!line.trim()) return;
-  let msg;
-  try { msg = JSON.parse(line); } catch (err) { return fail(err); }
-  if (cfg === null) {
-    cfg = msg;
-    start().catch(fail);
-  } else if (msg.cmd === "finish") {
-    finish();
-  } else {
-    fail(new Error(`unknown command ${line}`));
-  }
-});
-lines.on("close", () => { if (socket) socket.disconnect(); process.exit(0); });
+drive({ start: (config) => { cfg = config; return start(); }, finish },
+      () => { if (socket) socket.disconnect(); });
 
 function record(event, extra) {
   const entry = { event, ...extra };
@@ -95,14 +73,6 @@ async function start() {
   const session = await withTimeout(gotFirst, cfg.timeoutMs, "the first session event");
   const join = await socket.timeout(cfg.timeoutMs).emitWithAck("join", { room: cfg.room });
   emit({ ready: { session, join } });
-}
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
 function finish() {

@@ -21,6 +21,7 @@
 "use strict";
 
 const { io } = require("socket.io-client");
+const { withTimeout } = require("./jsonlines");
 
 const NAMESPACE = "/game";
 
@@ -77,14 +78,6 @@ class Recorder {
       this.waiters.push(waiter);
     });
   }
-}
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
 // Socket options presenting `token` the way `credential` says.
