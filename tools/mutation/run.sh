@@ -27,7 +27,7 @@ fi
 
 # pytest's start dominates a run of these tests: load only the plugins they use
 export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
-runner="$py -m pytest -x -q -p no:cacheprovider -p asyncio -p pytest_timeout -o addopts="
+runner="$py $here/pytest_any_failure.py -x -q -p no:cacheprovider -p asyncio -p pytest_timeout -o addopts="
 
 backup=$(mktemp -d)
 restore() {
@@ -37,8 +37,36 @@ restore() {
   done
   rm -rf "$backup"
 }
+# mutmut 2 now and then loses its worker process (the mutant it held stays untested) and then
+# waits for it forever: mutmut is ended when it has had no child but its resource tracker for 30 s
+mutmut_run() {
+  nice -n 10 .venv/bin/mutmut run "$@" &
+  running=$!
+  local idle=0 status=0
+  while kill -0 "$running" 2>/dev/null; do
+    sleep 2
+    if busy "$running"; then idle=0; else idle=$((idle + 2)); fi
+    if [ $idle -ge 30 ]; then echo "mutation: mutmut lost its worker: ended" >&2; kill "$running"; fi
+  done
+  wait "$running" || status=$?
+  running=""
+  return $status
+}
+busy() {
+  local child
+  for child in $(pgrep -P "$1"); do
+    grep -q resource_tracker "/proc/$child/cmdline" 2>/dev/null || return 0
+  done
+  return 1
+}
+
+running=""
+stop() {  # an interrupted run (CI's budget): stop mutmut and its test run, then restore
+  if [ -n "$running" ]; then kill $(pgrep -P "$running") "$running" 2>/dev/null || true; wait "$running" || true; fi
+  exit 130
+}
 trap restore EXIT
-trap 'exit 130' INT TERM
+trap stop INT TERM
 
 for module in "${modules[@]}"; do
   if ! grep -q "^$module " "$here/modules.txt"; then echo "mutation: $module is not in $here/modules.txt" >&2; exit 2; fi
@@ -56,7 +84,12 @@ for module in "${modules[@]}"; do
   fi
   echo "mutation: $module${functions:+ (${functions# })} against$tests"
   # exit status 2/4/8 = survivors/timeouts/suspicious: reported by score.py, not a failure of the run
-  nice -n 10 .venv/bin/mutmut run --paths-to-mutate "$module" --no-progress --simple-output \
-    "${only[@]}" --runner "$runner $tests" || [ $? -ne 1 ]
+  status=0
+  mutmut_run --paths-to-mutate "$module" --no-progress --simple-output "${only[@]}" --runner "$runner $tests" \
+    || status=$?
+  [ $status -ne 1 ] || exit 1
+  for id in $("$py" "$here/score.py" --untested "$module"); do  # what a lost worker left untested
+    mutmut_run "$id" --runner "$runner $tests" >/dev/null || true
+  done
   "$py" "$here/score.py" "$module"
 done
