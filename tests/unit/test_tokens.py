@@ -93,17 +93,6 @@ def test_exp_and_sub_are_required_and_exp_is_checked_with_the_leeway() -> None:
     assert refusal(verifier(), early)[0] == "token_expired"
 
 
-def test_the_lifetime_is_capped_from_iat_or_else_from_now_and_the_leeway() -> None:
-    v = verifier(jwt_max_lifetime_s=600)
-    assert v.verify(token({"sub": "a", "iat": int(NOW), "exp": int(NOW) + 600})).exp == NOW + 600
-    assert refusal(v, token({"sub": "a", "iat": int(NOW), "exp": int(NOW) + 601})) == (
-        "token_invalid", "the token lives longer than jwt_max_lifetime_s (600 s)")
-    no_iat = token({"sub": "a", "exp": int(NOW) + 610})
-    assert refusal(verifier(NOW, jwt_max_lifetime_s=600), no_iat)[0] == "token_invalid"
-    assert verifier(NOW + 10, jwt_max_lifetime_s=600).verify(no_iat).exp == NOW + 610  # dated from now
-    assert verifier(NOW, jwt_max_lifetime_s=600, jwt_leeway_s=10).verify(no_iat).iat is None
-
-
 def test_issuer_and_audience_when_configured() -> None:
     v = verifier(jwt_issuer="games", jwt_audience="gw")
     assert v.verify(token(good(iss="games", aud="gw"))).extra == {}

@@ -88,8 +88,10 @@ for module in "${modules[@]}"; do
   mutmut_run --paths-to-mutate "$module" --no-progress --simple-output "${only[@]}" --runner "$runner $tests" \
     || status=$?
   [ $status -ne 1 ] || exit 1
-  for id in $("$py" "$here/score.py" --untested "$module"); do  # what a lost worker left untested
-    mutmut_run "$id" --runner "$runner $tests" >/dev/null || true
-  done
+  # what mutmut left untested (mutants of repeated lines, a lost worker's), one by one
+  nice -n 10 "$py" "$here/untested.py" "$module" "$runner $tests" >/dev/null &
+  running=$!
+  wait "$running" || echo "mutation: untested.py failed on $module" >&2
+  running=""
   "$py" "$here/score.py" "$module"
 done
