@@ -16,6 +16,8 @@ class Recorder:
         self.loop = asyncio.get_running_loop()
         self.start = self.loop.time()
         self.fired: list[tuple[str, str, float, float]] = []
+        self.errors: list[dict[str, object]] = []  # what the loop's timer callbacks raised
+        self.loop.set_exception_handler(lambda _, context: self.errors.append(context))
 
     def action(self, what: str):  # type: ignore[no-untyped-def]
         async def run(sid: str, exp: float) -> None:
@@ -37,6 +39,7 @@ async def test_the_warning_comes_warn_s_before_exp_and_the_close_leeway_s_after(
     (_, _, _, warned), (_, _, _, expired) = rec.fired
     assert 0.1 <= warned < 0.25
     assert 0.4 <= expired < 0.55
+    assert rec.errors == []
 
 
 async def test_a_token_already_past_both_deadlines_fires_both_at_once():
