@@ -8,6 +8,7 @@ the moves' scripts log them and publish them to nobody."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import aiohttp
@@ -57,7 +58,8 @@ async def lost_moves(player: Any, redis: Redis, keys: Keys, iid: str, ns: list[i
 
 
 async def test_moves_lost_by_pubsub_are_read_from_the_log_in_order_once(
-        cluster_factory, players, redis_server, redis_prefix) -> None:
+        cluster_factory, players, redis_server, redis_prefix, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="gamegw.bus")
     gw, bus, alice, redis, keys = await room_here(cluster_factory, players, redis_server, redis_prefix)
     try:
         assert [await move(alice, 1), await move(alice, 2)] == [1, 2]
@@ -74,6 +76,9 @@ async def test_moves_lost_by_pubsub_are_read_from_the_log_in_order_once(
         got = await counters(gw.url)
         assert (got["gamegw_move_gaps_total"], got["gamegw_moves_missing_total"]) == (1.0, 0.0)
         assert got["gamegw_deliveries_total"] == 6.0
+        [filled] = [r for r in caplog.records if r.getMessage() == "gap_filled"]
+        assert (filled.levelno, filled.gamegw_fields) == (  # type: ignore[attr-defined]
+            logging.INFO, {"room": "r", "from_seq": 3, "to_seq": 6, "missing": 0})
 
         # a repeat of a move already delivered (pub/sub and the log both carried it) is dropped
         assert bus.rooms is not None
