@@ -43,17 +43,17 @@ async def room_here(cluster_factory: Any, players: Any, redis_server: Any, redis
     return gw, bus, alice, Redis.from_url(redis_server.url, decode_responses=True), Keys(redis_prefix)
 
 
-async def move(player: Any, n: int) -> int:
-    ack = await player.call("move", {"room": "r", "action": {"n": n}})
+async def move(player: Any, n: int, room: str = "r") -> int:
+    ack = await player.call("move", {"room": room, "action": {"n": n}})
     assert ack["ok"] is True
     return int(ack["seq"])
 
 
-async def lost_moves(player: Any, redis: Redis, keys: Keys, iid: str, ns: list[int]) -> list[int]:
+async def lost_moves(player: Any, redis: Redis, keys: Keys, iid: str, ns: list[int], room: str = "r") -> list[int]:
     """Moves logged but published to nobody (this instance out of the room's routing meanwhile)."""
-    await redis.srem(keys.room("r", "insts"), iid)
-    made = [await move(player, n) for n in ns]
-    await redis.sadd(keys.room("r", "insts"), iid)
+    await redis.srem(keys.room(room, "insts"), iid)
+    made = [await move(player, n, room) for n in ns]
+    await redis.sadd(keys.room(room, "insts"), iid)
     return made
 
 
@@ -104,13 +104,17 @@ async def test_resync_delivers_what_pubsub_missed_for_rooms_with_members_here(
         await move(alice, 1)
         await alice.wait_for("move", 1)
         assert await bus.resync(["r", "elsewhere"]) == 0  # nothing missed; no member of "elsewhere" here
+        await alice.call("join", {"room": "s"})
+        await move(alice, 1, "s")
+        await alice.wait_for("move", 2)
         await lost_moves(alice, redis, keys, "inst-1", [2, 3])
-        assert await bus.resync(["r"]) == 1
-        await alice.wait_for("move", 3)
+        await lost_moves(alice, redis, keys, "inst-1", [2], "s")
+        assert await bus.resync(["elsewhere", "r", "s"]) == 2
+        await alice.wait_for("move", 5)
         await asyncio.sleep(0.1)
-        assert seqs(alice) == [1, 2, 3]
-        assert bus.delivered() == {"r": 3}
-        assert await bus.resync(["r"]) == 0
+        assert seqs(alice) == [1, 2, 3] and seqs(alice, "s") == [1, 2]
+        assert bus.delivered() == {"r": 3, "s": 2}
+        assert await bus.resync(["r", "s"]) == 0
         got = await counters(gw.url)
         assert (got["gamegw_move_gaps_total"], got["gamegw_moves_missing_total"]) == (0.0, 0.0)
     finally:
@@ -146,5 +150,31 @@ async def test_probe_request_and_room_events_round_trip(cluster_factory, players
         [notice] = await alice.wait_for("notice")
         assert notice == {"text": "hi"}
         assert (await counters(gw.url))["gamegw_bus_probe_failures_total"] == 0.0
+    finally:
+        await redis.aclose()
+
+
+async def test_moves_gone_from_the_log_too_are_counted_missing(cluster_factory, players, redis_server,
+                                                               redis_prefix, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="gamegw.bus")
+    [gw] = await cluster_factory(1, move_log_size=2)
+    bus = gw.app[PARTS].bus
+    alice = await players(gw.url, gw.token("alice"))
+    await alice.call("join", {"room": "r"})
+    redis, keys = Redis.from_url(redis_server.url, decode_responses=True), Keys(redis_prefix)
+    try:
+        await move(alice, 1)
+        await alice.wait_for("move", 1)
+        await lost_moves(alice, redis, keys, "inst-1", [2, 3, 4])
+        await move(alice, 5)  # the gap; the log keeps 4 and 5 only: 2 and 3 are gone for good
+        await alice.wait_for("move", 3)
+        await asyncio.sleep(0.1)
+        assert seqs(alice) == [1, 4, 5]
+        assert bus.delivered() == {"r": 5}
+        got = await counters(gw.url)
+        assert (got["gamegw_move_gaps_total"], got["gamegw_moves_missing_total"]) == (1.0, 2.0)
+        [filled] = [r for r in caplog.records if r.getMessage() == "gap_filled"]
+        assert (filled.levelno, filled.gamegw_fields) == (  # type: ignore[attr-defined]
+            logging.WARNING, {"room": "r", "from_seq": 2, "to_seq": 5, "missing": 2})
     finally:
         await redis.aclose()

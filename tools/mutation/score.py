@@ -56,7 +56,7 @@ def main() -> int:
         statuses = Counter(status for _, status, _, _ in found)
         caught, survived = sum(statuses[s] for s in CAUGHT), sum(statuses[s] for s in SURVIVED)
         if not caught + survived:
-            print(f"{module}: {mutant_count(module)} mutants, not run")
+            print(f"{module}: no mutant run ({mutant_count(module)} in the whole module)")
             continue
         untested = statuses["untested"]
         score = 100 * caught / (caught + survived)
