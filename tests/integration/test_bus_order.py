@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from gamegw.server.app import PARTS
 from gamegw.server.cluster.bus import RedisBus
 from gamegw.server.state.keys import Keys
+from gamegw.server.state.rooms import move_json
 from tests.conftest import eventually
 
 
@@ -176,5 +177,30 @@ async def test_moves_gone_from_the_log_too_are_counted_missing(cluster_factory, 
         [filled] = [r for r in caplog.records if r.getMessage() == "gap_filled"]
         assert (filled.levelno, filled.gamegw_fields) == (  # type: ignore[attr-defined]
             logging.WARNING, {"room": "r", "from_seq": 2, "to_seq": 5, "missing": 2})
+    finally:
+        await redis.aclose()
+
+
+async def test_a_move_arriving_while_a_gap_is_read_is_held_and_sent_after_it(
+        cluster_factory, players, redis_server, redis_prefix) -> None:
+    _, bus, alice, redis, keys = await room_here(cluster_factory, players, redis_server, redis_prefix)
+    try:
+        await move(alice, 1)
+        await alice.wait_for("move", 1)
+        await lost_moves(alice, redis, keys, "inst-1", [2, 3])
+        assert bus.rooms is not None
+        [third] = (await bus.rooms.events_after("r", 2))[0]
+        # seq 3 opens the gap; seq 4 (another instance's move, logged after the gap's read) comes
+        # in the same batch, while the read is under way: it is held, then sent after 2 and 3
+        fourth = move_json("r", 4, "bob", '{"n":4}', 0)
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.publish(keys.channel("inst-1"), f"Mr\n3\n{third.json}")
+            pipe.publish(keys.channel("inst-1"), f"Mr\n4\n{fourth}")
+            await pipe.execute()
+        await alice.wait_for("move", 4)
+        await asyncio.sleep(0.1)
+        assert seqs(alice) == [1, 2, 3, 4]
+        assert alice.events["move"][-1] == {"room": "r", "seq": 4, "user": "bob", "action": {"n": 4}, "ts": 0}
+        assert bus.delivered() == {"r": 4}
     finally:
         await redis.aclose()
