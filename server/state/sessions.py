@@ -34,8 +34,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import orjson
-
 
 @dataclass
 class Session:
@@ -55,15 +53,6 @@ class Session:
         out = dataclasses.asdict(self)
         del out["rooms"]
         return out
-
-    def dumps(self) -> str:
-        return orjson.dumps(self.head()).decode()
-
-    @classmethod
-    def loads(cls, raw: str | bytes, rooms: dict[str, int] | None = None) -> Session:
-        data = orjson.loads(raw)
-        data.pop("rooms", None)
-        return cls(**data, rooms=dict(rooms or {}))
 
     def copy(self) -> Session:
         return dataclasses.replace(self, rooms=dict(self.rooms))

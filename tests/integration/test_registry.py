@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
+import orjson
 import pytest
 from redis.asyncio import Redis
 
@@ -120,6 +122,30 @@ class TestRegistry:
         await registry.touch("ghost", 1.0)
         assert await registry.get("ghost") is None
 
+    async def test_mark(self, registry: Registry) -> None:
+        await registry.add(conn("s1"))
+        await registry.add(conn("s2"))
+        await registry.mark("s1", "grace")
+        got = await registry.get("s1")
+        assert got is not None and got.state == "grace"
+        assert sorted((c.sid, c.state) for c in await registry.list()) == [("s1", "grace"), ("s2", "connected")]
+        await registry.mark("s1", "connected")
+        back = await registry.get("s1")
+        assert back is not None and back.state == "connected"
+        await registry.mark("ghost", "grace")
+        assert await registry.get("ghost") is None
+
+    async def test_a_new_connection_is_connected_with_no_rooms(self, registry: Registry) -> None:
+        fresh = Connection(sid="s1", user_id="alice", instance_id="gw-1", address="10.0.0.1", connected_at=5.0,
+                           last_seen=6.0)
+        expected = {"sid": "s1", "user_id": "alice", "instance_id": "gw-1", "address": "10.0.0.1",
+                    "connected_at": 5.0, "last_seen": 6.0, "session_id": "", "transport": "",
+                    "state": "connected", "resumed": False, "rooms": []}
+        assert fresh.to_dict() == expected
+        await registry.add(fresh)
+        got = await registry.get("s1")
+        assert got is not None and got.to_dict() == expected
+
     async def test_instance_filter_after_changes(self, registry: Registry) -> None:
         await registry.add(conn("s1", instance_id="gw-1"))
         await registry.add(conn("s2", "bob", instance_id="gw-1"))
@@ -135,3 +161,79 @@ class TestRegistry:
         await registry.add(Connection.from_dict(data))
         got = await registry.get("s1")
         assert got is not None and got.to_dict() == data
+
+
+class TestRedisRegistry:
+    """What only the Redis registry has: its own entries cached, last_seen flushed in batches,
+    entries of another instance, and reassert after an outage."""
+
+    @pytest.fixture
+    async def redis(self, redis_server: Any) -> AsyncIterator[Redis]:
+        client = Redis.from_url(redis_server.url, decode_responses=True)
+        yield client
+        await client.aclose()
+
+    async def test_an_entry_is_json_without_last_seen_or_rooms(self, redis: Redis, redis_prefix: str) -> None:
+        keys = Keys(redis_prefix)
+        reg = RedisRegistry(redis, keys, "gw-1")
+        await reg.add(conn("s1", rooms={"r1"}))
+        raw = await redis.get(keys.conn("s1"))
+        assert raw is not None and set(orjson.loads(raw)) == {
+            "sid", "user_id", "instance_id", "address", "connected_at", "session_id", "transport", "state",
+            "resumed"}
+        assert await redis.smembers(keys.conn("s1") + ":rooms") == {"r1"}
+        await redis.hdel(keys.seen, "s1")  # no last_seen recorded: it is the connect time
+        got = await RedisRegistry(redis, keys, "gw-2").get("s1")
+        assert got is not None and got.last_seen == 100.0
+
+    async def test_last_seen_is_flushed_in_batches_for_live_entries_only(self, redis: Redis,
+                                                                          redis_prefix: str) -> None:
+        keys = Keys(redis_prefix)
+        here, there = RedisRegistry(redis, keys, "gw-1"), RedisRegistry(redis, keys, "gw-2")
+        await here.add(conn("s1"))
+        await here.add(conn("s2"))
+        await here.touch("s1", 150.5)
+        await here.touch("s2", 151.25)
+        got = await there.get("s1")
+        assert got is not None and got.last_seen == 100.0  # not flushed yet
+        removed = await here.remove("s2")
+        assert removed is not None and removed.last_seen == 151.25  # the cache, exact
+        await there.remove("s1")  # removed elsewhere before the flush
+        await here.touch("s3", 1.0)  # not ours: nothing to flush
+        await here.flush_seen()
+        assert await redis.hgetall(keys.seen) == {}  # no field left behind for an entry that is gone
+        await there.add(conn("s4"))
+        await there.touch("s4", 160.75)
+        await there.flush_seen()
+        got = await here.get("s4")
+        assert got is not None and got.last_seen == 160.75
+
+    async def test_mark_writes_only_an_entry_that_exists(self, redis: Redis, redis_prefix: str) -> None:
+        keys = Keys(redis_prefix)
+        here, there = RedisRegistry(redis, keys, "gw-1"), RedisRegistry(redis, keys, "gw-2")
+        await here.add(conn("s1"))
+        await there.mark("s1", "grace")  # another instance's entry, read from Redis
+        got = await there.get("s1")
+        assert got is not None and got.state == "grace"
+        await here.add(conn("s2"))
+        await redis.delete(keys.conn("s2"))  # gone from Redis (an outage), still ours
+        await here.mark("s2", "grace")
+        assert await redis.exists(keys.conn("s2")) == 0
+
+    async def test_reassert_writes_ours_back_and_deletes_what_we_no_longer_hold(self, redis: Redis,
+                                                                                redis_prefix: str) -> None:
+        keys = Keys(redis_prefix)
+        here, other = RedisRegistry(redis, keys, "gw-1"), RedisRegistry(redis, keys, "gw-2")
+        await RedisRegistry(redis, keys, "gw-1").add(conn("s9", "zed"))  # an earlier process of gw-1's
+        for sid in ("s1", "s2", "s3"):
+            await here.add(conn(sid))
+        await here.mark("s3", "grace")
+        await redis.delete(keys.conn("s1"), keys.instances)  # what the outage lost
+        lost = await here.reassert({"s1"})  # s2 and s3 ended meanwhile; s3 had dropped already
+        assert [c.sid for c in lost] == ["s2"]
+        got = await other.get("s1")
+        assert got is not None and got.to_dict() == conn("s1").to_dict()
+        assert await other.get("s9") is None and await other.user_sids("zed") == []
+        assert await redis.smembers(keys.inst_sids("gw-1")) == {"s1", "s2", "s3"}
+        assert await redis.smembers(keys.instances) == {"gw-1"}
+        assert await redis.hexists(keys.seen, "s9") is False

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -183,3 +184,32 @@ class TestJti:
         await r.revoke("alice", "t", at=1000.0, exp=2000.0)
         await r.revoke("alice", "t", at=1001.0, exp=3000.0)
         await r.lapse(jti="t", revoked_at=1001.0, until=3000.0, probe=token(iat=1000, exp=3000, jti="t"))
+
+
+class TestDefaultsAndFloors:
+    async def test_no_leeway_unless_given(self, redis_server: Any, redis_prefix: str) -> None:
+        clock, keys = Clock(START), Keys(redis_prefix)
+        memory = MemoryRevocations(ttl_s=10, clock=clock)
+        await memory.revoke("alice", None, START)
+        clock.now = START + 10 - 0.001
+        assert await memory.is_revoked(token(START - 1))
+        clock.now = START + 10
+        assert not await memory.is_revoked(token(START - 1))
+        redis = Redis.from_url(redis_server.url, decode_responses=True)
+        try:
+            await RedisRevocations(redis, keys, ttl_s=10).revoke("alice", None, START)
+            assert 9_000 < await redis.pttl(keys.revoked_user("alice")) <= 10_000
+        finally:
+            await redis.aclose()
+
+    async def test_a_record_is_kept_a_second_at_least(self, redis_server: Any, redis_prefix: str) -> None:
+        keys = Keys(redis_prefix)
+        redis = Redis.from_url(redis_server.url, decode_responses=True)
+        try:
+            store = RedisRevocations(redis, keys, ttl_s=0.25)
+            await store.revoke("alice", None, START)
+            await store.revoke("alice", "j-1", START)
+            for key in (keys.revoked_user("alice"), keys.revoked_jti("j-1")):
+                assert 900 < await redis.pttl(key) <= 1000
+        finally:
+            await redis.aclose()

@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 from redis.asyncio import Redis
 
+from gamegw.server.protocol.codes import AckCode
+from gamegw.server.protocol.errors import ActionError
 from gamegw.server.rules.relay import Relay
 from gamegw.server.state.keys import Keys
 from gamegw.server.state.rooms import MemoryRoomStore, RoomStore
@@ -179,4 +182,22 @@ async def test_a_second_attach_returns_once_the_room_is_routed(redis_server, red
         assert rooms._routing == {}  # the per-room locks go with their last user
     finally:
         await rooms.aclose()
+        await redis.aclose()
+
+
+async def test_the_redis_store_defaults_to_100_members_and_1000_moves(redis_server, redis_prefix: str) -> None:
+    redis = Redis.from_url(redis_server.url, decode_responses=True)
+    store = RedisRoomStore(redis, Keys(redis_prefix), Relay(), instance_id="gw-1")
+    try:
+        for i in range(100):
+            await store.join("big", f"u{i}", f"s{i}")
+        with pytest.raises(ActionError) as refused:
+            await store.join("big", "one-too-many", "s-last")
+        assert (refused.value.code, refused.value.message) == (AckCode.ROOM_FULL, "room 'big' has 100 members")
+        for i in range(1001):
+            await store.move("big", "u0", {"i": i}, orjson.dumps({"i": i}).decode(), i)
+        events, complete = await store.events_after("big", 0)
+        assert (events[0].seq, len(events), complete) == (2, 1000, False)
+    finally:
+        await store.aclose()
         await redis.aclose()

@@ -58,7 +58,12 @@ class TestSeat:
     async def test_new_session_under_the_limit(self, store: SessionStore) -> None:
         got = await seat(store, "c1")
         assert (got.outcome, got.live, got.evicted, got.previous_sid) == ("new", 0, [], None)
-        assert got.session is not None and got.session.session_id == "s-c1" and got.session.sid == "c1"
+        assert got.session is not None and got.session.head() == {
+            "session_id": "s-c1", "user_id": "alice", "sid": "c1", "instance_id": "gw-1", "created_at": 100.0,
+            "state": "connected", "dropped_at": None, "grace_until": None, "cause": ""}
+        assert (got.previous_instance, got.dropped_at, got.budget) == (None, None, None)
+        [stored] = await store.of_user("alice")
+        assert stored.head() == got.session.head() and stored.rooms == {}
         assert await live(store) == ["c1"]
         assert (await seat(store, "c2", most=2)).outcome == "new"
         assert await live(store) == ["c1", "c2"]
@@ -88,8 +93,8 @@ class TestSeat:
         assert await drop(store, "c2", at=11)
         got = await seat(store, "c3", now=12, most=2)
         assert (got.outcome, got.previous_sid, got.dropped_at) == ("resumed", "c2", 11)
-        got = await seat(store, "c4", now=13, most=2)
-        assert (got.outcome, got.previous_sid, got.dropped_at) == ("resumed", "c1", 10)
+        got = await seat(store, "c4", now=13, most=2, policy="refuse")  # one live of two: not at the limit
+        assert (got.outcome, got.previous_sid, got.dropped_at, got.evicted) == ("resumed", "c1", 10, [])
         assert got.session is not None and got.session.rooms == {"a": 5} and got.session.state == "connected"
         assert sorted(await live(store)) == ["c3", "c4"]
 
@@ -260,3 +265,43 @@ class TestGrace:
         assert [(e.session_id, e.sid, e.rooms) for e in got.evicted] == [("s-c2", "c2", {"r": 4}), ("s-c3", "c3", {})]
         assert await live(store) == ["c4"]
         assert not await store.exists("s-c2") and not await store.exists("s-c3")
+
+
+class TestRedisKeys:
+    """What only the Redis store has: the event budget it keeps for the next connect, the TTL a
+    drop gives the session's keys, and a session written back into a Redis that came back empty."""
+
+    @pytest.fixture
+    async def redis(self, redis_server: Any) -> AsyncIterator[Redis]:
+        client = Redis.from_url(redis_server.url, decode_responses=True)
+        yield client
+        await client.aclose()
+
+    async def test_the_budget_travels_with_the_seat(self, redis: Redis, redis_prefix: str) -> None:
+        store, keys = RedisSessionStore(redis, Keys(redis_prefix)), Keys(redis_prefix)
+        assert (await seat(store, "c1", user="bob")).budget is None
+        await store.save_budget("alice", (1.5, 2.0, 100.25), 30.0)
+        assert 29_000 < await redis.pttl(keys.budget("alice")) <= 30_000
+        assert (await seat(store, "c2")).budget == (1.5, 2.0, 100.25)
+        assert (await seat(store, "c3", policy="refuse")).budget == (1.5, 2.0, 100.25)  # refused: still told
+
+    async def test_a_drop_keeps_the_keys_for_the_grace_and_an_hour(self, redis: Redis, redis_prefix: str) -> None:
+        store, keys = RedisSessionStore(redis, Keys(redis_prefix)), Keys(redis_prefix)
+        await seat(store, "c1")
+        [session] = await store.of_user("alice")
+        session.dropped_at, session.cause, session.rooms = 100.0, "ping_timeout", {"r": 3}
+        assert await store.drop(session, 130.0)
+        assert (session.state, session.grace_until) == ("grace", 130.0)
+        for key in (keys.session("s-c1"), keys.session("s-c1") + ":rooms"):
+            assert 3629 <= await redis.ttl(key) <= 3630  # 30 s of grace + KEEP_AFTER_GRACE_S
+        got = await store.get("s-c1")
+        assert got is not None and got.head() == {**session.head(), "state": "grace"}
+
+    async def test_reassert_writes_a_whole_session_back(self, redis: Redis, redis_prefix: str) -> None:
+        store, keys = RedisSessionStore(redis, Keys(redis_prefix)), Keys(redis_prefix)
+        await seat(store, "c1", now=7.25)
+        [session] = await store.of_user("alice")
+        session.rooms = {"a": 1, "b": 2}
+        await redis.delete(keys.session("s-c1"), keys.session("s-c1") + ":rooms", keys.user_sessions("alice"))
+        assert await store.reassert(session)  # Redis came back empty
+        assert await store.of_user("alice") == [session]

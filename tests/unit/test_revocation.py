@@ -4,13 +4,14 @@ revocation waits before it returns."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import jwt
 import pytest
 
-from gamegw.server.auth.revocation import settle_s
+from gamegw.server.auth.revocation import settle, settle_s
 from gamegw.server.auth.tokens import Verifier
 from gamegw.server.protocol.errors import AuthError
 from tests.conftest import TEST_SECRET, make_settings
@@ -63,3 +64,20 @@ def test_without_iat_a_token_is_dated_from_now_within_the_leeway(ahead: int, acc
 ])
 def test_a_user_revocation_returns_at_the_next_whole_second(cut_off: float, now: float, wait_s: float) -> None:
     assert settle_s(cut_off, now) == wait_s
+
+
+async def test_settle_returns_once_the_clock_reaches_the_next_whole_second() -> None:
+    start = time.monotonic()
+    clock = lambda: 1000.3 + (time.monotonic() - start)  # noqa: E731  (a clock that moves)
+    await settle(1000.3, clock)
+    assert clock() >= 1001.0
+    assert 0.7 <= time.monotonic() - start < 0.95
+
+
+async def test_settle_gives_up_on_a_clock_that_stands_still() -> None:
+    start = time.monotonic()
+    await settle(1000.3, lambda: 1000.3)  # 0.7 s sleeps until 1.5 s have passed: three of them
+    assert 2.1 <= time.monotonic() - start < 2.4
+    start = time.monotonic()
+    await asyncio.wait_for(settle(1000.0, lambda: 1000.0), 0.1)  # a whole-second cut-off: at once
+    assert time.monotonic() - start < 0.05

@@ -228,6 +228,7 @@ async def test_move_outside_the_room_is_not_in_room() -> None:
     with pytest.raises(ActionError) as info:
         await move(store, "r", "alice", {}, ts=0)
     assert_code(info, AckCode.NOT_IN_ROOM)
+    assert info.value.message == "not in room 'r'"
     assert (await store.state("r"))[0] == 0
 
 
@@ -240,6 +241,27 @@ async def test_log_is_bounded() -> None:
     assert [e.seq for e in events] == [3, 4, 5]
     assert [e.wire()["action"] for e in events] == [{"i": 2}, {"i": 3}, {"i": 4}]
     assert complete is False
+
+
+async def test_the_default_log_keeps_1000_moves_and_a_room_100_members() -> None:
+    store = relay_store()
+    for i in range(100):
+        await store.join("r", f"u{i}", f"s{i}")
+    with pytest.raises(ActionError) as info:
+        await store.join("r", "one-too-many", "s-last")
+    assert_code(info, AckCode.ROOM_FULL)
+    for i in range(1001):
+        await move(store, "r", "u0", {"i": i}, ts=i)
+    events, complete = await store.events_after("r", 0)
+    assert (events[0].seq, len(events), complete) == (2, 1000, False)
+
+
+async def test_a_log_of_size_0_never_has_what_a_client_missed() -> None:
+    store = relay_store(log_size=0)
+    await store.join("r", "alice", "s1")
+    await move(store, "r", "alice", {}, ts=0)
+    assert await store.events_after("r", 0) == ([], False)
+    assert await store.events_after("r", 1) == ([], True)
 
 
 @pytest.mark.parametrize(("after", "seqs", "complete"), [
@@ -330,6 +352,7 @@ async def test_room_full_at_max_members() -> None:
     with pytest.raises(ActionError) as info:
         await store.join("r", "carol", "s3")
     assert_code(info, AckCode.ROOM_FULL)
+    assert info.value.message == "room 'r' has 2 members"
     assert await store.members("r") == ["alice", "bob"]
     assert (await store.state("r"))[1]["players"] == ["alice", "bob"]
     # A member's second connection takes no seat; another room is not affected.

@@ -1,0 +1,129 @@
+"""Verifier and mint, on the injected clock: each refusal with its code and reason, the claims a
+good token yields, the lifetime cap, and key rotation (a previous key accepted until its end)."""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+import jwt
+import orjson
+import pytest
+
+from gamegw.server.auth.tokens import Claims, Verifier, mint
+from gamegw.server.guard.limits import Limit
+from gamegw.server.protocol import codes
+from gamegw.server.protocol.errors import AuthError
+from tests.conftest import TEST_SECRET, make_settings
+
+NOW = float(int(time.time()))  # PyJWT checks exp and nbf on the real clock; ours is pinned near it
+OLD_SECRET = "previous-secret-0123456789-0123456789-xyz"
+
+
+def token(payload: dict[str, Any], *, secret: str = TEST_SECRET, alg: str = "HS256",
+          headers: dict[str, Any] | None = None) -> str:
+    return jwt.encode(payload, secret, algorithm=alg, headers=headers)
+
+
+def good(**extra: Any) -> dict[str, Any]:
+    return {"sub": "alice", "iat": int(NOW), "exp": int(NOW) + 600, **extra}
+
+
+def refusal(verifier: Verifier, raw: str) -> tuple[str, str]:
+    with pytest.raises(AuthError) as caught:
+        verifier.verify(raw)
+    return caught.value.refusal.name, caught.value.detail
+
+
+def verifier(now: float = NOW, **settings: Any) -> Verifier:
+    return Verifier(make_settings(**settings), clock=lambda: now)
+
+
+def test_a_good_token_yields_its_claims() -> None:
+    raw = token(good(role="admin", jti="j-1", room="lobby", nbf=int(NOW) - 5, iss="me"))
+    assert verifier().verify(raw) == Claims(user_id="alice", exp=NOW + 600, iat=NOW, role="admin", jti="j-1",
+                                            extra={"room": "lobby"})
+    plain = verifier().verify(token({"sub": "bob", "exp": int(NOW) + 60, "role": 7}))
+    assert plain == Claims(user_id="bob", exp=NOW + 60, iat=None, role=None, jti=None, extra={})
+    assert plain.is_admin is False and verifier().verify(raw).is_admin is True
+
+
+def test_missing_oversized_and_malformed_tokens() -> None:
+    assert refusal(verifier(), "") == ("token_missing", "no credentials")
+    raw = token(good())
+    assert verifier(jwt_max_token_bytes=len(raw)).verify(raw).user_id == "alice"
+    with pytest.raises(AuthError) as caught:
+        verifier(jwt_max_token_bytes=len(raw) - 1).verify(raw)
+    assert (caught.value.refusal, caught.value.detail, caught.value.limit) == (
+        codes.TOKEN_INVALID, "token too large", Limit.TOKEN_SIZE)
+    assert refusal(verifier(), "not.a.token")[0] == "token_invalid"
+
+
+def test_the_header_is_checked_first() -> None:
+    assert refusal(verifier(), token(good(), alg="HS384", secret="k" * 64)) == (
+        "token_invalid", "algorithm 'HS384' not allowed")
+    assert refusal(verifier(), token(good(), headers={"typ": "JOSE"})) == ("token_invalid", "typ header is not JWT")
+    assert verifier().verify(token(good(), headers={"typ": "jwt"})).user_id == "alice"
+    # PyJWT itself refuses a crit naming what it does not know; b64 (RFC 7797) it knows, we do not
+    b64 = ".".join(base64.urlsafe_b64encode(orjson.dumps(part)).rstrip(b"=").decode() for part in (
+        {"alg": "HS256", "typ": "JWT", "crit": ["b64"], "b64": True}, good())) + ".c2ln"
+    assert refusal(verifier(), b64) == ("token_invalid", "critical header extensions are not supported")
+    assert refusal(verifier(), token(good(), secret="another-secret-0123456789-0123456789")) == (
+        "token_invalid", "signature verification failed")
+
+
+@pytest.mark.parametrize(("sub", "ok"), [("a" * 128, True), ("a" * 129, False), ("", False), (5, False)])
+def test_sub_is_a_short_non_empty_string(sub: Any, ok: bool) -> None:
+    v = verifier()
+    raw = token(good(sub=sub)) if not isinstance(sub, int) else token({**good(), "sub": sub})
+    if ok:
+        assert v.verify(raw).user_id == sub
+    else:
+        assert refusal(v, raw)[0] == "token_invalid"
+
+
+def test_exp_and_sub_are_required_and_exp_is_checked_with_the_leeway() -> None:
+    assert refusal(verifier(), token({"sub": "alice"}))[0] == "token_invalid"
+    assert refusal(verifier(), token({"exp": int(NOW) + 60}))[0] == "token_invalid"
+    stale = token({"sub": "alice", "exp": int(time.time()) - 5})
+    assert refusal(verifier(), stale)[0] == "token_expired"
+    assert verifier(jwt_leeway_s=30).verify(stale).user_id == "alice"
+    early = token({"sub": "alice", "exp": int(time.time()) + 600, "nbf": int(time.time()) + 300})
+    assert refusal(verifier(), early)[0] == "token_expired"
+
+
+def test_issuer_and_audience_when_configured() -> None:
+    v = verifier(jwt_issuer="games", jwt_audience="gw")
+    assert v.verify(token(good(iss="games", aud="gw"))).extra == {}
+    assert refusal(v, token(good(iss="games")))[0] == "token_invalid"  # aud required
+    assert refusal(v, token(good(aud="gw")))[0] == "token_invalid"  # iss required
+    assert refusal(v, token(good(iss="games", aud="other")))[0] == "token_invalid"
+    assert refusal(v, token(good(iss="other", aud="gw")))[0] == "token_invalid"
+    assert verifier().verify(token(good(aud="anything"))).user_id == "alice"  # not configured: not checked
+
+
+def test_a_previous_key_is_accepted_until_its_end_and_caps_exp() -> None:
+    until = NOW + 100
+    rotated = {"jwt_previous_secret": OLD_SECRET, "jwt_previous_key_until": str(until)}
+    old = token(good(), secret=OLD_SECRET)
+    assert verifier(NOW, **rotated).verify(old).exp == until  # capped at the key's end
+    assert verifier(NOW, **rotated).verify(token(good())).exp == NOW + 600  # the main key: not capped
+    assert verifier(until - 0.001, **rotated).verify(old).user_id == "alice"
+    assert refusal(verifier(until, **rotated), old) == (
+        "token_invalid", "signed with the previous key, which is no longer accepted")
+    assert refusal(verifier(until, **rotated), token(good(), secret="a-third-secret-0123456789-0123456789")) == (
+        "token_invalid", "signature verification failed")
+
+
+def test_mint_signs_what_verify_accepts() -> None:
+    settings = make_settings(jwt_issuer="games", jwt_audience="gw")
+    raw = mint(settings, "alice", ttl_s=60, role="admin", claims={"room": "r", "iss": "kept"}, now=NOW)
+    payload = jwt.decode(raw, TEST_SECRET, algorithms=["HS256"], audience="gw")
+    assert {k: v for k, v in payload.items() if k != "jti"} == {
+        "sub": "alice", "iat": int(NOW), "exp": int(NOW) + 60, "role": "admin", "room": "r", "iss": "kept",
+        "aud": "gw"}
+    assert len(payload["jti"]) == 32
+    assert jwt.get_unverified_header(raw) == {"alg": "HS256", "typ": "JWT"}
+    bare = jwt.decode(mint(make_settings(), "bob", now=NOW), TEST_SECRET, algorithms=["HS256"])
+    assert set(bare) == {"jti", "sub", "iat", "exp"} and bare["exp"] == int(NOW) + 3600
