@@ -4,7 +4,6 @@ good token yields, the lifetime cap, and key rotation (a previous key accepted u
 from __future__ import annotations
 
 import base64
-import time
 from typing import Any
 
 import jwt
@@ -17,7 +16,7 @@ from gamegw.server.protocol import codes
 from gamegw.server.protocol.errors import AuthError
 from tests.conftest import TEST_SECRET, make_settings
 
-NOW = float(int(time.time()))  # PyJWT checks exp and nbf on the real clock; ours is pinned near it
+NOW = 1_900_000_000.0  # the verifier's clock, far from the system's: exp, nbf and iat are judged by it
 OLD_SECRET = "previous-secret-0123456789-0123456789-xyz"
 
 
@@ -86,10 +85,10 @@ def test_sub_is_a_short_non_empty_string(sub: Any, ok: bool) -> None:
 def test_exp_and_sub_are_required_and_exp_is_checked_with_the_leeway() -> None:
     assert refusal(verifier(), token({"sub": "alice"}))[0] == "token_invalid"
     assert refusal(verifier(), token({"exp": int(NOW) + 60}))[0] == "token_invalid"
-    stale = token({"sub": "alice", "exp": int(time.time()) - 5})
+    stale = token({"sub": "alice", "exp": int(NOW) - 5})
     assert refusal(verifier(), stale)[0] == "token_expired"
     assert verifier(jwt_leeway_s=30).verify(stale).user_id == "alice"
-    early = token({"sub": "alice", "exp": int(time.time()) + 600, "nbf": int(time.time()) + 300})
+    early = token({"sub": "alice", "exp": int(NOW) + 600, "nbf": int(NOW) + 300})
     assert refusal(verifier(), early)[0] == "token_expired"
 
 
@@ -119,11 +118,12 @@ def test_a_previous_key_is_accepted_until_its_end_and_caps_exp() -> None:
 def test_mint_signs_what_verify_accepts() -> None:
     settings = make_settings(jwt_issuer="games", jwt_audience="gw")
     raw = mint(settings, "alice", ttl_s=60, role="admin", claims={"room": "r", "iss": "kept"}, now=NOW)
-    payload = jwt.decode(raw, TEST_SECRET, algorithms=["HS256"], audience="gw")
+    untimed = {"verify_exp": False, "verify_iat": False, "verify_nbf": False}  # minted at NOW, years ahead
+    payload = jwt.decode(raw, TEST_SECRET, algorithms=["HS256"], audience="gw", options=untimed)
     assert {k: v for k, v in payload.items() if k != "jti"} == {
         "sub": "alice", "iat": int(NOW), "exp": int(NOW) + 60, "role": "admin", "room": "r", "iss": "kept",
         "aud": "gw"}
     assert len(payload["jti"]) == 32
     assert jwt.get_unverified_header(raw) == {"alg": "HS256", "typ": "JWT"}
-    bare = jwt.decode(mint(make_settings(), "bob", now=NOW), TEST_SECRET, algorithms=["HS256"])
+    bare = jwt.decode(mint(make_settings(), "bob", now=NOW), TEST_SECRET, algorithms=["HS256"], options=untimed)
     assert set(bare) == {"jti", "sub", "iat", "exp"} and bare["exp"] == int(NOW) + 3600
