@@ -39,6 +39,7 @@ from .rooms import SERVER_USER, Joined, MoveEvent, move_json, move_prefix, move_
 from .shards import ShardSubscriber
 
 CAS_RETRIES = 20
+WAIT_PAUSE_S = 5.0  # redis_wait_replicas: after a WAIT came back short, moves skip WAIT this long
 logger = logging.getLogger("gamegw.rooms")
 
 # KEYS: seq users seats   ARGV: user max_members session_id
@@ -238,6 +239,7 @@ class RedisRoomStore:
         self.on_moves_lost: Callable[[str, int], None] | None = None
         self.on_wait_short: Callable[[], None] | None = None  # WAIT timed out with too few replicas
         self._wait = (str(wait_replicas), str(wait_timeout_ms)) if wait_replicas else None
+        self._wait_paused_until = 0.0  # loop time: no WAIT before then (replicas were missing)
         fan_out = rcluster.sharded if keys.cluster else str  # cluster: SPUBLISH to the room's channel
         self.shards: ShardSubscriber | None = None  # cluster: the room channels' subscriptions
         self._join = redis.register_script(JOIN)
@@ -366,12 +368,18 @@ class RedisRoomStore:
         if self._pipe is None:
             return await self._move(keys=keys, args=args)
         out = await self._pipe.evalsha(self._move.sha, MOVE, keys, args)
-        if self._wait is not None and int(out) >= 0:
+        loop = asyncio.get_running_loop()
+        if self._wait is not None and int(out) >= 0 and loop.time() >= self._wait_paused_until:
             # redis_wait_replicas: the ack waits until replicas have the move (WAIT counts the
             # writes of this connection, all of the pipe's moves so far); a short count is not
-            # an error, the move is already in the room: it is counted
-            if int(await self._pipe.call("WAIT", *self._wait)) < int(self._wait[0]) and self.on_wait_short:
-                self.on_wait_short()
+            # an error, the move is already in the room: it is counted. WAIT holds the pipe's one
+            # connection until its timeout: while replicas are missing (after a failover the new
+            # master has none) every move would wait its turn behind the last one's WAIT, past
+            # redis_timeout_s, so WAIT pauses for WAIT_PAUSE_S after a short count.
+            if int(await self._pipe.call("WAIT", *self._wait)) < int(self._wait[0]):
+                self._wait_paused_until = loop.time() + WAIT_PAUSE_S
+                if self.on_wait_short:
+                    self.on_wait_short()
         return out
 
     async def move(self, room: str, user_id: str, action: dict[str, Any], action_json: str, ts: int) -> MoveEvent:
@@ -479,7 +487,9 @@ class RedisRoomStore:
             floor = int(args[3])
             before = int(await self._reassert(keys=keys, args=args))
             lost = floor - before - sum(1 for e in offline if e.seq > before)
-            if lost > 0:
+            # lost for players who saw them and sit here still; a room nobody here sits in any
+            # more may have been emptied and deleted meanwhile (its floor is not a loss)
+            if lost > 0 and seated:
                 log(logger, "moves_lost", logging.WARNING, room=room, redis_seq=before, seq=floor, lost=lost)
                 if self.on_moves_lost is not None:
                     self.on_moves_lost(room, lost)

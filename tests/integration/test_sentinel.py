@@ -199,7 +199,8 @@ async def test_redis_wait_replicas_holds_the_ack_until_a_replica_has_the_move(
         sentinels: SentinelSet, cluster_factory, players) -> None:
     """``redis_wait_replicas = 1``: a move is acknowledged once the replica has it (read there
     right after the ack); with the replica stopped, the ack comes after WAIT's timeout (half of
-    ``redis_timeout_s``) and the short WAIT is counted. (Kills the mutant without the WAIT.)"""
+    ``redis_timeout_s``), the short WAIT is counted, and WAIT pauses: the next five moves do not
+    wait (with no pause, each waits and is counted: 6). (Kills the mutant without the WAIT.)"""
     [gw] = await cluster_factory(1, redis_url=sentinels.url, redis_wait_replicas=1, redis_timeout_s=1.0)
     alice = await players(gw.url, gw.token("alice"))
     assert (await alice.call("join", {"room": "r"}))["ok"] is True
@@ -216,6 +217,10 @@ async def test_redis_wait_replicas_holds_the_ack_until_a_replica_has_the_move(
         started = time.monotonic()
         assert await alice.call("move", {"room": "r", "action": {"i": 5}}) == {"ok": True, "seq": 6}
         waited_s = time.monotonic() - started
+        # the short WAIT pauses WAIT (WAIT_PAUSE_S): the next moves do not each hold the move
+        # connection until WAIT's timeout (after a failover, the new master has no replica)
+        for i in range(6, 11):
+            assert await alice.call("move", {"room": "r", "action": {"i": i}}) == {"ok": True, "seq": i + 1}
     finally:
         replica.proc.send_signal(signal.SIGCONT)
     assert 0.5 <= waited_s < 1.0, waited_s
