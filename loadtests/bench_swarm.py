@@ -32,6 +32,7 @@ on a setup failure. Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -42,6 +43,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -176,12 +178,7 @@ def run_together(args: argparse.Namespace, gw: Gateway, secret: str, run_dir: Pa
     base_kb = node_baseline_kb(args.load_cpu)
     ramp_s = args.players / args.spawn_rate
     move_s = ramp_s + 60 + args.settle_s + args.seconds + 5
-    gen = NodeProc(LOADGEN, [gw.url, str(args.players), str(args.room_size), str(args.move_rate), f"{move_s:g}"],
-                   secret, args.load_cpu)
-    try:
-        connected = gen.read("connected", timeout=args.players / 20 + 60)
-        if connected["clients"] != args.players:
-            raise SetupError(f"loadgen.js: {connected['clients']} of {args.players} players connected")
+    with loadgen(args, gw, secret, move_s) as gen:
         proc, progress = start_locust(args, gw, secret, run_dir, extra_s=move_s)
         try:
             log(f"both: settling {args.settle_s:g} s, then measuring {args.seconds:g} s")
@@ -204,6 +201,18 @@ def run_together(args: argparse.Namespace, gw: Gateway, secret: str, run_dir: Pa
             return out
         finally:
             stop_locust(proc)
+
+
+@contextlib.contextmanager
+def loadgen(args: argparse.Namespace, gw: Gateway, secret: str, move_s: float) -> Iterator[NodeProc]:
+    """peer-bench's loadgen.js with every player connected (its moves last ``move_s``); stopped after."""
+    gen = NodeProc(LOADGEN, [gw.url, str(args.players), str(args.room_size), str(args.move_rate), f"{move_s:g}"],
+                   secret, args.load_cpu)
+    try:
+        connected = gen.read("connected", timeout=args.players / 20 + 60)
+        if connected["clients"] != args.players:
+            raise SetupError(f"loadgen.js: {connected['clients']} of {args.players} players connected")
+        yield gen
     finally:
         gen.stop(wait=10)
 
@@ -228,21 +237,14 @@ def node_baseline_kb(cpu: int | None) -> int:
 def run_node(args: argparse.Namespace, gw: Gateway, secret: str) -> dict[str, Any]:
     base_kb = node_baseline_kb(args.load_cpu)
     move_s = args.settle_s + args.seconds + 2
-    gen = NodeProc(LOADGEN, [gw.url, str(args.players), str(args.room_size), str(args.move_rate), f"{move_s:g}"],
-                   secret, args.load_cpu)
-    try:
-        connected = gen.read("connected", timeout=args.players / 20 + 60)
-        if connected["clients"] != args.players:
-            raise SetupError(f"loadgen.js: {connected['clients']} of {args.players} players connected")
-        log(f"Node: {connected['clients']} players joined; settling {args.settle_s:g} s, measuring {args.seconds:g} s")
+    with loadgen(args, gw, secret, move_s) as gen:
+        log(f"Node: {args.players} players joined; settling {args.settle_s:g} s, measuring {args.seconds:g} s")
         time.sleep(args.settle_s)
         got = window(gen.proc.pid, gw.url, args.players, args.seconds, None)
         got["rss_kb_per_player"] = round((got.pop("rss_kb") - base_kb) / args.players, 1)
         done = gen.read("done", timeout=move_s + 30)
         got["failures"] = done["failed"] + done["ack_errors"] + done["seq_gaps"]
         return got
-    finally:
-        gen.stop(wait=10)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -368,8 +368,7 @@ class RedisRoomStore:
         if self._pipe is None:
             return await self._move(keys=keys, args=args)
         out = await self._pipe.evalsha(self._move.sha, MOVE, keys, args)
-        loop = asyncio.get_running_loop()
-        if self._wait is not None and int(out) >= 0 and loop.time() >= self._wait_paused_until:
+        if self._wait is not None and int(out) >= 0 and self._waiting_allowed():
             # redis_wait_replicas: the ack waits until replicas have the move (WAIT counts the
             # writes of this connection, all of the pipe's moves so far); a short count is not
             # an error, the move is already in the room: it is counted. WAIT holds the pipe's one
@@ -377,10 +376,14 @@ class RedisRoomStore:
             # master has none) every move would wait its turn behind the last one's WAIT, past
             # redis_timeout_s, so WAIT pauses for WAIT_PAUSE_S after a short count.
             if int(await self._pipe.call("WAIT", *self._wait)) < int(self._wait[0]):
-                self._wait_paused_until = loop.time() + WAIT_PAUSE_S
+                self._wait_paused_until = asyncio.get_running_loop().time() + WAIT_PAUSE_S
                 if self.on_wait_short:
                     self.on_wait_short()
         return out
+
+    def _waiting_allowed(self) -> bool:
+        """Whether WAIT is not paused (a short count paused it, see _run_move)."""
+        return asyncio.get_running_loop().time() >= self._wait_paused_until
 
     async def move(self, room: str, user_id: str, action: dict[str, Any], action_json: str, ts: int) -> MoveEvent:
         if self.down or room in self.down_rooms or room in self._offline:

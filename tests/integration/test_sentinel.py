@@ -53,13 +53,9 @@ def sample(gw: Any, name: str) -> float:
 OVER_SENTINEL = {"redis_timeout_s": 0.5, "grace_s": 30}
 
 
-async def test_moves_lost_with_the_master_are_counted_and_a_sync_across_them_is_incomplete(
-        sentinels: SentinelSet, cluster_factory, players) -> None:
-    """The replica is cut off (stopped, its link killed) while three moves are acknowledged; then
-    the master dies. The promoted replica has seq 3, the players saw 6: the room goes on at 7,
-    the three lost moves are counted once across the two instances, and a ``sync`` from 3 says
-    ``complete: false``. (Kills the mutants that drop the seq floor in ``reassert`` (the next
-    move gets seq 4 again) and that do not count the hole.)"""
+async def three_moves_across_two_instances(sentinels: SentinelSet, cluster_factory, players):
+    """Two instances over Sentinel; alice (on the first) and bob (on the second) in room ``r``;
+    alice's three moves acknowledged as seq 1 to 3 and delivered to bob."""
     a, b = await cluster_factory(2, redis_url=sentinels.url, **OVER_SENTINEL)
     alice = await players(a.url, a.token("alice"))
     bob = await players(b.url, b.token("bob"))
@@ -68,6 +64,17 @@ async def test_moves_lost_with_the_master_are_counted_and_a_sync_across_them_is_
     for i in range(3):
         assert await alice.call("move", {"room": "r", "action": {"i": i}}) == {"ok": True, "seq": i + 1}
     await bob.wait_for("move", 3)
+    return a, b, alice, bob
+
+
+async def test_moves_lost_with_the_master_are_counted_and_a_sync_across_them_is_incomplete(
+        sentinels: SentinelSet, cluster_factory, players) -> None:
+    """The replica is cut off (stopped, its link killed) while three moves are acknowledged; then
+    the master dies. The promoted replica has seq 3, the players saw 6: the room goes on at 7,
+    the three lost moves are counted once across the two instances, and a ``sync`` from 3 says
+    ``complete: false``. (Kills the mutants that drop the seq floor in ``reassert`` (the next
+    move gets seq 4 again) and that do not count the hole.)"""
+    a, b, alice, bob = await three_moves_across_two_instances(sentinels, cluster_factory, players)
     await eventually(_replica_has(sentinels, 3))
 
     replica = sentinels.replica
@@ -302,14 +309,7 @@ async def test_a_manual_failover_loses_nothing(sentinels: SentinelSet, cluster_f
     """``SENTINEL FAILOVER``: the replica is promoted once it has caught up, and the sentinels
     turn the old master into a replica and cut its clients. Play goes on at the next seq and
     nothing is counted lost."""
-    a, b = await cluster_factory(2, redis_url=sentinels.url, **OVER_SENTINEL)
-    alice = await players(a.url, a.token("alice"))
-    bob = await players(b.url, b.token("bob"))
-    for player in (alice, bob):
-        assert (await player.call("join", {"room": "r"}))["ok"] is True
-    for i in range(3):
-        assert await alice.call("move", {"room": "r", "action": {"i": i}}) == {"ok": True, "seq": i + 1}
-    await bob.wait_for("move", 3)
+    a, b, alice, bob = await three_moves_across_two_instances(sentinels, cluster_factory, players)
     old_port = sentinels.port
     with redis_sync.Redis(port=sentinels.sentinel_ports[0]) as sentinel:
         assert sentinel.sentinel_failover(SERVICE) is True
