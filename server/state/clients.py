@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import cast
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from . import rcluster
 from .keys import Keys
@@ -26,9 +27,11 @@ def redis_client(target: RedisTarget, *, max_connections: int, timeout_s: float)
 
 
 def open_redis(link: RedisLink, prefix: str, *, max_connections: int,
-               timeout_s: float) -> tuple[Redis, Keys, RedisPipe | None]:
-    """The shared client, the keys and the move path's pipelined connection (not on a cluster)."""
+               timeout_s: float) -> tuple[Redis, Keys, RedisPipe | rcluster.SlotPipes]:
+    """The shared client, the keys and the move path's pipelined connection (one per master on a
+    cluster)."""
     redis = redis_client(link.target, max_connections=max_connections, timeout_s=timeout_s)
     if link.target.kind == "cluster":
-        return redis, Keys(prefix, cluster=True), None
+        return redis, Keys(prefix, cluster=True), rcluster.SlotPipes(cast(RedisCluster, redis), link,
+                                                                     timeout_s=timeout_s)
     return redis, Keys(prefix), RedisPipe(link, timeout_s=timeout_s)

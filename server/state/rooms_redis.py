@@ -216,7 +216,7 @@ class _RoomLock(asyncio.Lock):
 
 class RedisRoomStore:
     def __init__(self, redis: Redis, keys: Keys, rules: Rules, *, instance_id: str, log_size: int = 1000,
-                 max_members: int = 100, pipe: RedisPipe | None = None, wait_replicas: int = 0,
+                 max_members: int = 100, pipe: RedisPipe | rcluster.SlotPipes | None = None, wait_replicas: int = 0,
                  wait_timeout_ms: int = 1000) -> None:
         self._r: Any = redis  # redis-py's types do not follow decode_responses=True
         self._k = keys
@@ -244,7 +244,8 @@ class RedisRoomStore:
         self.shards: ShardSubscriber | None = None  # cluster: the room channels' subscriptions
         self._join = redis.register_script(JOIN)
         self._leave = redis.register_script(LEAVE)
-        self._move = redis.register_script(fan_out(MOVE))
+        self._move_script = fan_out(MOVE)  # the pipe's EVAL when Redis lacks it (NOSCRIPT)
+        self._move = redis.register_script(self._move_script)
         self._server_move = redis.register_script(fan_out(SERVER_MOVE))
         self._pipe = pipe
         self._set_state = redis.register_script(SET_STATE)
@@ -367,8 +368,8 @@ class RedisRoomStore:
     async def _run_move(self, keys: list[str], args: list[str]) -> Any:
         if self._pipe is None:
             return await self._move(keys=keys, args=args)
-        out = await self._pipe.evalsha(self._move.sha, MOVE, keys, args)
-        if self._wait is not None and int(out) >= 0 and self._waiting_allowed():
+        out = await self._pipe.evalsha(self._move.sha, self._move_script, keys, args)
+        if self._wait is not None and isinstance(self._pipe, RedisPipe) and int(out) >= 0 and self._waiting_allowed():
             # redis_wait_replicas: the ack waits until replicas have the move (WAIT counts the
             # writes of this connection, all of the pipe's moves so far); a short count is not
             # an error, the move is already in the room: it is counted. WAIT holds the pipe's one
@@ -578,7 +579,7 @@ class RedisRoomStore:
     async def reachable(self) -> bool:
         """Whether Redis answers on the move path's own connection (not the shared pool)."""
         try:
-            if self._pipe is not None:
+            if isinstance(self._pipe, RedisPipe):
                 await self._pipe.call("PING")
             else:
                 await self._r.ping()

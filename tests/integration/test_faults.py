@@ -15,6 +15,7 @@ import shutil
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,10 @@ class Seat:
     moves: list[dict[str, Any]] = field(default_factory=list)  # those move events
     acked: list[tuple[float, int]] = field(default_factory=list)  # (when, seq) of ok acks
     errors: Counter[str] = field(default_factory=Counter)
+    failed: list[tuple[float, str]] = field(default_factory=list)  # (when, code) of the errors
     left_events: list[Any] = field(default_factory=list)
     moved: int = 0
+    action: Callable[[Seat], dict[str, Any]] | None = None  # the next move's action; else {"n": moved}
 
     def harvest(self) -> None:
         """Take the events the current connection has recorded into the seat's history."""
@@ -62,14 +65,17 @@ class Seat:
                 continue
             self.moved += 1
             try:
-                ack = await player.call("move", {"room": self.room, "action": {"n": self.moved}}, timeout=3)
+                action = self.action(self) if self.action else {"n": self.moved}
+                ack = await player.call("move", {"room": self.room, "action": action}, timeout=3)
             except (TimeoutError, socketio.exceptions.SocketIOError):
                 self.errors["no_ack"] += 1
+                self.failed.append((time.monotonic(), "no_ack"))
             else:
                 if ack.get("ok"):
                     self.acked.append((time.monotonic(), ack["seq"]))
                 else:
                     self.errors[ack["error"]["code"]] += 1
+                    self.failed.append((time.monotonic(), ack["error"]["code"]))
             await asyncio.sleep(0.05)
 
 
