@@ -240,6 +240,7 @@ class RedisRoomStore:
         self.on_wait_short: Callable[[], None] | None = None  # WAIT timed out with too few replicas
         self._wait = (str(wait_replicas), str(wait_timeout_ms)) if wait_replicas else None
         self._wait_paused_until = 0.0  # loop time: no WAIT before then (replicas were missing)
+        self._waiting: asyncio.Future[Any] | None = None  # the WAIT the moves acknowledged now share
         fan_out = rcluster.sharded if keys.cluster else str  # cluster: SPUBLISH to the room's channel
         self.shards: ShardSubscriber | None = None  # cluster: the room channels' subscriptions
         self._join = redis.register_script(JOIN)
@@ -370,17 +371,28 @@ class RedisRoomStore:
             return await self._move(keys=keys, args=args)
         out = await self._pipe.evalsha(self._move.sha, self._move_script, keys, args)
         if self._wait is not None and isinstance(self._pipe, RedisPipe) and int(out) >= 0 and self._waiting_allowed():
-            # redis_wait_replicas: the ack waits until replicas have the move (WAIT counts the
-            # writes of this connection, all of the pipe's moves so far); a short count is not
-            # an error, the move is already in the room: it is counted. WAIT holds the pipe's one
-            # connection until its timeout: while replicas are missing (after a failover the new
-            # master has none) every move would wait its turn behind the last one's WAIT, past
-            # redis_timeout_s, so WAIT pauses for WAIT_PAUSE_S after a short count.
-            if int(await self._pipe.call("WAIT", *self._wait)) < int(self._wait[0]):
-                self._wait_paused_until = asyncio.get_running_loop().time() + WAIT_PAUSE_S
-                if self.on_wait_short:
-                    self.on_wait_short()
+            await self._replicated(self._pipe, self._wait)
         return out
+
+    async def _replicated(self, pipe: RedisPipe, wait: tuple[str, str]) -> None:
+        """redis_wait_replicas: until replicas have this move (or WAIT's timeout). WAIT counts
+        every write of the connection before it, so the moves whose replies came while one WAIT
+        is pending share it (it went, or will go, after them): one WAIT per round trip, not one
+        per move, each holding the pipe's one connection in turn. A short count is not an error
+        (the move is in the room already): it is counted, and WAIT pauses for WAIT_PAUSE_S, so
+        that while replicas are missing (after a failover the new master has none) moves do not
+        wait their turn behind WAIT's timeout, past redis_timeout_s."""
+        if self._waiting is None or self._waiting.done():
+            self._waiting = asyncio.ensure_future(pipe.call("WAIT", *wait))
+            self._waiting.add_done_callback(self._waited)
+        await asyncio.shield(self._waiting)
+
+    def _waited(self, waiting: asyncio.Future[Any]) -> None:
+        assert self._wait is not None
+        if not waiting.cancelled() and waiting.exception() is None and int(waiting.result()) < int(self._wait[0]):
+            self._wait_paused_until = asyncio.get_running_loop().time() + WAIT_PAUSE_S
+            if self.on_wait_short:
+                self.on_wait_short()
 
     def _waiting_allowed(self) -> bool:
         """Whether WAIT is not paused (a short count paused it, see _run_move)."""

@@ -205,12 +205,16 @@ async def test_a_link_without_a_sentinel_says_which_it_asked() -> None:
 async def test_redis_wait_replicas_holds_the_ack_until_a_replica_has_the_move(
         sentinels: SentinelSet, cluster_factory, players) -> None:
     """``redis_wait_replicas = 1``: a move is acknowledged once the replica has it (read there
-    right after the ack); with the replica stopped, the ack comes after WAIT's timeout (half of
-    ``redis_timeout_s``), the short WAIT is counted, and WAIT pauses: the next five moves do not
-    wait (with no pause, each waits and is counted: 6). (Kills the mutant without the WAIT.)"""
+    right after the ack); with the replica stopped, eight players' moves sent at once share one WAIT and
+    are all acknowledged after its timeout (half of ``redis_timeout_s``; with a WAIT each, in
+    turn on the one move connection, the last would wait four times that), the short WAIT is
+    counted once, and WAIT pauses: the next five moves do not wait (with no pause, each waits
+    and is counted). (Kills the mutant without the WAIT.)"""
     [gw] = await cluster_factory(1, redis_url=sentinels.url, redis_wait_replicas=1, redis_timeout_s=1.0)
     alice = await players(gw.url, gw.token("alice"))
-    assert (await alice.call("join", {"room": "r"}))["ok"] is True
+    others = [await players(gw.url, gw.token(f"p{i}")) for i in range(7)]  # one player's moves go one by one
+    for player in (alice, *others):
+        assert (await player.call("join", {"room": "r"}))["ok"] is True
     for i in range(5):
         ack = await alice.call("move", {"room": "r", "action": {"i": i}})
         assert ack == {"ok": True, "seq": i + 1}
@@ -222,11 +226,13 @@ async def test_redis_wait_replicas_holds_the_ack_until_a_replica_has_the_move(
     replica.proc.send_signal(signal.SIGSTOP)
     try:
         started = time.monotonic()
-        assert await alice.call("move", {"room": "r", "action": {"i": 5}}) == {"ok": True, "seq": 6}
+        acks = await asyncio.gather(*(p.call("move", {"room": "r", "action": {"i": i}})
+                                      for i, p in enumerate((alice, *others), 5)))
         waited_s = time.monotonic() - started
+        assert sorted(ack["seq"] for ack in acks) == list(range(6, 14)), acks
         # the short WAIT pauses WAIT (WAIT_PAUSE_S): the next moves do not each hold the move
         # connection until WAIT's timeout (after a failover, the new master has no replica)
-        for i in range(6, 11):
+        for i in range(13, 18):
             assert await alice.call("move", {"room": "r", "action": {"i": i}}) == {"ok": True, "seq": i + 1}
     finally:
         replica.proc.send_signal(signal.SIGCONT)
