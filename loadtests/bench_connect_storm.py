@@ -8,7 +8,12 @@ socket.io-client (loadtests/node/clients.js) to CPU 1, so the CPU figure is the 
 Tokens are minted before the clock starts. Every connection stays open until the storm is
 over, so at the end the gateway holds N live connections.
 
-Prints one JSON line, then a short table. Exits 1 with a one-line message on a setup failure.
+The same storm is run against the Node reference server (peer-bench's ``reference_server.js``,
+socket.io 4) in the same invocation, both on the same heartbeat (``--servers``, ``--ping-ms``),
+so that the figures are ratios too.
+
+Prints one JSON line (a row per server), then a table with Node's figures beside the gateway's.
+Exits 1 with a one-line message on a setup failure.
 
 Example:
   .venv/bin/python loadtests/bench_connect_storm.py --clients 2000 --concurrency 200
@@ -27,17 +32,20 @@ from pathlib import Path
 from benchlib import (
     HERE,
     REPO,
+    Figure,
     Gateway,
     NodeProc,
     SetupError,
+    beside,
     check_tools,
     cpu_ms,
-    free_port_block,
     node_modules,
     raise_nofile,
     rss_kb,
     run_and_report,
-    table,
+    server_options,
+    side_by_side,
+    start_server,
     tree,
 )
 
@@ -60,6 +68,7 @@ def listen_overflows() -> int | None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    """Every server of ``--servers`` in turn, on the same storm: ``{"servers": [row, ...]}``."""
     pin = not args.no_pin
     check_tools(pin, (args.server_cpu, args.load_cpu))
     node_modules()
@@ -68,11 +77,17 @@ def run(args: argparse.Namespace) -> dict:
         raise SetupError(f"open-file limit {nofile} is too low for {args.clients} connections (raise ulimit -n)")
     if pin:
         os.sched_setaffinity(0, {args.load_cpu})  # keep this harness off the server's CPU
+    rows = [{"server": name, **storm(name, args, pin)} for name in args.servers]
+    return {"bench": "connect_storm", "servers": rows}
+
+
+def storm(name: str, args: argparse.Namespace, pin: bool) -> dict:
     secret = secrets.token_urlsafe(48)
-    gw = node = None
+    gw: Gateway | None = None
+    node = None
     try:
-        gw = Gateway(free_port_block(1), secret, args.config, args.server_cpu if pin else None)
-        gw.wait_ready()
+        gw = start_server(name, secret, args.config, args.server_cpu if pin else None, ping_ms=args.ping_ms,
+                          ping_timeout_ms=args.ping_timeout_ms)
         time.sleep(1.0)  # let start-up work settle before the first reading
         opts = {"mode": "storm", "urls": [gw.url], "clients": args.clients, "concurrency": args.concurrency,
                 "transport": args.transport, "connect_timeout_ms": int(args.connect_timeout * 1000),
@@ -92,7 +107,7 @@ def run(args: argparse.Namespace) -> dict:
         wall_s = got["wall_ms"] / 1000
         cpu_s = (cpu1 - cpu0) / 1000
         return {
-            "bench": "connect_storm", "clients": args.clients, "concurrency": args.concurrency,
+            "clients": args.clients, "concurrency": args.concurrency,
             "transport": args.transport, "connected": got["connected"], "failures": got["failed"],
             "errors": got["errors"], "wall_s": round(wall_s, 3), "connections_per_s": got["connects_per_s"],
             "connect_p50_ms": got["connect_p50_ms"], "connect_p90_ms": got["connect_p90_ms"],
@@ -127,26 +142,29 @@ def main() -> int:
     ap.add_argument("--server-cpu", type=int, default=0, help="CPU the gateway is pinned to (default 0)")
     ap.add_argument("--load-cpu", type=int, default=1, help="CPU the clients are pinned to (default 1)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin anything with taskset")
+    server_options(ap)
     args = ap.parse_args()
     if args.clients < 1 or args.concurrency < 0:
         ap.error("--clients must be >= 1 and --concurrency >= 0")
-    code, row = run_and_report(NAME, run, args)
-    if row is None:
+    code, result = run_and_report(NAME, run, args)
+    if result is None:
         return code
-    print(table([
-        ("connections", f"{row['connected']}/{row['clients']} ({row['failures']} failed"
-                        + (f": {row['errors']}" if row["errors"] else "") + ")"),
-        ("concurrency", row["concurrency"] or "all at once"),
-        ("wall time", f"{row['wall_s']} s"),
-        ("connections/s", row["connections_per_s"]),
-        ("connect p50 / p99 / max", f"{row['connect_p50_ms']} / {row['connect_p99_ms']} / {row['connect_max_ms']} ms"),
-        ("listen queue overflows", f"{row['listen_queue_overflows']} (SYNs the kernel dropped; retried after 1 s)"),
-        ("server CPU", f"{row['server_cpu_s']} s ({row['server_cpu_ms_per_connection']} ms per connection, "
-                       f"{row['server_cpu_share']:.0%} of one core)"),
-        ("client CPU", f"{row['client_cpu_share']:.0%} of one core"),
-        ("server RSS", f"{row['server_rss_before_kb'] // 1024} -> {row['server_rss_after_kb'] // 1024} MB"),
-    ]))
+    print(side_by_side(result["servers"], FIGURES))
     return 0
+
+
+FIGURES: list[Figure] = [  # the table's lines
+    ("connections", lambda r, n: f"{r['connected']}/{r['clients']} ({r['failures']} failed)"),
+    ("concurrency", lambda r, n: f"{r['concurrency'] or 'all at once'}"),
+    ("wall time, s", lambda r, n: f"{r['wall_s']}"),
+    ("connections/s", beside("connections_per_s")),
+    ("connect p50, ms", beside("connect_p50_ms")),
+    ("connect p99, ms", beside("connect_p99_ms")),
+    ("listen queue overflows", lambda r, n: f"{r['listen_queue_overflows']}"),
+    ("server CPU ms / connection", beside("server_cpu_ms_per_connection")),
+    ("server CPU, share of a core", lambda r, n: f"{r['server_cpu_share']:.0%}"),
+    ("server RSS, MB", lambda r, n: f"{r['server_rss_before_kb'] >> 10} -> {r['server_rss_after_kb'] >> 10}"),
+]
 
 
 if __name__ == "__main__":

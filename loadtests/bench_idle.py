@@ -8,10 +8,18 @@ socket.io-client (loadtests/node/clients.js, one process, connects in batches) t
 open-file limit is raised for both (each side needs one descriptor per connection); the
 heartbeat interval the gateway announces is in the output, since it sets the idle CPU cost.
 
-Prints one JSON line, then a short table. Exits 1 with a one-line message on a setup failure.
+The same hold is measured against the Node reference server (peer-bench's
+``reference_server.js``, socket.io 4) in the same invocation, both on the same heartbeat
+(``--ping-ms`` / ``--ping-timeout-ms``, 10 s / 5 s as the gateway's default), so that the figures
+are ratios too (``--servers`` picks). Past ~25,000 connections one source address runs out of
+ports: the clients then connect from 127.0.0.2, 127.0.0.3, ... (``--local-addresses``).
+
+Prints one JSON line (a row per server), then a table with Node's figures beside the gateway's. Exits 1
+with a one-line message on a setup failure.
 
 Example:
   .venv/bin/python loadtests/bench_idle.py --clients 10000 --idle-seconds 10
+  .venv/bin/python loadtests/bench_idle.py --clients 50000 --servers gamegw,node
 """
 
 from __future__ import annotations
@@ -29,17 +37,20 @@ from pathlib import Path
 from benchlib import (
     HERE,
     REPO,
+    Figure,
     Gateway,
     NodeProc,
     SetupError,
+    beside,
     check_tools,
     cpu_ms,
-    free_port_block,
     node_modules,
     raise_nofile,
     rss_kb,
     run_and_report,
-    table,
+    server_options,
+    side_by_side,
+    start_server,
 )
 
 NODE_HELPER = HERE / "node" / "clients.js"
@@ -60,6 +71,7 @@ def server_connections(url: str) -> int | None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    """Every server of ``--servers`` in turn, on the same hold: ``{"servers": [row, ...]}``."""
     pin = not args.no_pin
     check_tools(pin, (args.server_cpu, args.load_cpu))
     node_modules()
@@ -69,16 +81,26 @@ def run(args: argparse.Namespace) -> dict:
                          f"(raise ulimit -n, or lower --clients)")
     if pin:
         os.sched_setaffinity(0, {args.load_cpu})  # keep this harness off the server's CPU
+    rows = []
+    for name in args.servers:
+        rows.append({"server": name, **hold(name, args, pin, nofile)})
+    return {"bench": "idle", "servers": rows}
+
+
+def hold(name: str, args: argparse.Namespace, pin: bool, nofile: int) -> dict:
+    """Hold ``args.clients`` idle connections on one server (``gamegw`` or ``node``); its figures."""
     secret = secrets.token_urlsafe(48)
-    gw = node = None
+    gw: Gateway | None = None
+    node = None
     try:
-        gw = Gateway(free_port_block(1), secret, args.config, args.server_cpu if pin else None)
-        gw.wait_ready()
+        gw = start_server(name, secret, args.config, args.server_cpu if pin else None, ping_ms=args.ping_ms,
+                          ping_timeout_ms=args.ping_timeout_ms)
         time.sleep(args.settle)
         rss0 = rss_kb(gw.pids())
         opts = {"mode": "idle", "urls": [gw.url], "clients": args.clients, "batch": args.batch,
                 "transport": "websocket", "connect_timeout_ms": int(args.connect_timeout * 1000),
-                "hold_max_s": args.max_seconds, "user_prefix": f"idle-{secrets.token_hex(3)}"}
+                "hold_max_s": args.max_seconds, "user_prefix": f"idle-{secrets.token_hex(3)}",
+                "local_addresses": args.local_addresses}
         node = NodeProc(NODE_HELPER, [json.dumps(opts)], secret, args.load_cpu if pin else None)
         node.read("ready", 60)
         t_connect = time.monotonic()
@@ -87,7 +109,7 @@ def run(args: argparse.Namespace) -> dict:
         if got["connected"] == 0:
             raise SetupError(f"no connection succeeded: {got['errors']} (log {gw.log})")
         time.sleep(args.settle)  # let the last handshakes and session events finish
-        seen = server_connections(gw.url)
+        seen = server_connections(gw.url) if name != "node" else None
         pids = gw.pids()
         rss1 = rss_kb(pids)
         cpu0, t0 = cpu_ms(pids), time.monotonic()
@@ -99,7 +121,7 @@ def run(args: argparse.Namespace) -> dict:
         n = got["connected"]
         idle_cpu_pct = (cpu1 - cpu0) / 1000 / (t1 - t0) * 100
         return {
-            "bench": "idle", "clients": args.clients, "connected": n, "failures": got["failed"],
+            "clients": args.clients, "connected": n, "failures": got["failed"],
             "errors": got["errors"], "server_connections": seen, "connect_s": round(got["wall_ms"] / 1000, 2),
             "connect_total_s": round(connect_total_s, 2), "batch": args.batch,
             "batch_ms_first": got.get("batch_ms_first"), "batch_ms_last": got.get("batch_ms_last"),
@@ -134,27 +156,33 @@ def main() -> int:
     ap.add_argument("--server-cpu", type=int, default=0, help="CPU the gateway is pinned to (default 0)")
     ap.add_argument("--load-cpu", type=int, default=1, help="CPU the clients are pinned to (default 1)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin anything with taskset")
+    server_options(ap)
+    ap.add_argument("--local-addresses", type=int, default=None,
+                    help="connect from this many addresses 127.0.0.2... (default: 1 per 20,000 clients past the "
+                         "first 20,000; 0: the system's choice)")
     args = ap.parse_args()
+    if args.local_addresses is None:
+        args.local_addresses = 0 if args.clients <= 20000 else -(-args.clients // 20000)
     if args.clients < 1 or args.batch < 1 or args.idle_seconds <= 0:
         ap.error("--clients, --batch and --idle-seconds must be positive")
     if args.max_seconds < args.idle_seconds + 2 * args.settle + 15:
         ap.error("--max-seconds leaves no time to connect")
-    code, row = run_and_report(NAME, run, args)
-    if row is None:
+    code, result = run_and_report(NAME, run, args)
+    if result is None:
         return code
-    hb = row["heartbeat"] or {}
-    print(table([
-        ("connections", f"{row['connected']}/{row['clients']} ({row['failures']} failed"
-                        + (f": {row['errors']}" if row["errors"] else "")
-                        + f"), server counts {row['server_connections']}"),
-        ("connect time", f"{row['connect_s']} s in batches of {row['batch']}"),
-        ("server RSS", f"{row['server_rss_before_kb'] / 1024:.1f} MB -> {row['server_rss_after_kb'] / 1024:.1f} MB"),
-        ("per connection", f"{row['kb_per_connection']} KB"),
-        ("idle CPU", f"{row['server_idle_cpu_pct']}% of one core over {row['idle_seconds']} s "
-                     f"(ping every {hb.get('interval_s', '?')} s)"),
-        ("dropped while idle", row["dropped_while_idle"]),
-    ]))
+    print(side_by_side(result["servers"], FIGURES))
     return 0
+
+
+FIGURES: list[Figure] = [  # the table's lines
+    ("connections", lambda r, n: f"{r['connected']}/{r['clients']} ({r['failures']} failed)"),
+    ("connect time, s", lambda r, n: f"{r['connect_s']}"),
+    ("RSS before -> after, MB", lambda r, n: f"{r['server_rss_before_kb'] >> 10} -> {r['server_rss_after_kb'] >> 10}"),
+    ("KB per connection", beside("kb_per_connection")),
+    ("idle CPU, % of a core", beside("server_idle_cpu_pct")),
+    ("µs per connection-second", beside("server_idle_cpu_us_per_connection_s")),
+    ("dropped while idle", lambda r, n: f"{r['dropped_while_idle']}"),
+]
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import queue
@@ -166,12 +167,16 @@ class Gateway:
         cmd = [gamectl_path(), "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port), *extra]
         if redis:
             cmd += ["--redis", redis]
-        if cpu is not None:
-            cmd = ["taskset", "-c", str(cpu), *cmd]
         env = dict(os.environ, GAMEGW_JWT_SECRET=secret, GAMEGW_INSTANCE_ID=f"bench-{port}")
         if prefix:
             env["GAMEGW_REDIS_PREFIX"] = prefix
-        self.log = (logdir or Path(tempfile.gettempdir())) / f"gamegw-bench-gateway-{port}.log"
+        self._spawn(cmd, cpu, env, (logdir or Path(tempfile.gettempdir())) / f"gamegw-bench-gateway-{port}.log")
+
+    def _spawn(self, cmd: list[str], cpu: int | str | None, env: dict[str, str], log_path: Path) -> None:
+        """Start ``cmd`` (pinned to ``cpu``) in its own process group, its output to ``log_path``."""
+        if cpu is not None:
+            cmd = ["taskset", "-c", str(cpu), *cmd]
+        self.log = log_path
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          start_new_session=True, cwd=REPO)
@@ -209,6 +214,75 @@ class Gateway:
                 return
             except subprocess.TimeoutExpired:
                 continue
+
+
+class NodeServer(Gateway):
+    """The Node reference server (peer-bench's ``reference_server.js``: socket.io 4, the /game
+    namespace, a JWT at the handshake) in place of a gateway, on ``PING_MS`` / ``PING_TIMEOUT_MS``."""
+
+    SCRIPT = HERE / "peer-bench" / "node" / "reference_server.js"
+
+    def __init__(self, port: int, secret: str, cpu: int | str | None, *, ping_ms: int, ping_timeout_ms: int,
+                 logdir: Path | None = None) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        env = dict(os.environ, NODE_PATH=str(node_modules()), BENCH_SECRET=secret, PORT=str(port),
+                   PING_MS=str(ping_ms), PING_TIMEOUT_MS=str(ping_timeout_ms))
+        self._spawn(["node", str(self.SCRIPT)], cpu, env,
+                    (logdir or Path(tempfile.gettempdir())) / f"gamegw-bench-node-{port}.log")
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise SetupError(f"the Node reference server exited with {self.proc.returncode} (log {self.log})")
+            if "listening on" in self.log.read_text(errors="replace"):
+                return
+            time.sleep(0.1)
+        raise SetupError(f"the Node reference server is not listening after {timeout:.0f} s (log {self.log})")
+
+
+def start_server(name: str, secret: str, config: Path, cpu: int | None, *, ping_ms: int,
+                 ping_timeout_ms: int) -> Gateway:
+    """A ready server on a free port: ``gamegw`` (a gateway with ``config``) or ``node`` (the Node
+    reference server), both on the heartbeat given."""
+    if name == "node":
+        server: Gateway = NodeServer(free_port_block(1), secret, cpu, ping_ms=ping_ms, ping_timeout_ms=ping_timeout_ms)
+    else:
+        os.environ["GAMEGW_PING_INTERVAL_S"] = str(ping_ms / 1000)
+        os.environ["GAMEGW_PING_TIMEOUT_S"] = str(ping_timeout_ms / 1000)
+        server = Gateway(free_port_block(1), secret, config, cpu)
+    server.wait_ready()
+    return server
+
+
+def server_options(ap: Any) -> None:
+    """The options of a benchmark that runs the gateway and the Node reference server in turn."""
+    ap.add_argument("--servers", default="gamegw,node", type=_servers,
+                    help="the servers to measure, in turn: gamegw, node (default both)")
+    ap.add_argument("--ping-ms", type=int, default=10000, help="both servers' ping interval (default 10000)")
+    ap.add_argument("--ping-timeout-ms", type=int, default=5000, help="both servers' ping timeout (default 5000)")
+
+
+def _servers(text: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names or set(names) - {"gamegw", "node"}:
+        raise argparse.ArgumentTypeError("takes gamegw, node or both")
+    return names
+
+
+def beside(key: str) -> Callable[[dict[str, Any], dict[str, Any]], str]:
+    """A table cell: a row's figure, with its ratio to the last row's (Node's, when it ran)."""
+    return lambda r, n: f"{r[key]}" + (f" ({r[key] / n[key]:.2f}x)" if n[key] else "")
+
+
+Figure = tuple[str, Callable[[dict[str, Any], dict[str, Any]], str]]  # a label, a cell (row, last row)
+
+
+def side_by_side(rows: list[dict[str, Any]], figures: list[Figure]) -> str:
+    """One column per server (``rows``), one line per figure."""
+    return table([("", "  ".join(f"{r['server']:>22}" for r in rows))] + [
+        (label, "  ".join(f"{cell(r, rows[-1]):>22}" for r in rows)) for label, cell in figures])
 
 
 class NodeProc:

@@ -6,7 +6,9 @@
 //
 // Options: mode ("storm" | "idle"), urls ([..], players spread over them in turn), clients,
 // concurrency (storm: connects in flight, 0 = all at once), batch (idle: connects per batch),
-// transport ("websocket" | "polling"), connect_timeout_ms, hold_max_s (hard stop), user_prefix.
+// transport ("websocket" | "polling"), connect_timeout_ms, hold_max_s (hard stop), user_prefix,
+// local_addresses (0: the system's choice; k: client i connects from 127.0.0.(2 + i % k), so that
+// more connections than one address has source ports can be held).
 //
 // Talks to its parent in JSON lines on stdout:
 //   {"phase":"ready", ...}      tokens minted; storm mode then waits for "go" on stdin
@@ -20,7 +22,7 @@ const readline = require("readline");
 
 const opt = Object.assign({
   mode: "storm", urls: ["http://127.0.0.1:8000"], clients: 100, concurrency: 100, batch: 200,
-  transport: "websocket", connect_timeout_ms: 20000, hold_max_s: 300, user_prefix: "bench",
+  transport: "websocket", connect_timeout_ms: 20000, hold_max_s: 300, user_prefix: "bench", local_addresses: 0,
 }, JSON.parse(process.argv[2] || "{}"));
 const secret = process.env.BENCH_SECRET;
 if (!secret) { console.error("clients.js: BENCH_SECRET is not set"); process.exit(2); }
@@ -61,6 +63,7 @@ function connectOne(i) {
     const s = io(opt.urls[i % opt.urls.length] + "/game", {
       transports: opt.transport === "polling" ? ["polling", "websocket"] : ["websocket"],
       auth: { token: tokens[i] }, reconnection: false, forceNew: true, timeout: opt.connect_timeout_ms,
+      ...(opt.local_addresses ? { localAddress: `127.0.0.${2 + (i % opt.local_addresses)}` } : {}),
     });
     sockets.push(s);
     s.once("session", (info) => {
