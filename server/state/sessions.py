@@ -159,20 +159,44 @@ def decide(sessions: list[Session], *, user_id: str, sid: str, instance_id: str,
 
 
 class MemorySessionStore:
-    """One process's sessions; no method awaits, so each is atomic on the event loop."""
+    """One process's sessions; no method awaits, so each is atomic on the event loop. Indexed by
+    user and by grace, so that a connect and a sweep cost what the user's sessions and those in
+    grace do, not a scan of every session (at 16,000 connections a third of the gateway's CPU)."""
 
     def __init__(self) -> None:
         self._by_id: dict[str, Session] = {}
+        self._by_user: dict[str, dict[str, None]] = {}  # user -> the ids of its sessions
+        self._grace: dict[str, None] = {}  # the ids of the sessions in grace
+
+    def _put(self, session: Session) -> None:
+        self._by_id[session.session_id] = session
+        self._by_user.setdefault(session.user_id, {})[session.session_id] = None
+        if session.state == "grace":
+            self._grace[session.session_id] = None
+        else:
+            self._grace.pop(session.session_id, None)
+
+    def _delete(self, session_id: str) -> Session:
+        session = self._by_id.pop(session_id)
+        mine = self._by_user[session.user_id]
+        del mine[session_id]
+        if not mine:
+            del self._by_user[session.user_id]
+        self._grace.pop(session_id, None)
+        return session
+
+    def _mine(self, user_id: str) -> list[Session]:
+        return sorted((self._by_id[i] for i in self._by_user.get(user_id, ())), key=lambda s: s.created_at)
 
     async def seat(self, *, user_id: str, sid: str, instance_id: str, now: float, new_session_id: str,
                    max_live: int, policy: str) -> Seat:
-        mine = sorted((s.copy() for s in self._by_id.values() if s.user_id == user_id), key=lambda s: s.created_at)
+        mine = [s.copy() for s in self._mine(user_id)]
         seat, writes = decide(mine, user_id=user_id, sid=sid, instance_id=instance_id, now=now,
                               new_session_id=new_session_id, max_live=max_live, policy=policy)
         for s in seat.evicted:
-            del self._by_id[s.session_id]
+            self._delete(s.session_id)
         for s in writes:
-            self._by_id[s.session_id] = s.copy()
+            self._put(s.copy())
         return seat
 
     async def save_budget(self, user_id: str, snapshot: tuple[float, float, float], ttl_s: float) -> None:
@@ -186,8 +210,7 @@ class MemorySessionStore:
         return session_id in self._by_id
 
     async def of_user(self, user_id: str) -> list[Session]:
-        found = [s for s in self._by_id.values() if s.user_id == user_id]
-        return [s.copy() for s in sorted(found, key=lambda s: s.created_at)]
+        return [s.copy() for s in self._mine(user_id)]
 
     async def set_room(self, session: Session, room: str, seq: int | None) -> bool:
         current = self._by_id.get(session.session_id)
@@ -204,28 +227,29 @@ class MemorySessionStore:
         if current is None or current.sid != session.sid:
             return False
         session.state, session.grace_until = "grace", grace_until
-        self._by_id[session.session_id] = session.copy()
+        self._put(session.copy())
         return True
 
     async def end(self, session: Session) -> Session | None:
         current = self._by_id.get(session.session_id)
         if current is None or current.sid != session.sid:
             return None
-        del self._by_id[session.session_id]
-        return current.copy()
+        return self._delete(session.session_id).copy()
 
     async def expire_due(self, now: float) -> list[Session]:
-        due = [s for s in self._by_id.values() if s.state == "grace" and (s.grace_until or 0) <= now]
+        due = [s for s in (self._by_id[i] for i in self._grace) if (s.grace_until or 0) <= now]
         for s in due:
-            del self._by_id[s.session_id]
+            self._delete(s.session_id)
         return due
 
     async def reassert(self, session: Session) -> bool:
         current = self._by_id.get(session.session_id)
         if current is not None and current.sid != session.sid:
             return False
-        self._by_id[session.session_id] = session.copy()
+        self._put(session.copy())
         return True
 
     async def aclose(self) -> None:
         self._by_id.clear()
+        self._by_user.clear()
+        self._grace.clear()

@@ -98,6 +98,19 @@ class TestSeat:
         assert got.session is not None and got.session.rooms == {"a": 5} and got.session.state == "connected"
         assert sorted(await live(store)) == ["c3", "c4"]
 
+    async def test_a_resumed_session_is_out_of_grace_for_good(self, store: SessionStore) -> None:
+        """A sweep long after the resume ends nothing: the session is connected again. Kills the
+        memory store's mutant that leaves a resumed session among those in grace (its index):
+        the sweep would end it under a live connection. Another user's sessions stay apart."""
+        await seat(store, "c1", now=1)
+        await seat(store, "b1", user="bob", now=1)
+        assert await drop(store, "c1", at=10)
+        assert await drop(store, "b1", at=10, user="bob")
+        assert (await seat(store, "c2", now=12)).outcome == "resumed"
+        assert [s.session_id for s in await store.expire_due(1e12)] == ["s-b1"]
+        assert await live(store) == ["c2"] and await store.of_user("bob") == []
+        assert await store.expire_due(1e12) == []
+
     async def test_resume_beyond_the_limit_evicts_the_oldest_live(self, store: SessionStore) -> None:
         # two sessions of one user with max 2; one drops, the limit goes down to 1 (a new config)
         await seat(store, "c1", now=1, most=2)
