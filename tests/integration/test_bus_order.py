@@ -281,3 +281,38 @@ async def test_a_probe_or_an_answer_nobody_waits_for_is_ignored(
     finally:
         await redis.aclose()
 
+
+async def test_room_events_skip_their_sender_and_tell_of_members_elsewhere(
+        cluster_factory, players, redis_server, redis_prefix) -> None:
+    """A room event skips the connection it names; one naming a connection of another instance
+    tells this one that the room has members elsewhere, so that with Redis failed (``down``)
+    its moves are refused rather than given seqs of this instance's own. (No heartbeat falls
+    in the test: it would re-assert at once.)"""
+    gw, bus, alice, redis, _ = await room_here(cluster_factory, players, redis_server, redis_prefix,
+                                               heartbeat_interval_s=5.0, heartbeat_ttl_s=15.0)
+    try:
+        bob = await players(gw.url, gw.token("bob"))
+        await bob.call("join", {"room": "r"})
+        await bus.emit_room("r", "notice", {"n": 1}, skip_sid=alice.client.namespaces["/game"])
+        await bus.emit_room("r", "notice", {"n": 2}, skip_sid=None)
+        assert await alice.wait_for("notice") == [{"n": 2}]  # n 1 came first, to bob only
+        assert await bob.wait_for("notice", 2) == [{"n": 1}, {"n": 2}]
+        rooms = gw.app[PARTS].rooms
+        rooms.down = True  # events from here only: the room is this instance's alone, it plays on
+        assert (await alice.call("move", {"room": "r", "action": {"n": 1}}))["seq"] == 1
+    finally:
+        await redis.aclose()
+
+
+async def test_a_room_event_from_another_instance_stops_offline_moves(
+        cluster_factory, players, redis_server, redis_prefix) -> None:
+    gw, bus, alice, redis, _ = await room_here(cluster_factory, players, redis_server, redis_prefix,
+                                               heartbeat_interval_s=5.0, heartbeat_ttl_s=15.0)
+    try:
+        await bus.emit_room("r", "notice", {"n": 1}, skip_sid="a-connection-elsewhere")
+        assert await alice.wait_for("notice") == [{"n": 1}]
+        gw.app[PARTS].rooms.down = True
+        ack = await alice.call("move", {"room": "r", "action": {"n": 1}})
+        assert (ack["ok"], ack["error"]["code"]) == (False, "unavailable")
+    finally:
+        await redis.aclose()
