@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from gamegw.server.app import PARTS
 from gamegw.server.cluster.bus import RedisBus
 from gamegw.server.state.keys import Keys
-from gamegw.server.state.rooms import move_json
+from gamegw.server.state.rooms import MoveEvent, move_json
 from tests.conftest import eventually
 
 
@@ -33,10 +33,10 @@ def seqs(player: Any, room: str = "r") -> list[int]:
     return [m["seq"] for m in player.events["move"] if m["room"] == room]
 
 
-async def room_here(cluster_factory: Any, players: Any, redis_server: Any, redis_prefix: str
+async def room_here(cluster_factory: Any, players: Any, redis_server: Any, redis_prefix: str, **settings: Any
                     ) -> tuple[Any, RedisBus, Any, Redis, Keys]:
     """One cluster instance, alice in room "r" on it, the bus, and a Redis client of the test's own."""
-    [gw] = await cluster_factory(1)
+    [gw] = await cluster_factory(1, **settings)
     bus = gw.app[PARTS].bus
     assert isinstance(bus, RedisBus)
     alice = await players(gw.url, gw.token("alice"))
@@ -56,6 +56,16 @@ async def lost_moves(player: Any, redis: Redis, keys: Keys, iid: str, ns: list[i
     made = [await move(player, n, room) for n in ns]
     await redis.sadd(keys.room(room, "insts"), iid)
     return made
+
+
+async def a_gap_of_two(bus: RedisBus, alice: Any, redis: Redis, keys: Keys) -> MoveEvent:
+    """Move 1 delivered, moves 2 and 3 logged but lost: the log's entry of move 3, for the test to send."""
+    await move(alice, 1)
+    await alice.wait_for("move", 1)
+    await lost_moves(alice, redis, keys, "inst-1", [2, 3])
+    assert bus.rooms is not None
+    [third] = (await bus.rooms.events_after("r", 2))[0]
+    return third
 
 
 async def test_moves_lost_by_pubsub_are_read_from_the_log_in_order_once(
@@ -185,11 +195,7 @@ async def test_a_move_arriving_while_a_gap_is_read_is_held_and_sent_after_it(
         cluster_factory, players, redis_server, redis_prefix) -> None:
     _, bus, alice, redis, keys = await room_here(cluster_factory, players, redis_server, redis_prefix)
     try:
-        await move(alice, 1)
-        await alice.wait_for("move", 1)
-        await lost_moves(alice, redis, keys, "inst-1", [2, 3])
-        assert bus.rooms is not None
-        [third] = (await bus.rooms.events_after("r", 2))[0]
+        third = await a_gap_of_two(bus, alice, redis, keys)
         # seq 3 opens the gap; seq 4 (another instance's move, logged after the gap's read) comes
         # in the same batch, while the read is under way: it is held, then sent after 2 and 3
         fourth = move_json("r", 4, "bob", '{"n":4}', 0)
@@ -202,5 +208,111 @@ async def test_a_move_arriving_while_a_gap_is_read_is_held_and_sent_after_it(
         assert seqs(alice) == [1, 2, 3, 4]
         assert alice.events["move"][-1] == {"room": "r", "seq": 4, "user": "bob", "action": {"n": 4}, "ts": 0}
         assert bus.delivered() == {"r": 4}
+    finally:
+        await redis.aclose()
+
+
+def fields(caplog: Any, message: str) -> list[tuple[int, dict[str, Any]]]:
+    return [(r.levelno, r.gamegw_fields) for r in caplog.records if r.getMessage() == message]
+
+
+async def test_a_log_read_that_fails_still_sends_the_held_moves(
+        cluster_factory, players, redis_server, redis_prefix, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="gamegw.bus")
+    gw, bus, alice, redis, keys = await room_here(cluster_factory, players, redis_server, redis_prefix)
+    try:
+        third = await a_gap_of_two(bus, alice, redis, keys)
+        log_key = keys.room("r", "log")
+        await redis.delete(log_key)
+        await redis.set(log_key, "not a stream")  # the gap's read fails: WRONGTYPE
+        await redis.publish(keys.channel("inst-1"), f"Mr\n3\n{third.json}")
+        await alice.wait_for("move", 2)
+        await redis.delete(log_key)
+        assert await move(alice, 4) == 4
+        await alice.wait_for("move", 3)
+        assert seqs(alice) == [1, 3, 4]  # 2 is lost for good; 3, held, went out all the same
+        assert fields(caplog, "gap_unfilled") == [(logging.WARNING, {"room": "r", "error": "ResponseError"})]
+        assert fields(caplog, "gap_filled") == [
+            (logging.WARNING, {"room": "r", "from_seq": 2, "to_seq": 3, "missing": 1})]
+        assert (await counters(gw.url))["gamegw_moves_missing_total"] == 1.0
+    finally:
+        await redis.aclose()
+
+
+async def test_a_log_read_that_outlasts_the_timeout_is_not_waited_for(
+        cluster_factory, players, redis_server, redis_prefix, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="gamegw.bus")
+    # no heartbeat or probe falls in the pause below: the instance stays up throughout
+    _, bus, alice, redis, keys = await room_here(cluster_factory, players, redis_server, redis_prefix,
+                                                  redis_timeout_s=0.2, heartbeat_interval_s=5.0,
+                                                  heartbeat_ttl_s=15.0, bus_probe_interval_s=30.0)
+    try:
+        third = await a_gap_of_two(bus, alice, redis, keys)
+        # seq 3 reaches the bus, then Redis holds every command for 0.8 s (4 x redis_timeout_s):
+        # the gap's read gets no answer in time
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.publish(keys.channel("inst-1"), f"Mr\n3\n{third.json}")
+            pipe.client_pause(800, all=True)
+            await pipe.execute()
+        await alice.wait_for("move", 2)
+        assert seqs(alice) == [1, 3]
+        assert fields(caplog, "gap_unfilled") == [(logging.WARNING, {"room": "r", "error": "timeout"})]
+        await redis.ping()  # answered once the pause is over
+        assert await move(alice, 4) == 4
+        await alice.wait_for("move", 3)
+        assert seqs(alice) == [1, 3, 4]
+        assert fields(caplog, "gap_filled") == [
+            (logging.WARNING, {"room": "r", "from_seq": 2, "to_seq": 3, "missing": 1})]
+    finally:
+        await redis.aclose()
+
+
+async def test_a_probe_or_an_answer_nobody_waits_for_is_ignored(
+        cluster_factory, players, redis_server, redis_prefix, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="gamegw.bus")
+    _, bus, alice, redis, keys = await room_here(cluster_factory, players, redis_server, redis_prefix)
+    try:
+        await redis.publish(keys.channel("inst-1"), "Pnobody-waits-for-this")
+        await redis.publish(keys.channel("inst-1"), 'R{"id":"nobody-waits-for-this","instance":"inst-2"}')
+        assert await move(alice, 1) == 1
+        await alice.wait_for("move", 1)  # a later message: the two before it were handled
+        assert fields(caplog, "listener_lost") == []
+        assert await bus.probe() is True
+    finally:
+        await redis.aclose()
+
+
+async def test_room_events_skip_their_sender_and_tell_of_members_elsewhere(
+        cluster_factory, players, redis_server, redis_prefix) -> None:
+    """A room event skips the connection it names; one naming a connection of another instance
+    tells this one that the room has members elsewhere, so that with Redis failed (``down``)
+    its moves are refused rather than given seqs of this instance's own. (No heartbeat falls
+    in the test: it would re-assert at once.)"""
+    gw, bus, alice, redis, _ = await room_here(cluster_factory, players, redis_server, redis_prefix,
+                                               heartbeat_interval_s=5.0, heartbeat_ttl_s=15.0)
+    try:
+        bob = await players(gw.url, gw.token("bob"))
+        await bob.call("join", {"room": "r"})
+        await bus.emit_room("r", "notice", {"n": 1}, skip_sid=alice.client.namespaces["/game"])
+        await bus.emit_room("r", "notice", {"n": 2}, skip_sid=None)
+        assert await alice.wait_for("notice") == [{"n": 2}]  # n 1 came first, to bob only
+        assert await bob.wait_for("notice", 2) == [{"n": 1}, {"n": 2}]
+        rooms = gw.app[PARTS].rooms
+        rooms.down = True  # events from here only: the room is this instance's alone, it plays on
+        assert (await alice.call("move", {"room": "r", "action": {"n": 1}}))["seq"] == 1
+    finally:
+        await redis.aclose()
+
+
+async def test_a_room_event_from_another_instance_stops_offline_moves(
+        cluster_factory, players, redis_server, redis_prefix) -> None:
+    gw, bus, alice, redis, _ = await room_here(cluster_factory, players, redis_server, redis_prefix,
+                                               heartbeat_interval_s=5.0, heartbeat_ttl_s=15.0)
+    try:
+        await bus.emit_room("r", "notice", {"n": 1}, skip_sid="a-connection-elsewhere")
+        assert await alice.wait_for("notice") == [{"n": 1}]
+        gw.app[PARTS].rooms.down = True
+        ack = await alice.call("move", {"room": "r", "action": {"n": 1}})
+        assert (ack["ok"], ack["error"]["code"]) == (False, "unavailable")
     finally:
         await redis.aclose()

@@ -21,15 +21,19 @@ import redis as redis_sync
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ResponseError
 
 from gamegw.games import Game, IllegalMove
 from gamegw.server.protocol.codes import AckCode
 from gamegw.server.protocol.errors import ActionError, StoreUnavailable
 from gamegw.server.rules import Arena, GameRules, Relay, Rules, State
 from gamegw.server.state.keys import Keys
+from gamegw.server.state.pipe import RedisPipe
+from gamegw.server.state.redis_link import RedisLink
+from gamegw.server.state.redis_url import parse_redis_url
 from gamegw.server.state.rooms import MemoryRoomStore, MoveEvent, RoomStore
 from gamegw.server.state.rooms_redis import CAS_RETRIES, RedisRoomStore
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, eventually
 
 Make = Callable[..., Awaitable[RoomStore]]
 TS = 1_700_000_000_000
@@ -104,13 +108,21 @@ class TestSeq:
         await rooms.join("r", "alice", "s-a")  # seated at (0, 0)
         with pytest.raises(ActionError) as outsider:
             await move(rooms, "r", "bob", {"dir": "down"})
-        assert outsider.value.code == AckCode.NOT_IN_ROOM
+        assert (outsider.value.code, outsider.value.message) == (AckCode.NOT_IN_ROOM, "not in room 'r'")
         with pytest.raises(ActionError) as off_grid:
             await move(rooms, "r", "alice", {"dir": "up"})
         assert (off_grid.value.code, off_grid.value.message) == (AckCode.INVALID_ACTION,
                                                                  "(0, -1) is off the 2x2 grid")
         assert await rooms.seq("r") == 0
         assert (await move(rooms, "r", "alice", {"dir": "down"})).seq == 1
+
+    async def test_a_relay_move_of_a_non_member_is_refused(self, stores: Make) -> None:
+        rooms = await stores(Relay())
+        await rooms.join("r", "alice", "s-a")
+        with pytest.raises(ActionError) as outsider:
+            await move(rooms, "r", "bob", {"n": 1})
+        assert (outsider.value.code, outsider.value.message) == (AckCode.NOT_IN_ROOM, "not in room 'r'")
+        assert await rooms.seq("r") == 0
 
     async def test_moves_racing_from_two_players_get_seqs_without_gaps(self, stores: Make) -> None:
         """Ten moves at once, alice's through one store and bob's through another (two
@@ -590,3 +602,251 @@ async def test_a_redis_store_ticks_nothing_until_it_has_reasserted(redis_server:
     finally:
         await rooms.aclose()
         await redis.aclose()
+
+
+class TestOffline:
+    """While Redis has failed this instance (``down``, until :meth:`RedisRoomStore.reassert`), a
+    stateless room that has members here only plays on with seqs of this instance's own; one
+    that spans instances cannot (no cluster-wide seq). What it knows of the room's spread comes
+    from its attach (the room's instances then), its moves and publishes (the instances each
+    reached)."""
+
+    async def test_a_room_here_only_plays_on_with_its_own_seqs_while_down(
+            self, redis_client: Redis, redis_prefix: str) -> None:
+        keys = Keys(redis_prefix)
+        rooms = RedisRoomStore(redis_client, keys, Relay(), instance_id="gw-1")  # nobody hears offline moves
+        try:
+            await rooms.join("r", "alice", "s-a")
+            await rooms.attach("r", "sid-a")
+            rooms.down = True  # Redis failed a call; it answers again, but nothing is re-asserted yet
+            with pytest.raises(StoreUnavailable):
+                await rooms.publish("r", "server", '{"n":1}', TS)
+            assert await move(rooms, "r", "alice", {"n": 1}) == MoveEvent(1, wire("r", 1, "alice", {"n": 1}))
+            assert await rooms.seq("r") == 0 and await rooms.events_after("r", 0) == ([], True)  # not in Redis
+        finally:
+            await rooms.aclose()
+
+    async def test_the_offline_seq_follows_the_seq_the_join_returned(
+            self, redis_client: Redis, redis_prefix: str) -> None:
+        keys = Keys(redis_prefix)
+        other = RedisRoomStore(redis_client, keys, Relay(), instance_id="gw-2")
+        rooms = RedisRoomStore(redis_client, keys, Relay(), instance_id="gw-1")
+        try:
+            await other.join("r", "bob", "s-b")  # bob plays through gw-2, which routes nothing here
+            for n in range(3):
+                await move(other, "r", "bob", {"n": n})
+            assert (await rooms.join("r", "alice", "s-a")).seq == 3
+            await rooms.attach("r", "sid-a")
+            rooms.down = True
+            assert (await move(rooms, "r", "alice", {"n": 4})).seq == 4
+        finally:
+            await rooms.aclose()
+            await other.aclose()
+
+    async def test_a_room_made_anew_starts_its_offline_seqs_again(
+            self, redis_client: Redis, redis_prefix: str) -> None:
+        keys = Keys(redis_prefix)
+        rooms = RedisRoomStore(redis_client, keys, Relay(), instance_id="gw-1")
+        try:
+            await rooms.join("r", "alice", "s-a")
+            await rooms.attach("r", "sid-a")
+            for n in range(3):
+                await move(rooms, "r", "alice", {"n": n})
+            await rooms.detach("r", "sid-a")
+            assert await rooms.leave("r", "alice", "s-a")  # the room is deleted in Redis
+            assert (await rooms.join("r", "alice", "s-a2")).seq == 0
+            await rooms.attach("r", "sid-a2")
+            rooms.down = True
+            assert (await move(rooms, "r", "alice", {"n": 1})).seq == 1
+        finally:
+            await rooms.aclose()
+
+    @pytest.mark.parametrize("other_first", [False, True], ids=["alone", "after-another"])
+    async def test_an_attach_learns_whether_the_room_spans_instances(
+            self, redis_client: Redis, redis_prefix: str, other_first: bool) -> None:
+        keys = Keys(redis_prefix)
+        rooms = RedisRoomStore(redis_client, keys, Relay(), instance_id="gw-1")
+        other = RedisRoomStore(redis_client, keys, Relay(), instance_id="gw-2")
+        try:
+            await rooms.join("r", "alice", "s-a")
+            if other_first:
+                await other.join("r", "bob", "s-b")
+                await other.attach("r", "sid-b")
+            await rooms.attach("r", "sid-a")
+            rooms.down = True
+            if other_first:
+                with pytest.raises(StoreUnavailable):
+                    await move(rooms, "r", "alice", {"n": 1})
+            else:
+                assert (await move(rooms, "r", "alice", {"n": 1})).seq == 1
+        finally:
+            await rooms.aclose()
+            await other.aclose()
+
+    @pytest.mark.parametrize("spans", [False, True], ids=["other-gone", "other-came"])
+    async def test_a_publish_learns_whether_the_room_spans_instances(
+            self, redis_client: Redis, redis_prefix: str, spans: bool) -> None:
+        keys = Keys(redis_prefix)
+        rooms = RedisRoomStore(redis_client, keys, Relay(), instance_id="gw-1")
+        other = RedisRoomStore(redis_client, keys, Relay(), instance_id="gw-2")
+        try:
+            await rooms.join("r", "alice", "s-a")
+            await other.join("r", "bob", "s-b")
+            if spans:  # gw-1 attaches alone; gw-2 comes after
+                await rooms.attach("r", "sid-a")
+                await other.attach("r", "sid-b")
+            else:  # gw-1 attaches after gw-2; gw-2 goes
+                await other.attach("r", "sid-b")
+                await rooms.attach("r", "sid-a")
+                await other.detach("r", "sid-b")
+            assert await rooms.publish("r", "server", '{"n":1}', TS) == MoveEvent(1, wire("r", 1, "server", {"n": 1}))
+            rooms.down = True
+            if spans:
+                with pytest.raises(StoreUnavailable):
+                    await move(rooms, "r", "alice", {"n": 2})
+            else:
+                assert (await move(rooms, "r", "alice", {"n": 2})).seq == 2
+        finally:
+            await rooms.aclose()
+            await other.aclose()
+
+    async def test_a_room_heard_of_from_elsewhere_does_not_play_offline(
+            self, redis_client: Redis, redis_prefix: str) -> None:
+        rooms = RedisRoomStore(redis_client, Keys(redis_prefix), Relay(), instance_id="gw-1")
+        try:
+            await rooms.join("r", "alice", "s-a")
+            await rooms.attach("r", "sid-a")  # alone here, as far as the attach saw
+            rooms.note_remote("r")  # the bus heard a room event from a connection elsewhere
+            rooms.down = True
+            with pytest.raises(StoreUnavailable):
+                await move(rooms, "r", "alice", {"n": 1})
+        finally:
+            await rooms.aclose()
+
+    async def test_a_room_whose_spread_is_unknown_does_not_play_offline(
+            self, redis_client: Redis, redis_prefix: str) -> None:
+        keys = Keys(redis_prefix)
+        rooms = RedisRoomStore(redis_client, keys, Relay(), instance_id="gw-1")
+        try:
+            await rooms.join("r", "alice", "s-a")
+            await redis_client.set(keys.room("r", "insts"), "not a set")  # the attach's routing fails
+            with pytest.raises(ResponseError):
+                await rooms.attach("r", "sid-a")
+            await redis_client.delete(keys.room("r", "insts"))
+            rooms.down = True
+            with pytest.raises(StoreUnavailable):
+                await move(rooms, "r", "alice", {"n": 1})
+        finally:
+            await rooms.aclose()
+
+
+class TestRouting:
+    async def test_the_room_is_routed_here_until_its_last_local_member_detaches(
+            self, redis_client: Redis, redis_prefix: str) -> None:
+        keys = Keys(redis_prefix)
+        rooms = RedisRoomStore(redis_client, keys, Relay(), instance_id="gw-1")
+        left: list[str] = []
+        rooms.on_room_left = left.append
+        try:
+            await rooms.detach("r", "sid-a")  # never attached: nothing to do
+            await rooms.join("r", "alice", "s-a")
+            await rooms.attach("r", "sid-a")
+            await rooms.attach("r", "sid-b")
+            await rooms.detach("r", "sid-a")
+            assert await redis_client.smembers(keys.room("r", "insts")) == {"gw-1"} and left == []
+            await rooms.detach("r", "sid-b")
+            assert await redis_client.smembers(keys.room("r", "insts")) == set() and left == ["r"]
+            assert rooms.local_rooms() == []
+        finally:
+            await rooms.aclose()
+
+
+class TestSweepGoesOn:
+    async def test_the_sweep_goes_past_live_and_racing_seats(self, redis_client: Redis, redis_prefix: str) -> None:
+        """In one room: a live session's seat, then one whose session came back between the
+        check and the unseat (the script checks again), then a gone one: only the last goes."""
+        keys = Keys(redis_prefix)
+        rooms = RedisRoomStore(redis_client, keys, Relay(), instance_id="gw-1")
+        try:
+            for user, session in (("bob", "s-live"), ("carol", "s-racing"), ("alice", "s-gone")):
+                await rooms.join("r", user, session)
+            await redis_client.set(keys.session("s-racing"), "back")
+
+            async def exists(session_id: str) -> bool:
+                return session_id == "s-live"
+
+            assert await rooms.sweep(exists) == [("r", "alice", True)]
+            assert sorted(await rooms.members("r")) == ["bob", "carol"]
+        finally:
+            await rooms.aclose()
+
+
+def own_pipe(url: str) -> RedisPipe:
+    return RedisPipe(RedisLink(parse_redis_url(url), timeout_s=2), timeout_s=2)
+
+
+class TestWait:
+    """``redis_wait_replicas``: each move then waits (WAIT) for replicas to have it, on the
+    move path's pipe; a WAIT that comes back short is counted and pauses waiting."""
+
+    async def test_a_short_wait_is_counted_and_pauses_waiting(
+            self, redis_server: RedisServer, redis_client: Redis, redis_prefix: str) -> None:
+        keys = Keys(redis_prefix)
+        pipe = own_pipe(redis_server.url)
+        rooms = RedisRoomStore(redis_client, keys, Relay(), instance_id="gw-1", pipe=pipe, wait_replicas=1,
+                               wait_timeout_ms=50)
+        shorts: list[int] = []
+        rooms.on_wait_short = lambda: shorts.append(1)
+        try:
+            await rooms.join("r", "alice", "s-a")
+            assert (await move(rooms, "r", "alice", {"n": 1})).seq == 1
+            assert shorts == [1]  # the test's Redis has no replica: WAIT 1 50 answers 0
+            assert (await move(rooms, "r", "alice", {"n": 2})).seq == 2
+            assert shorts == [1]  # paused: no WAIT, nothing counted
+        finally:
+            await rooms.aclose()
+            await pipe.aclose()
+
+    async def test_without_wait_replicas_a_move_does_not_wait(
+            self, redis_server: RedisServer, redis_client: Redis, redis_prefix: str) -> None:
+        keys = Keys(redis_prefix)
+        pipe = own_pipe(redis_server.url)
+        rooms = RedisRoomStore(redis_client, keys, Relay(), instance_id="gw-1", pipe=pipe)
+        shorts: list[int] = []
+        rooms.on_wait_short = lambda: shorts.append(1)
+        try:
+            await rooms.join("r", "alice", "s-a")
+            assert (await move(rooms, "r", "alice", {"n": 1})).seq == 1
+            assert shorts == []
+            assert await rooms.events_after("r", 0) == ([MoveEvent(1, wire("r", 1, "alice", {"n": 1}))], True)
+        finally:
+            await rooms.aclose()
+            await pipe.aclose()
+
+    async def test_a_wait_the_replica_answers_is_not_short(self, tmp_path: Path, redis_prefix: str) -> None:
+        master = RedisServer(tmp_path / "master", extra=("--repl-diskless-sync-delay", "0"))  # sync at once
+        replica = RedisServer(tmp_path / "replica", extra=("--replicaof", "127.0.0.1", str(master.port)))
+        for node in (master, replica):
+            node.workdir.mkdir()
+            node.start()
+        redis = Redis.from_url(master.url, decode_responses=True)
+        pipe = own_pipe(master.url)
+        rooms = RedisRoomStore(redis, Keys(redis_prefix), Relay(), instance_id="gw-1", pipe=pipe, wait_replicas=1,
+                               wait_timeout_ms=1000)
+        shorts: list[int] = []
+        rooms.on_wait_short = lambda: shorts.append(1)
+        try:
+            async def replica_up() -> bool:
+                replication = await redis.info("replication")
+                return isinstance(replica := replication.get("slave0"), dict) and replica["state"] == "online"
+
+            await eventually(replica_up)
+            await rooms.join("r", "alice", "s-a")
+            assert (await move(rooms, "r", "alice", {"n": 1})).seq == 1
+            assert shorts == []
+        finally:
+            await rooms.aclose()
+            await pipe.aclose()
+            await redis.aclose()
+            for node in (replica, master):
+                node.stop()

@@ -79,3 +79,37 @@ def test_bucket_level_and_lower_to():
     assert b.tokens == 4.0 and b.stamp == 2.0
     b.lower_to(0.0, 2.0, 2.0)
     assert b.tokens == 0.0
+
+
+def test_enabled_from_a_rate_above_0():
+    assert [UserBudgets(rate, 10, 0, 0).enabled for rate in (0, 0.5, 1)] == [False, True, True]
+
+
+def test_an_abuse_bucket_needs_a_count_and_a_window():
+    assert UserBudgets(5, 10, abuse_max=0, abuse_window_s=10.0).acquire("u", 0.0, None).abuse is None
+    assert UserBudgets(5, 10, abuse_max=3, abuse_window_s=0).acquire("u", 0.0, None).abuse is None
+    abuse = UserBudgets(5, 10, abuse_max=1, abuse_window_s=1.0).acquire("u", 0.0, None).abuse
+    assert abuse is not None and (abuse.rate, abuse.burst) == (1.0, 1)
+
+
+def test_a_new_budget_is_not_limited():
+    assert UserBudgets(5, 10, 3, 30.0).acquire("u", 0.0, None).limited is False
+
+
+def test_a_snapshot_without_an_abuse_bucket_keeps_0_for_it():
+    budgets = UserBudgets(5, 10, 0, 0)
+    spend(budgets, "u", 0.0, 4)
+    assert budgets.release("u", 0.0) == ((6.0, 0.0, 0.0), 0.8)  # 4 tokens at 5 a second
+
+
+def test_both_buckets_full_is_nothing_to_keep():
+    budgets = UserBudgets(5, 10, 3, 30.0)
+    budgets.acquire("u", 0.0, None)
+    assert budgets.release("u", 0.0) is None
+
+
+def test_a_budget_held_by_a_connection_is_not_pruned():
+    budgets = UserBudgets(5, 10, 0, 0)
+    held = budgets.acquire("u", 0.0, None)  # full, but a connection holds it
+    budgets.prune(10.0)
+    assert budgets.acquire("u", 10.0, None) is held
