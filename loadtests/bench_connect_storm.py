@@ -30,8 +30,10 @@ import time
 from pathlib import Path
 
 from benchlib import (
+    CONNECTIONS,
     HERE,
     REPO,
+    SERVER_RSS,
     Figure,
     Gateway,
     NodeProc,
@@ -154,7 +156,7 @@ def main() -> int:
 
 
 FIGURES: list[Figure] = [  # the table's lines
-    ("connections", lambda r, n: f"{r['connected']}/{r['clients']} ({r['failures']} failed)"),
+    CONNECTIONS,
     ("concurrency", lambda r, n: f"{r['concurrency'] or 'all at once'}"),
     ("wall time, s", lambda r, n: f"{r['wall_s']}"),
     ("connections/s", beside("connections_per_s")),
@@ -163,7 +165,7 @@ FIGURES: list[Figure] = [  # the table's lines
     ("listen queue overflows", lambda r, n: f"{r['listen_queue_overflows']}"),
     ("server CPU ms / connection", beside("server_cpu_ms_per_connection")),
     ("server CPU, share of a core", lambda r, n: f"{r['server_cpu_share']:.0%}"),
-    ("server RSS, MB", lambda r, n: f"{r['server_rss_before_kb'] >> 10} -> {r['server_rss_after_kb'] >> 10}"),
+    SERVER_RSS,
 ]
 
 

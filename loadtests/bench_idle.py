@@ -35,8 +35,10 @@ import urllib.request
 from pathlib import Path
 
 from benchlib import (
+    CONNECTIONS,
     HERE,
     REPO,
+    SERVER_RSS,
     Figure,
     Gateway,
     NodeProc,
@@ -175,9 +177,9 @@ def main() -> int:
 
 
 FIGURES: list[Figure] = [  # the table's lines
-    ("connections", lambda r, n: f"{r['connected']}/{r['clients']} ({r['failures']} failed)"),
+    CONNECTIONS,
     ("connect time, s", lambda r, n: f"{r['connect_s']}"),
-    ("RSS before -> after, MB", lambda r, n: f"{r['server_rss_before_kb'] >> 10} -> {r['server_rss_after_kb'] >> 10}"),
+    SERVER_RSS,
     ("KB per connection", beside("kb_per_connection")),
     ("idle CPU, % of a core", beside("server_idle_cpu_pct")),
     ("µs per connection-second", beside("server_idle_cpu_us_per_connection_s")),

@@ -279,6 +279,12 @@ def beside(key: str) -> Callable[[dict[str, Any], dict[str, Any]], str]:
 Figure = tuple[str, Callable[[dict[str, Any], dict[str, Any]], str]]  # a label, a cell (row, last row)
 
 
+# the lines both benchmarks that run the gateway and Node side by side print
+CONNECTIONS: Figure = ("connections", lambda r, n: f"{r['connected']}/{r['clients']} ({r['failures']} failed)")
+SERVER_RSS: Figure = ("server RSS before -> after, MB",
+                      lambda r, n: f"{r['server_rss_before_kb'] >> 10} -> {r['server_rss_after_kb'] >> 10}")
+
+
 def side_by_side(rows: list[dict[str, Any]], figures: list[Figure]) -> str:
     """One column per server (``rows``), one line per figure."""
     return table([("", "  ".join(f"{r['server']:>22}" for r in rows))] + [
