@@ -253,12 +253,12 @@ class RedisCluster:
         whose master failed a call wait, see :meth:`_lost_rooms`; the others play on.)"""
         self._recover_needed = True
         if not self._k.cluster:
-            self._rooms.down = True
+            self._rooms.lost()
 
     def _lost_rooms(self, rooms: set[str]) -> None:
         """A master of a Redis Cluster went away with these rooms' channels."""
         self._recover_needed = True
-        self._rooms.down_rooms |= rooms
+        self._rooms.lost(rooms)
 
     async def recover(self) -> dict[str, int]:
         """Redis is back (maybe empty): re-assert what this instance holds, then catch up.

@@ -232,6 +232,8 @@ class RedisRoomStore:
         self._offline: dict[str, list[MoveEvent]] = {}  # moves accepted while Redis was away
         self.down = False  # Redis failed us and nothing has been re-asserted since
         self.down_rooms: set[str] = set()  # cluster mode: the rooms whose shard failed us (the others play on)
+        self._back: set[str] = set()  # rooms re-asserted since the last loss: they play on while others wait
+        self._losses = 0  # how many times Redis failed us (a recovery that saw one more stops short)
         self.on_offline_move: Callable[[str, MoveEvent], Awaitable[None]] | None = None
         self.on_room_left: Callable[[str], None] | None = None  # the last local member detached
         # room, how many moves this instance gave out or delivered that Redis no longer has (a
@@ -398,16 +400,30 @@ class RedisRoomStore:
         """Whether WAIT is not paused (a short count paused it, see _run_move)."""
         return asyncio.get_running_loop().time() >= self._wait_paused_until
 
+    def lost(self, rooms: set[str] | None = None) -> None:
+        """Redis failed us, or came back as another server (these rooms' Redis Cluster master, or
+        all of it): the rooms' seq there may be behind what was given out, so no move takes one
+        from Redis until :meth:`reassert` has put the floor back (rooms here alone play offline)."""
+        self._losses += 1
+        if rooms is None:
+            self.down = True
+            self._back.clear()
+        else:
+            self.down_rooms |= rooms
+            self._back -= rooms
+
+    def _held(self, room: str) -> bool:
+        """Whether the room must not take a seq from Redis: it was lost and its turn in
+        :meth:`reassert` has not come yet, or it has offline moves still to write back."""
+        return room in self._offline or ((self.down or room in self.down_rooms) and room not in self._back)
+
     async def move(self, room: str, user_id: str, action: dict[str, Any], action_json: str, ts: int) -> MoveEvent:
-        if self.down or room in self.down_rooms or room in self._offline:
+        if self._held(room):
             return await self._move_offline(room, user_id, action, action_json, ts)
         try:
             return await self._move_online(room, user_id, action, action_json, ts)
         except (RedisError, OSError, TimeoutError):
-            if self._k.cluster:
-                self.down_rooms.add(room)
-            else:
-                self.down = True
+            self.lost({room} if self._k.cluster else None)
             return await self._move_offline(room, user_id, action, action_json, ts)
 
     async def _move_online(self, room: str, user_id: str, action: dict[str, Any], action_json: str,
@@ -440,8 +456,7 @@ class RedisRoomStore:
         return MoveEvent(seq, prefix + str(seq) + move_suffix(user_id, action_json, ts))
 
     async def publish(self, room: str, user_id: str, action_json: str, ts: int) -> MoveEvent | None:
-        if self.down or room in self.down_rooms or room in self._offline:
-            # the room's seq is this instance's own until reassert() writes it back
+        if self._held(room):  # the room's seq is this instance's own until reassert() writes it back
             raise StoreUnavailable()
         keys = self._k.room_keys(room)[:4] + self._channel(room)
         prefix = move_prefix(room)
@@ -491,38 +506,58 @@ class RedisRoomStore:
         Redis no longer has (a failover lost the newest writes: replication is asynchronous) are
         reported to :attr:`on_moves_lost`; a ``sync`` across them answers ``complete: false``."""
         written: dict[str, int] = {}
+        losses = self._losses
         for room in sorted(set(seats) | set(self._local) | set(self._offline)):
-            seated = sorted(seats.get(room, {}).items())
-            offline = self._offline.get(room, [])
-            pairs = [x for e in offline for x in (str(e.seq), e.json)]
-            room_keys = self._k.room_keys(room)
-            keys = [*room_keys[:4], room_keys[6]] + ([] if self._k.cluster else [self._k.inst_rooms(self._instance_id)])
-            args = [self._instance_id if room in self._local else "", room, self._log_size,
-                    str(max(self._last_seq.get(room, 0), delivered.get(room, 0))), str(len(seated)),
-                    *[x for pair in seated for x in pair], *pairs]
-            floor = int(args[3])
+            written[room] = await self._reassert_room(room, sorted(seats.get(room, {}).items()),
+                                                      delivered.get(room, 0))
+            if self._losses != losses:
+                return written  # Redis failed us again meanwhile: the next recovery starts over
+            self._back.add(room)
+        if not self._offline:  # else a room played offline meanwhile (joined after this began)
+            self.down = False
+            self.down_rooms.clear()
+            self._back.clear()
+        return written
+
+    async def _reassert_room(self, room: str, seated: list[tuple[str, str]], delivered: int) -> int:
+        """One room's part of :meth:`reassert`. Its moves keep going offline until it is done
+        (this awaits Redis): each pass writes back the ones accepted so far, until a pass finds
+        none new. Returns how many it wrote."""
+        room_keys = self._k.room_keys(room)
+        keys = [*room_keys[:4], room_keys[6]] + ([] if self._k.cluster else [self._k.inst_rooms(self._instance_id)])
+        written, first = 0, True
+        while True:
+            offline = list(self._offline.get(room, ()))
+            floor = max(self._last_seq.get(room, 0), delivered)
+            args = [self._instance_id if room in self._local else "", room, self._log_size, str(floor),
+                    str(len(seated)), *[x for pair in seated for x in pair],
+                    *[x for e in offline for x in (str(e.seq), e.json)]]
             before = int(await self._reassert(keys=keys, args=args))
-            lost = floor - before - sum(1 for e in offline if e.seq > before)
-            # lost for players who saw them and sit here still; a room nobody here sits in any
-            # more may have been emptied and deleted meanwhile (its floor is not a loss)
-            if lost > 0 and seated:
-                log(logger, "moves_lost", logging.WARNING, room=room, redis_seq=before, seq=floor, lost=lost)
-                if self.on_moves_lost is not None:
-                    self.on_moves_lost(room, lost)
-            if args[0]:
-                if self._k.cluster:  # another slot: a step of its own
-                    await self._r.sadd(self._k.inst_rooms(self._instance_id), room)
-                self._routed.add(room)
-            for _session_id, user_id in seated:  # a state that went with the data seats them again
-                await self._update_state(room, lambda s, u=user_id: self._rules.on_join(s, u), user_id, member=True)
             if offline and before > offline[0].seq - 1:
                 log(logger, "offline_conflict", logging.WARNING, room=room, redis_seq=before,
                     offline_from=offline[0].seq)
-            self._offline.pop(room, None)
-            written[room] = len(offline)
-        self.down = False
-        self.down_rooms.clear()
-        return written
+            if first:  # what Redis lost, the routing and the game state
+                lost = floor - before - sum(1 for e in offline if e.seq > before)
+                # lost for players who saw them and sit here still; a room nobody here sits in any
+                # more may have been emptied and deleted meanwhile (its floor is not a loss)
+                if lost > 0 and seated:
+                    log(logger, "moves_lost", logging.WARNING, room=room, redis_seq=before, seq=floor, lost=lost)
+                    if self.on_moves_lost is not None:
+                        self.on_moves_lost(room, lost)
+                if args[0]:
+                    if self._k.cluster:  # another slot: a step of its own
+                        await self._r.sadd(self._k.inst_rooms(self._instance_id), room)
+                    self._routed.add(room)
+                for _session_id, user_id in seated:  # a state that went with the data seats them again
+                    await self._update_state(room, lambda s, u=user_id: self._rules.on_join(s, u), user_id,
+                                             member=True)
+                first, seated = False, []
+            written += len(offline)
+            rest = self._offline.get(room, [])
+            del rest[:len(offline)]
+            if not rest:
+                self._offline.pop(room, None)
+                return written
 
     async def events_after(self, room: str, after_seq: int) -> tuple[list[MoveEvent], bool]:
         seq = int(await self._r.get(self._k.room(room, "seq")) or 0)
@@ -545,7 +580,7 @@ class RedisRoomStore:
         await self._release_tick(keys=[self._k.room(room, "tick")], args=[self._instance_id])
 
     async def tick(self, room: str, now: float, ts: int) -> list[MoveEvent]:
-        if self.down or room in self.down_rooms:
+        if self._held(room):
             return []  # the room's seq may be behind in Redis until reassert() has run
         keys = [*self._k.room_keys(room)[:6], self._k.room(room, "tick"), *self._channel(room)]
         prefix = move_prefix(room)

@@ -11,6 +11,7 @@ live as long as the process does (nothing is lost that could be put back).
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 import orjson
 import pytest
 import redis as redis_sync
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -522,6 +525,241 @@ class TestReassert:
         finally:
             await rooms.aclose()
             await redis.aclose()
+
+
+class Held:
+    """Holds each call of the wrapped Redis scripts until the test lets it go: a recovery stops
+    before each of its round trips, and the test plays moves in between. (Joins set the state:
+    wrap ``_set_state`` once they are done.)"""
+
+    def __init__(self, rooms: RedisRoomStore, *scripts: str) -> None:
+        self.waiting: list[tuple[str, asyncio.Future[None]]] = []  # (the room a held call is for, its go)
+        self.arrived = asyncio.Event()
+        for name in scripts:
+            monkey(rooms, name, self._wrap(name, getattr(rooms, name)))
+
+    def _wrap(self, name: str, call: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def held(*, keys: list[str], args: list[str]) -> Any:
+            go = asyncio.get_running_loop().create_future()
+            self.waiting.append((keys[0] if name == "_set_state" else args[1], go))
+            self.arrived.set()
+            await go
+            return await call(keys=keys, args=args)
+
+        return held
+
+    async def next(self, task: asyncio.Task[Any]) -> str | None:
+        """Wait until ``task`` is held again (what for: the room of a REASSERT, the state key of a
+        SET_STATE) or done (None)."""
+        while not self.waiting and not task.done():
+            arrived = asyncio.ensure_future(self.arrived.wait())
+            await asyncio.wait([arrived, task], return_when=asyncio.FIRST_COMPLETED)
+            arrived.cancel()
+            self.arrived.clear()
+        return self.waiting[0][0] if self.waiting else None
+
+    async def release(self, task: asyncio.Task[Any]) -> str | None:
+        """Let the call ``task`` is held at (once it is) go on; what it is held for next."""
+        if await self.next(task) is not None:
+            self.waiting.pop(0)[1].set_result(None)
+        return await self.next(task)
+
+    async def finish(self, task: asyncio.Task[Any]) -> Any:
+        while await self.release(task) is not None:
+            pass
+        return await task
+
+
+async def alice_in(rooms: RedisRoomStore, *names: str) -> RedisRoomStore:
+    """Seats alice (session ``s-a``) in these rooms, through this instance."""
+    for room in names:
+        await rooms.join(room, "alice", "s-a")
+        await rooms.attach(room, f"sid-{room}")
+    return rooms
+
+
+def monkey(rooms: RedisRoomStore, name: str, call: Callable[..., Awaitable[Any]]) -> None:
+    rooms.__dict__[name] = call
+
+
+class TestReassertUnderPlay:
+    """:meth:`RedisRoomStore.reassert` awaits Redis room by room while players go on moving: a
+    room not yet re-asserted plays offline (and what it plays then is written back too), a room
+    already re-asserted plays online at once."""
+
+    async def test_a_move_played_while_its_room_is_put_back_is_written_back_too(
+            self, redis_client: Redis, redis_prefix: str) -> None:
+        """Seen in a Sentinel failover test: a move accepted offline while its room's REASSERT was
+        on its way was acknowledged, then dropped unwritten; the next move online got its seq
+        again. Kills the fix's mutants that write back only what the first pass saw."""
+        rooms = RedisRoomStore(redis_client, Keys(redis_prefix), Relay(), instance_id="gw-1")
+        try:
+            for user in ("alice", "bob"):
+                await rooms.join("r", user, f"s-{user[0]}")
+                await rooms.attach("r", f"sid-{user[0]}")
+            held = Held(rooms, "_reassert", "_set_state")
+            played = [await move(rooms, "r", "alice", {"n": 1})]
+            rooms.lost()
+            played.append(await move(rooms, "r", "bob", {"n": 2}))  # offline
+            task = asyncio.create_task(rooms.reassert({"r": {"s-a": "alice", "s-b": "bob"}}, {}))
+            assert await held.next(task) == "r"  # its REASSERT, with move 2, is on its way
+            played.append(await move(rooms, "r", "alice", {"n": 3}))  # offline still
+            state = Keys(redis_prefix).room("r", "state")
+            assert await held.release(task) == state  # on_join for alice
+            played.append(await move(rooms, "r", "bob", {"n": 4}))  # offline still
+            assert await held.release(task) == state  # and for bob
+            assert await held.release(task) == "r"  # a second pass: moves 3 and 4
+            assert await held.finish(task) == {"r": 3}
+            played.append(await move(rooms, "r", "alice", {"n": 5}))  # online
+            assert played == [MoveEvent(n, wire("r", n, "alice" if n % 2 else "bob", {"n": n})) for n in range(1, 6)]
+            assert await rooms.events_after("r", 0) == (played, True)
+        finally:
+            await rooms.aclose()
+
+    @pytest.mark.parametrize("loss", ["store", "room"])
+    async def test_a_room_put_back_plays_online_while_the_next_waits(
+            self, redis_client: Redis, redis_prefix: str, loss: str) -> None:
+        """A room whose turn is over takes its seqs from Redis again, even while others are still
+        being put back: a move played offline there then would start a backlog that no recovery
+        writes back (the room stayed offline for good). Kills the mutants that leave ``_back``
+        out of :meth:`RedisRoomStore._held` or never add to it."""
+        rooms = await alice_in(RedisRoomStore(redis_client, Keys(redis_prefix), Relay(), instance_id="gw-1"), "a", "b")
+        held = Held(rooms, "_reassert")  # a join awaits no REASSERT
+        try:
+            for room in ("a", "b"):
+                await move(rooms, room, "alice", {"n": 1})
+            rooms.lost({"a", "b"} if loss == "room" else None)
+            task = asyncio.create_task(rooms.reassert({"a": {"s-a": "alice"}, "b": {"s-a": "alice"}}, {}))
+            assert await held.next(task) == "a"
+            assert await held.release(task) == "b"  # a is done: b's turn
+            during = await move(rooms, "a", "alice", {"n": 2})
+            assert during == MoveEvent(2, wire("a", 2, "alice", {"n": 2}))
+            assert await rooms.seq("a") == 2  # from Redis, not offline
+            offline = await move(rooms, "b", "alice", {"n": 2})
+            assert await rooms.seq("b") == 1  # b waits: its move 2 is offline
+            assert await held.finish(task) == {"a": 0, "b": 1}
+            assert not rooms.down and not rooms.down_rooms
+            assert await rooms.events_after("b", 1) == ([offline], True)
+        finally:
+            await rooms.aclose()
+
+    @pytest.mark.parametrize("loss", ["store", "room"])
+    async def test_a_loss_during_a_recovery_leaves_it_to_the_next(
+            self, redis_client: Redis, redis_prefix: str, loss: str) -> None:
+        """Redis (or a room's Redis Cluster master) failing us again while a recovery runs (a
+        second failover) makes the rooms lost wait for the next one, those already put back
+        too. Kills the mutants that go on counting rooms back, leave a room lost again among
+        those back, or clear ``down``, after a loss they did not see the start of."""
+        rooms = await alice_in(RedisRoomStore(redis_client, Keys(redis_prefix), Relay(), instance_id="gw-1"), "a", "b")
+        held = Held(rooms, "_reassert")
+        try:
+            rooms.lost({"a", "b"} if loss == "room" else None)
+            seats = {"a": {"s-a": "alice"}, "b": {"s-a": "alice"}}
+            task = asyncio.create_task(rooms.reassert(seats, {}))
+            assert await held.release(task) == "b"
+            rooms.lost({"a"} if loss == "room" else None)
+            assert (await move(rooms, "a", "alice", {"n": 1})).seq == 1 and await rooms.seq("a") == 0  # offline
+            assert await held.finish(task) == {"a": 0, "b": 0}
+            assert rooms.down if loss == "store" else rooms.down_rooms == {"a", "b"}
+            assert (await move(rooms, "b", "alice", {"n": 1})).seq == 1 and await rooms.seq("b") == 0  # offline
+            task = asyncio.create_task(rooms.reassert(seats, {}))
+            assert await held.finish(task) == {"a": 1, "b": 1}
+            assert not rooms.down and not rooms.down_rooms
+            assert await rooms.seq("a") == 1 and await rooms.seq("b") == 1
+        finally:
+            await rooms.aclose()
+
+    async def test_a_room_that_played_offline_after_the_recovery_began_waits_for_the_next(
+            self, redis_client: Redis, redis_prefix: str) -> None:
+        """A room joined here while a recovery runs is not on its list: if it plays offline
+        meanwhile, the store stays down, and the next recovery writes its moves back. Kills the
+        mutant that ends the outage whatever is left offline (the room then played offline for
+        good, its moves never in Redis)."""
+        rooms = await alice_in(RedisRoomStore(redis_client, Keys(redis_prefix), Relay(), instance_id="gw-1"), "a")
+        held = Held(rooms, "_reassert")
+        try:
+            rooms.lost()
+            task = asyncio.create_task(rooms.reassert({"a": {"s-a": "alice"}}, {}))
+            assert await held.next(task) == "a"
+            await alice_in(rooms, "c")
+            offline = await move(rooms, "c", "alice", {"n": 1})
+            assert await held.finish(task) == {"a": 0}
+            assert rooms.down and await rooms.seq("c") == 0
+            task = asyncio.create_task(rooms.reassert({"a": {"s-a": "alice"}, "c": {"s-a": "alice"}}, {}))
+            assert await held.finish(task) == {"a": 0, "c": 1}
+            assert not rooms.down
+            assert await rooms.events_after("c", 0) == ([offline], True)
+            assert (await move(rooms, "c", "alice", {"n": 2})).seq == 2 and await rooms.seq("c") == 2
+        finally:
+            await rooms.aclose()
+
+
+ROOMS_AT_PLAY = ("r0", "r1", "r2")
+recovery_step = st.one_of(st.tuples(st.just("move"), st.sampled_from(ROOMS_AT_PLAY)),
+                          st.tuples(st.just("release")), st.tuples(st.just("recover")),
+                          st.tuples(st.just("lose"), st.sampled_from(ROOMS_AT_PLAY)))
+
+
+@pytest.mark.parametrize("loss", ["store", "room"])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(recovery_step, max_size=30))
+def test_recoveries_interleaved_with_play_keep_every_seq_once(
+        redis_server: RedisServer, loss: str, steps: list[tuple[str, ...]]) -> None:
+    """Moves in three rooms of one instance, interleaved at random with the Redis round trips of
+    recoveries and with further losses (the whole store's, or one room's as a Redis Cluster
+    master's): once a last recovery has run, every room's acknowledged seqs are 1, 2, 3.. in
+    the order played, Redis' log holds exactly the moves acknowledged, and a move plays online."""
+    asyncio.run(play_through_recoveries(redis_server.url, loss, steps))
+
+
+async def play_through_recoveries(url: str, loss: str, steps: list[tuple[str, ...]]) -> None:
+    redis = Redis.from_url(url, decode_responses=True)
+    keys = Keys("t" + uuid.uuid4().hex[:10])
+    rooms = RedisRoomStore(redis, keys, Relay(), instance_id="gw-1")
+    seats = {room: {"s-a": "alice", "s-b": "bob"} for room in ROOMS_AT_PLAY}
+    played: dict[str, list[MoveEvent]] = {room: [] for room in ROOMS_AT_PLAY}
+    task: asyncio.Task[Any] | None = None
+
+    def lose(room: str) -> None:
+        rooms.lost({room} if loss == "room" else None)
+
+    try:
+        for room in ROOMS_AT_PLAY:
+            for user in ("alice", "bob"):
+                await rooms.join(room, user, f"s-{user[0]}")
+                await rooms.attach(room, f"sid-{room}-{user[0]}")
+            played[room].append(await move(rooms, room, "alice", {"n": 1}))
+            lose(room)
+        held = Held(rooms, "_reassert", "_set_state")  # a join's on_join awaits SET_STATE
+        for op, *arg in steps:
+            if op == "move":
+                played[arg[0]].append(await move(rooms, arg[0], "bob", {"n": len(played[arg[0]]) + 1}))
+            elif op == "lose":
+                lose(arg[0])
+            elif task is not None and not task.done():
+                if op == "release":
+                    await held.release(task)
+            elif op == "recover":
+                task = asyncio.create_task(rooms.reassert(seats, {}))
+                await held.next(task)
+        for _ in range(3):  # the heartbeat's recoveries, until one finds nothing lost meanwhile
+            if task is not None:
+                await held.finish(task)
+            if not rooms.down and not rooms.down_rooms:
+                break
+            task = asyncio.create_task(rooms.reassert(seats, {}))
+        assert not rooms.down and not rooms.down_rooms, steps
+        for room in ROOMS_AT_PLAY:
+            played[room].append(await move(rooms, room, "alice", {"n": len(played[room]) + 1}))
+            assert seqs(played[room]) == list(range(1, len(played[room]) + 1)), (room, steps)
+            assert await rooms.events_after(room, 0) == (played[room], True), (room, steps)
+            assert await rooms.seq(room) == len(played[room]), (room, steps)  # the last move went online
+    finally:
+        if task is not None and not task.done():
+            task.cancel()
+        await rooms.aclose()
+        await redis.delete(*[k async for k in redis.scan_iter(match=f"{keys.p}:*")] or ["-"])
+        await redis.aclose()
 
 
 class TickTock(Game):
