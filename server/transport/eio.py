@@ -16,6 +16,10 @@ answers differently from python-engineio 4.x. Each change is small and could go 
 * a second GET while one is pending closes the session: the first gets CLOSE, the second 400;
 * a polling session whose client misses a pong is closed at the ping timeout, not whenever the
   service task comes round to it;
+* pings go out from one timer for the whole server (:meth:`ConformantServer._ping_loop`), not a
+  task and a timer per socket and per ping, and straight onto an idle websocket when the server
+  can write there (``write_frame``); an upgraded socket's writer waits for its queue without a
+  timer of its own (the reader already times a silent peer out);
 * after an upgrade no NOOP reaches the websocket (python-engineio queues one to end a pending
   poll; with no poll pending it went out on the websocket later);
 * a websocket for a session that is upgrading or upgraded is opened and closed, where
@@ -30,6 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -51,6 +57,7 @@ class ConformantSocket(async_socket.AsyncSocket):  # type: ignore[misc]
 
     def __init__(self, server: Any, sid: str) -> None:
         super().__init__(server, sid)
+        self.last_ping: float | None = self.last_ping  # when the last ping went out; None: the next is due
         self.polls_pending = 0  # long-polling GETs waiting for packets (more than one closes the session)
 
     async def handle_get_request(self, environ: dict[str, Any]) -> Any:
@@ -88,12 +95,28 @@ class ConformantSocket(async_socket.AsyncSocket):  # type: ignore[misc]
             self.queue.put_nowait(None)
 
     async def poll(self) -> list[Any]:
-        """Once upgraded (only the websocket's writer polls), NOOPs are dropped: they only ever end
-        a long-polling GET. An empty list still means the end."""
+        """Once upgraded (only the websocket's writer polls), the writer waits for packets with no
+        timeout (python-engineio's, ping interval + timeout, cost a timer per wait; pings no
+        longer pass through the queue, and the reader ends a silent connection), and NOOPs are
+        dropped: they only ever end a long-polling GET. An empty list still means the end."""
+        if not self.upgraded:
+            return await super().poll()  # type: ignore[no-any-return]
         while True:
-            packets: list[Any] = await super().poll()
-            if not self.upgraded or not packets:
-                return packets
+            pkt = await self.queue.get()
+            self.queue.task_done()
+            if pkt is None:
+                # one turn first: the reader, which queued this end, gets back into receive(), and
+                # aiohttp's close() then ends it at once instead of waiting CLOSE_WAIT_S for the peer
+                await asyncio.sleep(0)
+                return []
+            packets = [pkt]
+            while not self.queue.empty():  # as python-engineio's: what else is queued goes too
+                pkt = self.queue.get_nowait()
+                self.queue.task_done()
+                if pkt is None:
+                    self.queue.put_nowait(None)  # the end, for the next poll
+                    break
+                packets.append(pkt)
             kept = [p for p in packets if p.packet_type != packet.NOOP]
             if kept:
                 return kept
@@ -108,11 +131,26 @@ class ConformantSocket(async_socket.AsyncSocket):  # type: ignore[misc]
     def _polling(self) -> bool:
         return not (self.upgrading or self.upgraded or self.closing or self.closed)
 
-    async def _send_ping(self) -> None:
-        await super()._send_ping()
-        sent_at = self.last_ping
-        if sent_at is None or not self._polling():
-            return  # a websocket's reader times out by itself
+    def schedule_ping(self) -> None:
+        """The next ping, ``ping_interval`` after the last one was answered: a place in the
+        server's queue of pings (python-engineio started a task that slept the interval)."""
+        if self.last_ping:
+            self.last_ping = None
+            self.server.ping_later(self)
+
+    async def ping(self) -> None:
+        """Send the ping that is due (:meth:`ConformantServer._ping_loop`)."""
+        if self.closing or self.closed:
+            return
+        self.last_ping = sent_at = time.time()
+        write = self.server.write_frame
+        if write is not None and write(self.sid, PING_FRAME):
+            return
+        await self.send(packet.Packet(packet.PING))
+        if self._polling():  # a websocket's reader times out by itself
+            self.server.start_background_task(self._await_pong, sent_at)
+
+    async def _await_pong(self, sent_at: float) -> None:
         await asyncio.sleep(self.server.ping_timeout)
         if self.last_ping == sent_at and self._polling():
             await self.end(self.server.reason.PING_TIMEOUT)
@@ -122,7 +160,8 @@ async def _close_at_once(ws: Any) -> None:
     await ws.close()
 
 
-SWEEP_BATCH = 1000  # sockets checked for a ping timeout between two yields to the event loop
+SWEEP_BATCH = 1000  # sockets checked for a ping timeout (or pinged) between two yields to the event loop
+PING_FRAME = b"\x81\x012"  # a websocket text frame (FIN, opcode 1) of one byte: Engine.IO's PING, "2"
 
 
 class ConformantServer(engineio.AsyncServer):  # type: ignore[misc]
@@ -130,6 +169,56 @@ class ConformantServer(engineio.AsyncServer):  # type: ignore[misc]
     # (eio_sid) a client answered a ping: the one sign of life an idle client gives
     on_pong: Callable[[str], Awaitable[None]] | None = None
     sid_prefix = ""  # before every sid made here: a worker's number, for sticky routing (sticky.py)
+    # (eio_sid, frame) write a websocket frame straight to the socket's transport if it is idle
+    # there (websocket.Transports.write_frame); False: it goes through the socket's queue
+    write_frame: Callable[[str, bytes], bool] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # sockets whose next ping is due, by loop time; every wait is ping_interval, so appending
+        # keeps the queue in order
+        self._pings: deque[tuple[float, ConformantSocket]] = deque()
+        self._pings_added = asyncio.Event()
+        self._pinger: asyncio.Task[None] | None = None
+
+    def ping_later(self, socket: ConformantSocket) -> None:
+        if self._pinger is None:
+            self._pinger = asyncio.ensure_future(self._ping_loop())
+        if not self._pings:
+            self._pings_added.set()
+        self._pings.append((asyncio.get_running_loop().time() + self.ping_interval, socket))
+
+    async def _ping_loop(self) -> None:
+        """Every socket's pings, from one task: sleep until the first is due, send those due."""
+        loop = asyncio.get_running_loop()
+        pings = self._pings
+        while True:
+            if not pings:
+                self._pings_added.clear()
+                await self._pings_added.wait()
+                continue
+            wait = pings[0][0] - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            now = loop.time()
+            n = 0
+            while pings and pings[0][0] <= now:
+                socket = pings.popleft()[1]
+                try:
+                    await socket.ping()
+                except Exception:  # one socket's failure must not stop the pings of all
+                    self.logger.exception("ping failed for %s", socket.sid)
+                n += 1
+                if n % SWEEP_BATCH == 0:
+                    await asyncio.sleep(0)
+
+    async def shutdown(self) -> None:
+        await super().shutdown()
+        pinger, self._pinger = self._pinger, None
+        if pinger is not None:
+            pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pinger
 
     def generate_id(self) -> str:
         return self.sid_prefix + str(super().generate_id())

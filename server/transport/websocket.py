@@ -127,6 +127,15 @@ class Transports:
             return None
         return ws
 
+    def write_frame(self, eio_sid: str, frame: bytes) -> bool:
+        """Write ``frame`` to the session's websocket if it can go there directly (see
+        :meth:`writable`); False if it must go through Engine.IO's queue."""
+        ws = self.writable(eio_sid)
+        if ws is None:
+            return False
+        ws.write(frame)
+        return True
+
     def abort(self, eio_sid: str) -> bool:
         """Cut the TCP connection with no close frame and no disconnect packet."""
         ws = self._by_eio_sid.pop(eio_sid, None)
@@ -250,4 +259,5 @@ def install(eio_server: Any, *, compress: bool, max_outbound_bytes: int) -> Tran
     GameWebSocket.transports = transports
     GameWebSocket.compress = compress
     eio_server._async = {**eio_server._async, "websocket": GameWebSocket}
+    eio_server.write_frame = transports.write_frame
     return transports

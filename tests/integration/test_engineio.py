@@ -148,6 +148,27 @@ async def test_after_an_upgrade_no_noop_reaches_the_websocket(gateway_factory: G
             ws.close()
 
 
+async def test_an_idle_websocket_that_answers_its_pings_stays_open(gateway_factory: GatewayFactory) -> None:
+    """Pings go straight onto an idle websocket, not through the session's queue, so the queue
+    may stay empty for good: the writer task waits for it with no timeout of its own
+    (python-engineio's gave up after ping interval + timeout without a packet, and closed the
+    connection). Five rounds of interval + timeout: a ping each interval, nothing else, no close."""
+    gw = await gateway_factory(**SUITE)
+    ws = await RawWebSocket.connect(gw.url)
+    try:
+        await ws.join_game(gw.token("alice"))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        pinged = []
+        while loop.time() - started < 5 * (0.3 + 0.2):
+            assert await ws.recv(1) == (0x1, b"2")
+            pinged.append(loop.time() - started)
+            ws.send_text("3")
+        assert len(pinged) >= 5
+    finally:
+        ws.close()
+
+
 async def test_a_second_websocket_for_an_upgraded_session_is_opened_and_closed(
         gateway_factory: GatewayFactory) -> None:
     """As Node's engine.io does (python-engineio answered HTTP 400, an error for the client);
