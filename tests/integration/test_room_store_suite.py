@@ -11,6 +11,7 @@ live as long as the process does (nothing is lost that could be put back).
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -500,6 +501,57 @@ class TestReassert:
         await rooms.reassert(seats, {"r": 3})
         assert counted == ([("r", 3)] if seated_here else [])
         await rooms.aclose()
+
+    @pytest.mark.parametrize(("kept", "offline", "lost"), [
+        (2, 2, 3),  # a failover kept seqs 1-2 of 5; 6 and 7 were played offline: 3, 4 and 5 are lost
+        (4, 0, 1),  # kept 1-4 of 5: one lost
+        (5, 1, 0),  # kept everything; an outage's offline move: nothing lost, nothing reported
+    ])
+    async def test_the_moves_lost_are_counted_exactly(
+            self, redis_client: Redis, redis_prefix: str, caplog: pytest.LogCaptureFixture, kept: int,
+            offline: int, lost: int) -> None:
+        """What a failover lost: the seq floor this instance knows, less what Redis kept, less the
+        moves played offline (written back, not lost). Kills the mutants of that sum and of its
+        ``lost > 0`` (one lost, none lost), and of the ``moves_lost`` line."""
+        keys = Keys(redis_prefix)
+        rooms = RedisRoomStore(redis_client, keys, Relay(), instance_id="gw-1")
+        counted: list[tuple[str, int]] = []
+        rooms.on_moves_lost = lambda room, n: counted.append((room, n))
+        caplog.set_level(logging.WARNING, logger="gamegw.rooms")
+        try:
+            await alice_in(rooms, "r")
+            for n in range(1, 6):
+                await move(rooms, "r", "alice", {"n": n})
+            await redis_client.set(keys.room("r", "seq"), kept)  # the replica promoted lacked the newest writes
+            await redis_client.xtrim(keys.room("r", "log"), minid=f"{kept + 1}-1")
+            await redis_client.xtrim(keys.room("r", "log"), maxlen=kept)
+            rooms.lost()
+            played = [await move(rooms, "r", "alice", {"n": 6 + i}) for i in range(offline)]
+            assert seqs(played) == list(range(6, 6 + offline))
+            assert await rooms.reassert({"r": {"s-a": "alice"}}, {}) == {"r": offline}
+            assert counted == ([("r", lost)] if lost else [])
+            lines = [r for r in caplog.records if r.getMessage() == "moves_lost"]
+            assert [r.gamegw_fields for r in lines] == (  # type: ignore[attr-defined]
+                [{"room": "r", "redis_seq": kept, "seq": 5 + offline, "lost": lost}] if lost else [])
+        finally:
+            await rooms.aclose()
+
+    async def test_a_room_seated_here_but_not_attached_gets_no_routing_to_this_instance(
+            self, redis_client: Redis, redis_prefix: str) -> None:
+        """Routing names the instances with a live member in the room (an attach); a seat alone
+        (a session that lists the room) puts the seat back, not the routing. Kills the mutants of
+        the REASSERT's instance argument."""
+        keys = Keys(redis_prefix)
+        rooms = RedisRoomStore(redis_client, keys, Relay(), instance_id="gw-1")
+        try:
+            await rooms.join("r", "alice", "s-a")
+            rooms.lost()
+            assert await rooms.reassert({"r": {"s-a": "alice"}}, {}) == {"r": 0}
+            assert await redis_client.hgetall(keys.room("r", "seats")) == {"s-a": "alice"}
+            assert await redis_client.smembers(keys.room("r", "insts")) == set()
+            assert await redis_client.smembers(keys.inst_rooms("gw-1")) == set()
+        finally:
+            await rooms.aclose()
 
     async def test_arena_players_are_seated_again_when_redis_came_back_empty(
             self, own_redis: RedisServer, redis_prefix: str) -> None:
