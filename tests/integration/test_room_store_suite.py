@@ -539,17 +539,21 @@ class TestReassert:
     async def test_a_room_seated_here_but_not_attached_gets_no_routing_to_this_instance(
             self, redis_client: Redis, redis_prefix: str) -> None:
         """Routing names the instances with a live member in the room (an attach); a seat alone
-        (a session that lists the room) puts the seat back, not the routing. Kills the mutants of
-        the REASSERT's instance argument."""
+        (a session that lists the room) puts the seat back, not the routing, and a later attach
+        routes it. Kills the mutants of the REASSERT's instance argument and of ``if args[0]``
+        (the room counted as routed here, which the attach then skipped)."""
         keys = Keys(redis_prefix)
         rooms = RedisRoomStore(redis_client, keys, Relay(), instance_id="gw-1")
         try:
             await rooms.join("r", "alice", "s-a")
             rooms.lost()
             assert await rooms.reassert({"r": {"s-a": "alice"}}, {}) == {"r": 0}
+            assert await rooms.seq("r") == 0  # no move yet: the floor is 0 (nothing given out, nothing delivered)
             assert await redis_client.hgetall(keys.room("r", "seats")) == {"s-a": "alice"}
             assert await redis_client.smembers(keys.room("r", "insts")) == set()
             assert await redis_client.smembers(keys.inst_rooms("gw-1")) == set()
+            await rooms.attach("r", "sid-a")  # and the routing comes with the first attach
+            assert await redis_client.smembers(keys.room("r", "insts")) == {"gw-1"}
         finally:
             await rooms.aclose()
 
