@@ -119,6 +119,7 @@ class UserBudgets:
         self._abuse_max = abuse_max
         self._abuse_window_s = abuse_window_s
         self._by_user: dict[str, Budget] = {}
+        self._released: set[str] = set()  # users with a budget and no connection here: prune's candidates
 
     @property
     def enabled(self) -> bool:
@@ -137,6 +138,7 @@ class UserBudgets:
             if budget.abuse is not None:
                 budget.abuse.lower_to(abuse_tokens, stamp, now)
         budget.holders += 1
+        self._released.discard(user_id)
         return budget
 
     def release(self, user_id: str, now: float) -> tuple[tuple[float, float, float], float] | None:
@@ -146,6 +148,8 @@ class UserBudgets:
         if budget is None:
             return None
         budget.holders -= 1
+        if budget.holders <= 0:
+            self._released.add(user_id)
         snapshot = budget.snapshot(now) if budget.holders <= 0 else None
         if snapshot is None:
             return None
@@ -156,8 +160,12 @@ class UserBudgets:
         return snapshot, refill_s
 
     def prune(self, now: float) -> None:
-        """Forget the budgets of users with no connection here whose buckets have refilled."""
-        self._by_user = {u: b for u, b in self._by_user.items() if b.holders > 0 or b.snapshot(now) is not None}
+        """Forget the budgets of users with no connection here whose buckets have refilled. Only
+        those users are looked at: the sweep runs four times a second, and going through every
+        user's budget cost a tenth of the CPU of 10,000 idle players."""
+        for user_id in [u for u in self._released if self._by_user[u].snapshot(now) is None]:
+            del self._by_user[user_id]
+            self._released.discard(user_id)
 
     def __len__(self) -> int:
         return len(self._by_user)

@@ -113,3 +113,20 @@ def test_a_budget_held_by_a_connection_is_not_pruned():
     held = budgets.acquire("u", 0.0, None)  # full, but a connection holds it
     budgets.prune(10.0)
     assert budgets.acquire("u", 10.0, None) is held
+
+
+def test_a_budget_taken_again_after_its_last_release_is_not_pruned():
+    """prune looks only at users whose last connection ended: one who came back holds the
+    budget again (and a user forgotten once is not looked at again)."""
+    budgets = UserBudgets(5, 10, 0, 0)
+    spend(budgets, "u", 0.0, 10)
+    assert budgets.release("u", 0.0) is not None
+    held = budgets.acquire("u", 0.0, None)
+    spend(budgets, "v", 0.0, 10)
+    assert budgets.release("v", 0.0) is not None
+    budgets.prune(10.0)
+    budgets.prune(20.0)
+    assert len(budgets) == 1 and budgets.acquire("u", 20.0, None) is held
+    assert budgets.release("u", 20.0) is None and budgets.release("u", 20.0) is None
+    budgets.prune(20.0)
+    assert len(budgets) == 0
