@@ -113,6 +113,9 @@ def test_a_budget_held_by_a_connection_is_not_pruned():
     held = budgets.acquire("u", 0.0, None)  # full, but a connection holds it
     budgets.prune(10.0)
     assert budgets.acquire("u", 10.0, None) is held
+    assert budgets.release("u", 10.0) is None  # one of its two connections ends: still held
+    budgets.prune(20.0)
+    assert budgets.acquire("u", 20.0, None) is held
 
 
 def test_a_budget_taken_again_after_its_last_release_is_not_pruned():
