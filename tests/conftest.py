@@ -131,8 +131,8 @@ async def start_gateway(settings: Settings, **parts: Any) -> Gateway:
 async def gateway_factory() -> AsyncIterator[Callable[..., Awaitable[Gateway]]]:
     started: list[Gateway] = []
 
-    async def factory(**overrides: Any) -> Gateway:
-        gw = await start_gateway(make_settings(**overrides))
+    async def factory(*, clock: Callable[[], float] | None = None, **overrides: Any) -> Gateway:
+        gw = await start_gateway(make_settings(**overrides), **({"clock": clock} if clock else {}))
         started.append(gw)
         return gw
 
@@ -144,17 +144,18 @@ async def gateway_factory() -> AsyncIterator[Callable[..., Awaitable[Gateway]]]:
 @pytest.fixture
 async def cluster_factory(redis_server: RedisServer, redis_prefix: str
                           ) -> AsyncIterator[Callable[..., Awaitable[list[Gateway]]]]:
-    """``await cluster_factory(n, **settings)``: n in-process gateways sharing one Redis."""
+    """``await cluster_factory(n, **settings)``: n in-process gateways sharing one Redis (``clock=``:
+    the clock they all read)."""
     started: list[Gateway] = []
 
-    async def factory(n: int, **overrides: Any) -> list[Gateway]:
+    async def factory(n: int, *, clock: Callable[[], float] | None = None, **overrides: Any) -> list[Gateway]:
         made = []
         for _ in range(n):
             iid = f"inst-{len(started) + 1}"
             settings = load_settings({"GAMEGW_JWT_SECRET": TEST_SECRET}, None, {
                 "port": 0, "instance_id": iid, "redis_url": redis_server.url, "redis_prefix": redis_prefix,
                 "heartbeat_interval_s": 0.2, "heartbeat_ttl_s": 1.0, **overrides})
-            gw = await start_gateway(settings)
+            gw = await start_gateway(settings, **({"clock": clock} if clock else {}))
             started.append(gw)
             made.append(gw)
         return made
