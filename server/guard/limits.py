@@ -148,9 +148,10 @@ class UserBudgets:
         if budget is None:
             return None
         budget.holders -= 1
-        if budget.holders <= 0:
-            self._released.add(user_id)
-        snapshot = budget.snapshot(now) if budget.holders <= 0 else None
+        if budget.holders > 0:
+            return None
+        self._released.add(user_id)
+        snapshot = budget.snapshot(now)
         if snapshot is None:
             return None
         events, abuse, _ = snapshot

@@ -521,43 +521,49 @@ class RedisRoomStore:
 
     async def _reassert_room(self, room: str, seated: list[tuple[str, str]], delivered: int) -> int:
         """One room's part of :meth:`reassert`. Its moves keep going offline until it is done
-        (this awaits Redis): each pass writes back the ones accepted so far, until a pass finds
-        none new. Returns how many it wrote."""
+        (this awaits Redis): after the first pass, which also counts what Redis lost and puts
+        back the routing and the game state, each pass writes back the moves accepted meanwhile,
+        until none are left. Returns how many it wrote."""
+        floor, before, offline, routed = await self._write_back(room, seated, delivered)
+        lost = floor - before - sum(1 for e in offline if e.seq > before)
+        # lost for players who saw them and sit here still; a room nobody here sits in any
+        # more may have been emptied and deleted meanwhile (its floor is not a loss)
+        if lost > 0 and seated:
+            log(logger, "moves_lost", logging.WARNING, room=room, redis_seq=before, seq=floor, lost=lost)
+            if self.on_moves_lost is not None:
+                self.on_moves_lost(room, lost)
+        if routed:
+            if self._k.cluster:  # another slot: a step of its own
+                await self._r.sadd(self._k.inst_rooms(self._instance_id), room)
+            self._routed.add(room)
+        for _session_id, user_id in seated:  # a state that went with the data seats them again
+            await self._update_state(room, lambda s, u=user_id: self._rules.on_join(s, u), user_id, member=True)
+        written = len(offline)
+        while room in self._offline:
+            written += len((await self._write_back(room, [], delivered))[2])
+        return written
+
+    async def _write_back(self, room: str, seated: list[tuple[str, str]],
+                          delivered: int) -> tuple[int, int, list[MoveEvent], bool]:
+        """One REASSERT of the room: the seats, the routing if it has members here, a seq floor
+        and the offline moves accepted so far, which then leave the room's backlog. Returns the
+        floor, the seq Redis had before, the moves written and whether it was routed here."""
         room_keys = self._k.room_keys(room)
         keys = [*room_keys[:4], room_keys[6]] + ([] if self._k.cluster else [self._k.inst_rooms(self._instance_id)])
-        written, first = 0, True
-        while True:
-            offline = list(self._offline.get(room, ()))
-            floor = max(self._last_seq.get(room, 0), delivered)
-            args = [self._instance_id if room in self._local else "", room, self._log_size, str(floor),
-                    str(len(seated)), *[x for pair in seated for x in pair],
-                    *[x for e in offline for x in (str(e.seq), e.json)]]
-            before = int(await self._reassert(keys=keys, args=args))
-            if offline and before > offline[0].seq - 1:
-                log(logger, "offline_conflict", logging.WARNING, room=room, redis_seq=before,
-                    offline_from=offline[0].seq)
-            if first:  # what Redis lost, the routing and the game state
-                lost = floor - before - sum(1 for e in offline if e.seq > before)
-                # lost for players who saw them and sit here still; a room nobody here sits in any
-                # more may have been emptied and deleted meanwhile (its floor is not a loss)
-                if lost > 0 and seated:
-                    log(logger, "moves_lost", logging.WARNING, room=room, redis_seq=before, seq=floor, lost=lost)
-                    if self.on_moves_lost is not None:
-                        self.on_moves_lost(room, lost)
-                if args[0]:
-                    if self._k.cluster:  # another slot: a step of its own
-                        await self._r.sadd(self._k.inst_rooms(self._instance_id), room)
-                    self._routed.add(room)
-                for _session_id, user_id in seated:  # a state that went with the data seats them again
-                    await self._update_state(room, lambda s, u=user_id: self._rules.on_join(s, u), user_id,
-                                             member=True)
-                first, seated = False, []
-            written += len(offline)
-            rest = self._offline.get(room, [])
-            del rest[:len(offline)]
-            if not rest:
-                self._offline.pop(room, None)
-                return written
+        offline = list(self._offline.get(room, ()))
+        floor = max(self._last_seq.get(room, 0), delivered)
+        routed = room in self._local
+        args = [self._instance_id if routed else "", room, self._log_size, str(floor), str(len(seated)),
+                *[x for pair in seated for x in pair], *[x for e in offline for x in (str(e.seq), e.json)]]
+        before = int(await self._reassert(keys=keys, args=args))
+        if offline and before > offline[0].seq - 1:
+            log(logger, "offline_conflict", logging.WARNING, room=room, redis_seq=before,
+                offline_from=offline[0].seq)
+        rest = self._offline.get(room, [])
+        del rest[:len(offline)]  # moves accepted during the await stay, for the next pass
+        if not rest:
+            self._offline.pop(room, None)
+        return floor, before, offline, routed
 
     async def events_after(self, room: str, after_seq: int) -> tuple[list[MoveEvent], bool]:
         seq = int(await self._r.get(self._k.room(room, "seq")) or 0)

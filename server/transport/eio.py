@@ -42,6 +42,8 @@ from typing import Any
 import engineio
 from engineio import async_socket, exceptions, packet
 
+from .websocket import text_frame
+
 
 def ping_ms(seconds: float) -> int:
     """A ping figure in whole milliseconds, as the handshake advertises it."""
@@ -161,7 +163,7 @@ async def _close_at_once(ws: Any) -> None:
 
 
 SWEEP_BATCH = 1000  # sockets checked for a ping timeout (or pinged) between two yields to the event loop
-PING_FRAME = b"\x81\x012"  # a websocket text frame (FIN, opcode 1) of one byte: Engine.IO's PING, "2"
+PING_FRAME = text_frame(b"2")  # Engine.IO's PING as a websocket frame, for write_frame
 
 
 class ConformantServer(engineio.AsyncServer):  # type: ignore[misc]
