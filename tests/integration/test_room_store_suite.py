@@ -536,6 +536,25 @@ class TestReassert:
         finally:
             await rooms.aclose()
 
+    @pytest.mark.parametrize("redis_seq", [2, 3, 4])
+    async def test_an_offline_move_whose_seq_redis_already_holds_is_logged_as_a_conflict(
+            self, redis_client: Redis, redis_prefix: str, caplog: pytest.LogCaptureFixture, redis_seq: int) -> None:
+        keys = Keys(redis_prefix)
+        rooms = await alice_in(RedisRoomStore(redis_client, keys, Relay(), instance_id="gw-1"), "r")
+        caplog.set_level(logging.WARNING, logger="gamegw.rooms")
+        try:
+            for n in (1, 2):
+                await move(rooms, "r", "alice", {"n": n})
+            rooms.lost()
+            assert (await move(rooms, "r", "alice", {"n": 3})).seq == 3
+            await redis_client.set(keys.room("r", "seq"), redis_seq)
+            await rooms.reassert({"r": {"s-a": "alice"}}, {})
+            lines = [r.gamegw_fields for r in caplog.records  # type: ignore[attr-defined]
+                     if r.getMessage() == "offline_conflict"]
+            assert lines == ([] if redis_seq == 2 else [{"room": "r", "redis_seq": redis_seq, "offline_from": 3}])
+        finally:
+            await rooms.aclose()
+
     async def test_a_room_seated_here_but_not_attached_gets_no_routing_to_this_instance(
             self, redis_client: Redis, redis_prefix: str) -> None:
         """Routing names the instances with a live member in the room (an attach); a seat alone
