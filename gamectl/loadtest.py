@@ -44,6 +44,7 @@ from .procstat import cpu_ms, rss_kb
 
 LOCUSTFILE = Path(__file__).resolve().parent / "players" / "locustfile.py"
 SCENARIOS = ("steady", "churn", "storm", "idle")
+TICK_PHASES = ("random", "aligned")
 SHOWN = ("connect", "join", "leave", "move", "broadcast", "resume", "replayed", "lost")
 GAMEPLAY = ("move", "broadcast")  # what --max-p99-ms judges
 
@@ -70,6 +71,7 @@ class Plan:
     churn_every: int
     stop_timeout_s: float
     web: bool = False
+    tick_phase: str = "random"
     web_host: str = "127.0.0.1"
     web_port: int = 0
     run_id: str = field(default_factory=lambda: f"lt-{uuid.uuid4().hex[:6]}")
@@ -77,7 +79,8 @@ class Plan:
     def gamegw_args(self, progress: Path | None) -> list[str]:
         args = ["--scenario", self.scenario, "--room-size", str(self.room_size), "--move-rate", str(self.move_rate),
                 "--drop-every", str(self.drop_every_s), "--reconnect-delay", str(self.reconnect_delay_s),
-                "--churn-every", str(self.churn_every), "--run-id", self.run_id, "--total-users", str(self.users)]
+                "--churn-every", str(self.churn_every), "--run-id", self.run_id, "--total-users", str(self.users),
+                "--tick-phase", self.tick_phase]
         if self.token_cmd:
             args += ["--token-cmd", self.token_cmd]
         if self.config:
@@ -479,6 +482,9 @@ def loadtest(
     host: Annotated[str, typer.Option(help="The gateway's base URL.")] = "http://127.0.0.1:8000",
     room_size: Annotated[int, typer.Option(min=1, help="Players per room (rooms span the workers).")] = 10,
     move_rate: Annotated[float, typer.Option(min=0.0, help="Moves per second per player.")] = 1.0,
+    tick_phase: Annotated[str, typer.Option(help=(
+        "random: each player moves at a phase of its own, spread over each period; aligned: every player "
+        "on the wall clock's whole periods, all in the same instant."))] = "random",
     token_cmd: Annotated[str | None, typer.Option(help="Command that prints a token for a user ({user} is "
                                                        "replaced, else the user id is appended). Default: mint "
                                                        "with the configured key.")] = None,
@@ -537,6 +543,8 @@ def loadtest(
     """
     if scenario not in SCENARIOS:
         raise typer.BadParameter(f"{scenario!r}: pick one of {', '.join(SCENARIOS)}", param_hint="--scenario")
+    if tick_phase not in TICK_PHASES:
+        raise typer.BadParameter(f"{tick_phase!r}: pick one of {', '.join(TICK_PHASES)}", param_hint="--tick-phase")
     if not host.startswith(("http://", "ws://")):
         raise typer.BadParameter(f"{host!r}: use http://HOST:PORT", param_hint="--host")
     if importlib.util.find_spec("locust") is None:
@@ -552,7 +560,7 @@ def loadtest(
                 drop_every_s=parse_duration(drop_every, "--drop-every"),
                 reconnect_delay_s=parse_duration(reconnect_delay, "--reconnect-delay"),
                 churn_every=churn_every, stop_timeout_s=parse_duration(stop_timeout, "--stop-timeout"),
-                web=web, web_host=web_host, web_port=web_port or _free_port(web_host))
+                web=web, tick_phase=tick_phase, web_host=web_host, web_port=web_port or _free_port(web_host))
     if web and web_port and not _port_free(web_host, web_port):
         fail(1, f"port {web_port} on {web_host} is in use: Locust's web UI could not listen there",
              "pass --web-port 0 for a free port, or another --web-port")

@@ -11,14 +11,20 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 def cpu_ms(pids: list[int]) -> float:
     """user + system CPU time of the processes, in ms (a process that is gone counts 0)."""
-    total = 0.0
+    return sum(cpu_split_ms(pids))
+
+
+def cpu_split_ms(pids: list[int]) -> tuple[float, float]:
+    """user and system CPU time of the processes, in ms (a process that is gone counts 0)."""
+    user = system = 0.0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) * 1000 / TICKS
+            user += int(fields[11]) * 1000 / TICKS
+            system += int(fields[12]) * 1000 / TICKS
         except (OSError, IndexError, ValueError):
             pass
-    return total
+    return user, system
 
 
 def rss_kb(pids: list[int]) -> int:

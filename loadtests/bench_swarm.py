@@ -15,7 +15,17 @@ then ``loadgen.js``. Each is measured in its steady state: once every player has
   (Locust: the reading the locustfile takes of itself at its test start; Node: a node process
   that has loaded socket.io-client and jsonwebtoken and holds no player), per player;
 * ``deliveries_per_s_per_player``: the gateway's ``gamegw_deliveries_total`` over the window, per
-  second and per player, which shows that both carried the same load.
+  second and per player, which shows that both carried the same load;
+* ``system_cpu_share``: the part of that CPU spent in the kernel.
+
+When the players move (--ticks) matters as much as how often. loadgen.js starts every player's
+move interval in one loop, so all its players move in the same millisecond: the gateway answers
+with one burst, and a read takes many frames at once. gamectl's players move at a random phase
+each, so frames come one at a time (one read, one wake-up each). --ticks spread (the default)
+runs both that way: Locust as it is, loadgen.js with ``node/spread_ticks.js`` preloaded, which
+starts each interval after a random part of its period. --ticks aligned runs loadgen.js as
+shipped and Locust with ``--tick-phase aligned``. Compare like with like: the load's timing
+changed each generator's CPU by 1.5x to 2.5x.
 
 With --profile FILE, py-spy records the Locust process over the window (collapsed stacks: one
 line per stack and its sample count; --native adds C frames). --scenario idle drives Locust's
@@ -54,6 +64,7 @@ from benchlib import (
     SetupError,
     check_tools,
     cpu_ms,
+    cpu_split_ms,
     free_port_block,
     node_modules,
     raise_nofile,
@@ -68,6 +79,7 @@ NAME = "bench_swarm"
 LOADGEN = REPO.parent / "shared" / "peer-bench" / "node" / "loadgen.js"
 if not LOADGEN.exists():
     LOADGEN = REPO / "loadtests" / "peer-bench" / "node" / "loadgen.js"
+SPREAD_TICKS = REPO / "loadtests" / "node" / "spread_ticks.js"
 
 
 def log(msg: str) -> None:
@@ -93,9 +105,10 @@ def window(pid: int, url: str, players: int, seconds: float, profile: str | None
         spy = subprocess.Popen([spy_bin, "record", "--pid", str(pid), "--duration", f"{seconds:.0f}", "--rate", "200",
                                 "--format", "raw", "--output", profile, "--native" if native else "--nonblocking"],
                                stdout=subprocess.DEVNULL, stderr=errlog)
-    cpu0, d0, t0 = cpu_ms([pid]), deliveries(url), time.monotonic()
+    (user0, sys0), d0, t0 = cpu_split_ms([pid]), deliveries(url), time.monotonic()
     time.sleep(seconds)
-    cpu1, d1, t1 = cpu_ms([pid]), deliveries(url), time.monotonic()
+    (user1, sys1), d1, t1 = cpu_split_ms([pid]), deliveries(url), time.monotonic()
+    cpu0, cpu1 = user0 + sys0, user1 + sys1
     rss = rss_kb([pid])
     if spy is not None:
         spy.wait(60)
@@ -106,7 +119,8 @@ def window(pid: int, url: str, players: int, seconds: float, profile: str | None
     wall = t1 - t0
     return {"cpu_us_per_s_per_player": round((cpu1 - cpu0) * 1000 / wall / players, 1), "rss_kb": rss,
             "deliveries_per_s_per_player": round((d1 - d0) / wall / players, 2),
-            "cpu_cores": round((cpu1 - cpu0) / wall / 1000, 3)}
+            "cpu_cores": round((cpu1 - cpu0) / wall / 1000, 3),
+            "system_cpu_share": round((sys1 - sys0) / max(1e-9, cpu1 - cpu0), 2)}
 
 
 def start_locust(args: argparse.Namespace, gw: Gateway, secret: str, run_dir: Path,
@@ -118,7 +132,8 @@ def start_locust(args: argparse.Namespace, gw: Gateway, secret: str, run_dir: Pa
     plan = Plan(users=args.players, spawn_rate=args.spawn_rate, run_time_s=run_s,
                 scenario=args.scenario, host=gw.url, room_size=args.room_size, move_rate=args.move_rate, workers=0,
                 remote_workers=0, master_host="127.0.0.1", master_port=0, token_cmd="", config=None, csv=None,
-                html=None, drop_every_s=20, reconnect_delay_s=1, churn_every=5, stop_timeout_s=5)
+                html=None, drop_every_s=20, reconnect_delay_s=1, churn_every=5, stop_timeout_s=5,
+                tick_phase="aligned" if args.ticks == "aligned" else "random")
     cmd, _ = plan.commands(run_dir, progress)
     if args.load_cpu is not None:
         cmd = ["taskset", "-c", str(args.load_cpu), *cmd]
@@ -206,8 +221,9 @@ def run_together(args: argparse.Namespace, gw: Gateway, secret: str, run_dir: Pa
 @contextlib.contextmanager
 def loadgen(args: argparse.Namespace, gw: Gateway, secret: str, move_s: float) -> Iterator[NodeProc]:
     """peer-bench's loadgen.js with every player connected (its moves last ``move_s``); stopped after."""
+    env = {"NODE_OPTIONS": f"--require {SPREAD_TICKS}"} if args.ticks == "spread" else None
     gen = NodeProc(LOADGEN, [gw.url, str(args.players), str(args.room_size), str(args.move_rate), f"{move_s:g}"],
-                   secret, args.load_cpu)
+                   secret, args.load_cpu, env=env)
     try:
         connected = gen.read("connected", timeout=args.players / 20 + 60)
         if connected["clients"] != args.players:
@@ -280,6 +296,10 @@ def main() -> int:
     ap.add_argument("--room-size", type=int, default=10)
     ap.add_argument("--move-rate", type=float, default=1.0, help="moves per second per player")
     ap.add_argument("--scenario", choices=("steady", "idle"), default="steady")
+    ap.add_argument("--ticks", choices=("spread", "aligned"), default="spread",
+                    help="spread: each player moves at a random phase of its period (gamectl's players by default; "
+                         "loadgen.js through spread_ticks.js); aligned: every player in the same instant (loadgen.js "
+                         "as shipped; Locust with --tick-phase aligned)")
     ap.add_argument("--spawn-rate", type=float, default=200.0, help="Locust players started per second")
     ap.add_argument("--settle-s", type=float, default=5.0, help="after every player joined, before measuring")
     ap.add_argument("--seconds", type=float, default=20.0, help="the measuring window")
@@ -302,7 +322,9 @@ def main() -> int:
         rows: list[tuple[str, object]] = []
         lo, node = result["locust"], result.get("node")
         for key in ("cpu_us_per_s_per_player", "rss_kb_per_player", "deliveries_per_s_per_player", "cpu_cores",
-                    "failures"):
+                    "system_cpu_share", "failures"):
+            if key not in lo:  # --together has no split of the CPU
+                continue
             ratio = f"  ({lo[key] / node[key]:.2f}x)" if node and node[key] and key != "failures" else ""
             rows.append((key, f"locust {lo[key]}" + (f"   node {node[key]}{ratio}" if node else "")))
         print(table(rows))

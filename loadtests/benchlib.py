@@ -22,6 +22,7 @@ from typing import Any
 
 # the benchmarks read CPU and memory as gamectl loadtest does
 from gamegw.gamectl.procstat import cpu_ms as cpu_ms
+from gamegw.gamectl.procstat import cpu_split_ms as cpu_split_ms
 from gamegw.gamectl.procstat import rss_kb as rss_kb
 
 HERE = Path(__file__).resolve().parent

@@ -61,8 +61,10 @@ tables (Locust rounds times above 100 ms to 2 significant digits). The final lin
 all, the last partial window included, under ``"minutes"``.
 
 Players' ticks start at a random phase, so moves arrive spread over each second rather than as
-one burst. A process plays all its players' ticks from one schedule in its reactor greenlet
-(:mod:`.schedule`, :mod:`.reactor`): a player's own greenlet only runs what blocks (connecting,
+one burst; with ``--tick-phase aligned`` every player (of every process) ticks on the wall clock's
+whole periods, all in the same instant, as in a game whose clients act on one server tick. A
+process plays all its players' ticks from one schedule in its reactor greenlet (:mod:`.schedule`,
+:mod:`.reactor`): a player's own greenlet only runs what blocks (connecting,
 joining, a room change, a storm's drop), and an idle player has no tick at all. Broadcast
 latency compares clocks across processes: on several machines, keep them synced.
 """
@@ -93,6 +95,7 @@ from gamegw.gamectl.players.sioclient import Closed, GameSocket, Refused
 from gamegw.gamectl.procstat import cpu_ms, rss_kb
 
 SCENARIOS = ("steady", "churn", "storm", "idle")
+TICK_PHASES = ("random", "aligned")
 REQUEST_TYPE = "sio"
 runners.WORKER_REPORT_INTERVAL = 1.0  # workers report every second, so progress is live
 BULK = BulkStats(REQUEST_TYPE)  # the broadcasts' latencies until their next flush (see .bulkstats)
@@ -184,6 +187,9 @@ def _add_options(parser: Any) -> None:
                        help="Players per room")
     group.add_argument("--move-rate", type=float, default=1.0, env_var="GAMEGW_LT_MOVE_RATE",
                        help="Moves per second per player")
+    group.add_argument("--tick-phase", choices=TICK_PHASES, default="random", env_var="GAMEGW_LT_TICK_PHASE",
+                       help="random: each player moves at a phase of its own, so moves spread over each period; "
+                            "aligned: every player on the wall clock's whole periods, all in the same instant")
     group.add_argument("--churn-every", type=int, default=5, env_var="GAMEGW_LT_CHURN_EVERY",
                        help="churn: moves between a leave and the next join")
     group.add_argument("--drop-every", type=float, default=20.0, env_var="GAMEGW_LT_DROP_EVERY",
@@ -221,6 +227,7 @@ class Swarm:
         self.scenario: str = getattr(opts, "scenario", "steady")
         self.room_size = max(1, int(getattr(opts, "room_size", 10)))
         self.move_rate = float(getattr(opts, "move_rate", 1.0))
+        self.tick_phase: str = getattr(opts, "tick_phase", "random") or "random"
         self.churn_every = max(1, int(getattr(opts, "churn_every", 5)))
         self.drop_every = max(1.0, float(getattr(opts, "drop_every", 20.0)))
         self.reconnect_delay = max(0.0, float(getattr(opts, "reconnect_delay", 1.0)))
@@ -324,7 +331,7 @@ class Player(User):
         self.silent = False
         self.drop_epoch = int(time.time() // self.swarm.drop_every)
         self.period_s = self.period()
-        self.next_tick = time.monotonic() + random.uniform(0, self.period_s)
+        self.next_tick = self.first_tick()
         # the process's schedule plays this player (see wait_time): its current entry, whether
         # this player's greenlet has it (then the schedule leaves it alone), and the greenlet's alarm
         self.entry = 0
@@ -371,6 +378,16 @@ class Player(User):
             return 5.0
         return 1.0 / self.swarm.move_rate
 
+    def first_tick(self) -> float:
+        """When this player's ticks start (monotonic time): at a random phase of its period, or
+        with ``--tick-phase aligned`` at the wall clock's next multiple of it, where every player
+        of every process ticks (as peer-bench's loadgen.js does: its moves all start in one loop)."""
+        now = time.monotonic()
+        if self.swarm.tick_phase == "aligned":
+            wall = time.time()
+            return now + (wall // self.period_s + 1) * self.period_s - wall
+        return now + random.uniform(0, self.period_s)
+
     def wait_time(self) -> float:
         """Locust's wait between two runs of :meth:`tick`. The player's next tick goes into the
         process's schedule (:mod:`.schedule`), which plays it without this greenlet (:meth:`step`)
@@ -395,7 +412,10 @@ class Player(User):
         elif self.swarm.scenario == "idle" and self.sock is not None and self.sock.connected:
             return
         else:
-            self.next_tick = due = max(self.next_tick + self.period_s, now - self.period_s)
+            due = self.next_tick + self.period_s
+            if due < now - self.period_s:  # more than a period late: catch up one tick, keep the phase
+                due = self.first_tick() if self.swarm.tick_phase == "aligned" else now - self.period_s
+            self.next_tick = due
         reactor().schedule.at(due, self.step, self.entry)
 
     def step(self, entry: int) -> None:

@@ -424,3 +424,33 @@ async def test_idle_players_hold_their_connections_and_resume_a_drop_at_once(gat
     assert delta(before, after, "gamegw_resumes_total|result=resumed") == 1
     assert delta(before, after, "gamegw_connects_total") == 5  # the resume is a connect too
     assert delta(before, after, "gamegw_moves_total") == 0 and req.get("move", {}).get("count", 0) == 0
+
+
+@pytest.mark.parametrize("phase", ["aligned", "random"])
+async def test_tick_phase_aligned_moves_every_player_on_the_clocks_whole_periods(gateway_factory, players,
+                                                                                 phase: str) -> None:
+    """--tick-phase aligned: every player moves on the wall clock's whole periods (the send time its
+    moves carry, ``action.t``, is just past a multiple of the period); random: spread over it."""
+    gw = await gateway_factory()
+    run = asyncio.create_task(loadtest(gw.url, "-u", "6", "-r", "60", "-t", "6s", "--room-size", "6",
+                                       "--move-rate", "2", "--tick-phase", phase))
+    room = ""
+    deadline = time.monotonic() + 30
+    while not room and time.monotonic() < deadline:
+        await asyncio.sleep(0.3)
+        code, out, _ = await gamectl("connections", "ls", "--json", "--url", gw.url)
+        rooms = [r for c in json.loads(out)["connections"] for r in c["rooms"]] if code == 0 else []
+        room = rooms[0] if rooms else ""
+    assert room, "no player joined a room"
+    watcher = await players(gw.url, gw.token("watcher"))
+    assert (await watcher.call("join", {"room": room}))["ok"]
+    await asyncio.sleep(2.5)
+    code, _, err = await run
+    assert code == 0, err
+    phases = sorted(m["action"]["t"] % 500 for m in watcher.events["move"])  # ms into the 0.5 s period
+    assert len(phases) >= 24, phases  # 6 players x 2 moves/s, 2 s at least
+    late = [p for p in phases if p >= 100]  # a tick runs up to 5 ms late; a busy machine adds to that
+    if phase == "aligned":
+        assert not late, phases
+    else:  # uniform over the period: 24 phases all under 100 ms would be a 1 in 5^24 chance
+        assert len(late) >= len(phases) // 2, phases
