@@ -422,7 +422,8 @@ class RedisRoomStore:
             return await self._move_offline(room, user_id, action, action_json, ts)
         try:
             return await self._move_online(room, user_id, action, action_json, ts)
-        except (RedisError, OSError, TimeoutError):
+        except (RedisError, OSError, TimeoutError) as exc:
+            log(logger, "move_store_lost", logging.WARNING, room=room, error=f"{type(exc).__name__}: {exc}")
             self.lost({room} if self._k.cluster else None)
             return await self._move_offline(room, user_id, action, action_json, ts)
 

@@ -939,6 +939,27 @@ class TestOffline:
         finally:
             await rooms.aclose()
 
+    async def test_a_move_redis_fails_is_logged_and_its_room_plays_offline(
+            self, own_redis: RedisServer, redis_prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+        """The call that finds Redis gone says so (``move_store_lost``, with the room and the error)
+        and the move goes offline: the next seq of this instance's own, with no call to Redis."""
+        redis = fails_fast(own_redis.url)
+        rooms = RedisRoomStore(redis, Keys(redis_prefix), Relay(), instance_id="gw-1")
+        caplog.set_level(logging.WARNING, logger="gamegw.rooms")
+        try:
+            await rooms.join("r", "alice", "s-a")
+            await rooms.attach("r", "sid-a")
+            assert (await move(rooms, "r", "alice", {"n": 1})).seq == 1
+            own_redis.stop()
+            assert (await move(rooms, "r", "alice", {"n": 2})).seq == 2
+            assert rooms.down
+            [line] = [r for r in caplog.records if r.getMessage() == "move_store_lost"]
+            fields = line.gamegw_fields  # type: ignore[attr-defined]
+            assert fields["room"] == "r" and fields["error"].startswith("ConnectionError: "), fields
+        finally:
+            await rooms.aclose()
+            await redis.aclose()
+
     async def test_the_offline_seq_follows_the_seq_the_join_returned(
             self, redis_client: Redis, redis_prefix: str) -> None:
         keys = Keys(redis_prefix)
