@@ -119,11 +119,14 @@ async def test_one_master_restarted_under_play(own_cluster, gateways, players):
     table.start()
     await asyncio.sleep(1.0)
     master = own_cluster.node_of(f"{PREFIX}:room:{{{rooms[0]}}}:seq")
-    master.stop()
+    # in a thread: these wait on the servers, and the gateways' loop is this test's. Called here,
+    # they froze both gateways for as long as the cluster took to say ok (2 s on a busy machine),
+    # and the moves then in flight to the other masters timed out ("unavailable").
+    await asyncio.to_thread(master.stop)
     stopped = time.monotonic()
     await asyncio.sleep(2.0)
-    master.start()
-    own_cluster.wait_ok()
+    await asyncio.to_thread(master.start)
+    await asyncio.to_thread(own_cluster.wait_ok)
     back = time.monotonic()
 
     async def plays_again() -> bool:
