@@ -33,8 +33,11 @@ class SentinelSet:
                                           "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"))
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.sentinels: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
         nodes = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
-        self.url = f"redis+sentinel://{nodes}/0/{SERVICE}"
+        return f"redis+sentinel://{nodes}/0/{SERVICE}"
 
     kill_pubsub = RedisServer.kill_pubsub
 
@@ -53,10 +56,25 @@ class SentinelSet:
         return self.master_address()[1]
 
     def start(self) -> None:
-        self.master.start()
-        self.replica.start()
-        self._wait(self._replicated, "the replica never synced")
-        for i, port in enumerate(self.sentinel_ports):
+        """Everything up, or nothing left running (a failed start must not leave processes behind)."""
+        try:
+            self.master.start()
+            self.replica.start()
+            self._wait(self._replicated, "the replica never synced")
+            for i in range(len(self.sentinel_ports)):
+                self.sentinels.append(self._start_sentinel(i))
+            # each sentinel has found the replica and the two others: a failover can be agreed on
+            self._wait(self._sentinels_ready, "the sentinels never saw each other")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_sentinel(self, i: int) -> subprocess.Popen[bytes]:
+        """Sentinel ``i``, answering on its port. A port picked free can be taken before the
+        sentinel binds it (as another connection's source port): that sentinel exits at once and
+        the others never saw it (seen once in a full run). It then gets another port."""
+        for _attempt in range(5):
+            port = self.sentinel_ports[i]
             conf = self.workdir / f"sentinel-{i}.conf"
             conf.write_text(
                 f"port {port}\nbind 127.0.0.1\ndir {self.workdir}\n"
@@ -64,11 +82,20 @@ class SentinelSet:
                 f"sentinel down-after-milliseconds {SERVICE} {self.down_after_ms}\n"
                 f"sentinel failover-timeout {SERVICE} {self.failover_timeout_ms}\n"
                 f"sentinel parallel-syncs {SERVICE} 1\n")
-            self.sentinels.append(subprocess.Popen(
-                [self.master.binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL))
-        # each sentinel has found the replica and the two others: a failover can be agreed on
-        self._wait(self._sentinels_ready, "the sentinels never saw each other")
+            proc = subprocess.Popen([self.master.binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 5
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    with redis_sync.Redis(port=port, socket_timeout=1) as s:
+                        if s.execute_command("SENTINEL", "MYID"):  # a sentinel, and this one's port
+                            return proc
+                except redis_sync.RedisError:
+                    time.sleep(0.05)
+            proc.kill()
+            proc.wait(10)
+            self.sentinel_ports[i] = free_port()
+        raise RuntimeError(f"sentinel {i} did not start on any of five ports")
 
     def _replicated(self) -> bool:
         with redis_sync.Redis(port=self.replica.port, decode_responses=True) as r:

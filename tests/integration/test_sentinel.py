@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -361,3 +362,22 @@ async def test_the_move_pipe_asks_again_after_readonly(tmp_path: Path) -> None:
         await pipe.aclose()
         for node in (replica, master):
             node.stop()
+
+
+def test_a_sentinel_port_taken_before_start_is_replaced(tmp_path: Path) -> None:
+    """The harness itself: a port picked free and then taken (here by a listener of the test's own)
+    gets another, and the deployment starts whole. Before, that sentinel exited at once, the
+    others never saw it, and the failed start left four processes running."""
+    deployment = SentinelSet(tmp_path / "sentinel")
+    taken = deployment.sentinel_ports[0]
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        deployment.start()
+        try:
+            assert deployment.sentinel_ports[0] != taken
+            assert f"127.0.0.1:{deployment.sentinel_ports[0]}" in deployment.url
+            assert deployment.master_address() == ("127.0.0.1", deployment.master.port)
+        finally:
+            deployment.stop()
