@@ -64,9 +64,9 @@ Players' ticks start at a random phase, so moves arrive spread over each second 
 one burst; with ``--tick-phase aligned`` every player (of every process) ticks on the wall clock's
 whole periods, all in the same instant, as in a game whose clients act on one server tick. A
 process plays all its players' ticks from one schedule in its reactor greenlet (:mod:`.schedule`,
-:mod:`.reactor`): a player's own greenlet only runs what blocks (connecting,
-joining, a room change, a storm's drop), and an idle player has no tick at all. Broadcast
-latency compares clocks across processes: on several machines, keep them synced.
+:mod:`.reactor`): a player's own greenlet only runs what blocks (connecting, joining, a room
+change, a storm's drop), and an idle player has no tick at all. Broadcast latency compares
+clocks across processes: on several machines, keep them synced.
 """
 
 from __future__ import annotations
