@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from gamegw.server.auth.expiry import TokenClock
+from gamegw.server.auth.expiry import REBUILD_MIN, TokenClock
 
 pytestmark = pytest.mark.looptime(start=1000)
 
@@ -142,3 +142,39 @@ async def test_aclose_cancels_every_connection():
     clock.arm("s1", NOW + 0.02)  # still usable after: a fresh arm fires
     await asyncio.sleep(0.1)
     assert [what for what, *_ in rec.fired] == ["warn", "expire"]
+
+
+async def test_every_connection_waits_under_one_timer_of_the_loop():
+    """Two timers per connection held ~1.3 KB each connection's whole life: now one heap, one timer."""
+    rec = RecorderAt()
+    clock = rec.clock(warn_s=0.2, leeway_s=0.1)
+    loop = asyncio.get_running_loop()
+
+    def timers() -> int:
+        return sum(1 for timer in loop._scheduled if not timer.cancelled())  # type: ignore[attr-defined]
+
+    before = timers()
+    for i in range(100):
+        clock.arm(f"s{i}", NOW + 60 + i)
+    assert timers() - before == 1
+    clock.arm("early", NOW + 0.3)  # an earlier deadline moves the one timer, and still fires in time
+    assert timers() - before == 1
+    await asyncio.sleep(0.5)
+    assert [(what, sid) for what, sid, *_ in rec.fired] == [("warn", "early"), ("expire", "early")]
+
+
+async def test_deadlines_left_by_refreshes_and_disconnects_do_not_pile_up():
+    """A refresh or a disconnect leaves its old deadlines in the heap; they are dropped once they
+    outnumber the live ones, so churn cannot grow it without bound."""
+    rec = RecorderAt()
+    clock = rec.clock()
+    for i in range(100):
+        clock.arm(f"s{i}", NOW + 3600)
+    for n in range(50):  # 5,000 refreshes, then 5,000 connections come and go
+        for i in range(100):
+            clock.arm(f"s{i}", NOW + 3600 + n)
+            clock.arm(f"gone{n}-{i}", NOW + 3600)
+            clock.disarm(f"gone{n}-{i}")
+    assert clock.deadlines <= 2 * 100 + 2 * REBUILD_MIN + 4
+    assert clock.armed_for("s7") == NOW + 3600 + 49
+    clock.aclose()
