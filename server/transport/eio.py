@@ -42,7 +42,7 @@ from typing import Any
 import engineio
 from engineio import async_socket, exceptions, packet
 
-from .websocket import text_frame
+from .websocket import CLOSE_BOUND_S, text_frame
 
 
 def ping_ms(seconds: float) -> int:
@@ -54,6 +54,31 @@ class BadPayload(exceptions.EngineIOError):  # type: ignore[misc]
     """A long-polling body that is not an Engine.IO payload."""
 
 
+class _Slots(list):  # type: ignore[type-arg]
+    """A list with deque's ``popleft``: what asyncio's queue and event keep in deques."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+
+class PacketQueue(asyncio.Queue):  # type: ignore[type-arg]
+    """asyncio's unbounded queue, its state in lists instead of deques: an empty deque holds a
+    64-slot block, and a queue has four (items, getters, putters, its event's waiters), 3 KB per
+    socket held for its whole life; lists of what a socket queues (a few packets, one getter)
+    cost a few hundred bytes. Same behaviour: only the containers change."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._getters = _Slots()
+        self._putters = _Slots()
+        self._finished._waiters = _Slots()  # type: ignore[attr-defined]
+
+    def _init(self, maxsize: int) -> None:
+        self._queue = _Slots()
+
+
 class ConformantSocket(async_socket.AsyncSocket):  # type: ignore[misc]
     server: ConformantServer
 
@@ -61,6 +86,9 @@ class ConformantSocket(async_socket.AsyncSocket):  # type: ignore[misc]
         super().__init__(server, sid)
         self.last_ping: float | None = self.last_ping  # when the last ping went out; None: the next is due
         self.polls_pending = 0  # long-polling GETs waiting for packets (more than one closes the session)
+        # the websocket packets are written to at once (see _websocket_handler); None: through the queue
+        self.ws: Any = None
+        self._ws_closing: asyncio.Task[Any] | None = None
 
     async def handle_get_request(self, environ: dict[str, Any]) -> Any:
         connections = [s.strip() for s in environ.get("HTTP_CONNECTION", "").lower().split(",")]
@@ -94,7 +122,118 @@ class ConformantSocket(async_socket.AsyncSocket):  # type: ignore[misc]
             # and closes it.
             if not self.upgraded:
                 self.queue.put_nowait(packet.Packet(packet.NOOP))
+            self.end_transport()
+
+    def end_transport(self) -> None:
+        """End the transport once what is queued has gone: a long-polling GET gets what is left
+        (python-engineio's ``None`` in the queue), a websocket is closed with a close frame."""
+        if self.ws is None:
             self.queue.put_nowait(None)
+        elif self._ws_closing is None:
+            self._ws_closing = asyncio.ensure_future(self.ws.close())
+
+    async def send(self, pkt: Any) -> None:
+        """Once the websocket is this socket's (see :meth:`_websocket_handler`), a packet is
+        written to it at once: no queue, no writer task to wake."""
+        ws = self.ws
+        if ws is None:
+            await super().send(pkt)
+        elif await self.check_ping_timeout() and pkt.packet_type != packet.NOOP:
+            ws.send_now(pkt.encode())
+
+    async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        """python-engineio's; then a websocket that is this socket's gets its close frame: at
+        once after a ping timeout (python-engineio's reader timed it out at ping interval +
+        timeout), CLOSE_BOUND_S later after Engine.IO's CLOSE, should the client not close first."""
+        was_open = not (self.closed or self.closing)
+        await super().close(wait=wait, abort=abort, reason=reason)
+        if was_open and not abort and self.ws is not None:
+            if reason == self.server.reason.PING_TIMEOUT:
+                self.end_transport()
+            else:
+                asyncio.get_running_loop().call_later(CLOSE_BOUND_S, self.end_transport)
+
+    async def _websocket_handler(self, ws: Any) -> None:
+        """python-engineio's, on a websocket that writes straight to its TCP transport
+        (websocket.py: no compression), without its two tasks per connection and a task and a
+        timer per frame received: once the upgrade is done, packets are written at once
+        (:meth:`send`), and frames are read in this task. A silent peer is timed out by the
+        server's sweep of unanswered pings (:meth:`ConformantServer._service_task`), not by
+        a timer on each read. With compression on, python-engineio's handler as it is."""
+        if not getattr(ws, "direct", False):
+            await super()._websocket_handler(ws)
+            return
+        if self.connected:  # type: ignore[has-type]  # an upgrade from long-polling, as python-engineio's
+            if not await self._upgrade(ws):
+                return
+        else:
+            self.connected = True
+            self.upgraded = True
+        self.ws = ws
+        ended = self._drain_to(ws)
+        while not ended:
+            try:
+                data = await ws.wait()
+            except Exception:  # the websocket closed (or failed): the session's transport is gone
+                break
+            if data is None:
+                break
+            try:
+                await self.receive(packet.Packet(encoded_packet=data))
+            except exceptions.UnknownPacketError:
+                pass
+            except exceptions.SocketIsClosedError:
+                break
+            except Exception:
+                self.server.logger.exception("Unknown receive error")
+        self.end_transport()
+        closing = self._ws_closing
+        if closing is not None:
+            await closing
+        await super().close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+
+    async def _upgrade(self, ws: Any) -> bool:
+        """The upgrade from long-polling (python-engineio's): the probe, then UPGRADE."""
+        self.upgrading = True  # hold packet sends during the upgrade
+        try:
+            probe = packet.Packet(encoded_packet=await ws.wait())
+        except OSError:
+            self.upgrading = False
+            return False
+        if probe.packet_type != packet.PING or probe.data != "probe":
+            self.server.logger.info("%s: Failed websocket upgrade, no PING packet", self.sid)
+            self.upgrading = False
+            return False
+        ws.send_now(packet.Packet(packet.PONG, data="probe").encode())
+        self.queue.put_nowait(packet.Packet(packet.NOOP))  # ends the pending poll
+        try:
+            upgrade = packet.Packet(encoded_packet=await ws.wait())
+        except OSError:
+            self.upgrading = False
+            return False
+        self.upgrading = False
+        if upgrade.packet_type != packet.UPGRADE:
+            self.server.logger.info("%s: Failed websocket upgrade, expected UPGRADE packet", self.sid)
+            return False
+        self.upgraded = True
+        return True
+
+    def _drain_to(self, ws: Any) -> bool:
+        """Write what the queue holds to the websocket, now that packets go there at once; True
+        if the transport's end was queued. A GET still pending gets a NOOP, as after an upgrade."""
+        queue = self.queue
+        ended = False
+        while not queue.empty():
+            pkt = queue.get_nowait()
+            queue.task_done()
+            if pkt is None:
+                ended = True
+                break
+            if pkt.packet_type != packet.NOOP:
+                ws.send_now(pkt.encode())
+        if any(not getter.done() for getter in queue._getters):
+            queue.put_nowait(packet.Packet(packet.NOOP))
+        return ended
 
     async def poll(self) -> list[Any]:
         """Once upgraded (only the websocket's writer polls), the writer waits for packets with no
@@ -128,7 +267,7 @@ class ConformantSocket(async_socket.AsyncSocket):  # type: ignore[misc]
         (python-engineio's ``close()`` would wait for the CLOSE to be fetched)."""
         await self.close(wait=False, abort=True, reason=reason)
         self.queue.put_nowait(packet.Packet(packet.CLOSE))
-        self.queue.put_nowait(None)
+        self.end_transport()
 
     def _polling(self) -> bool:
         return not (self.upgrading or self.upgraded or self.closing or self.closed)
@@ -221,6 +360,9 @@ class ConformantServer(engineio.AsyncServer):  # type: ignore[misc]
             pinger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pinger
+
+    def create_queue(self, *args: Any, **kwargs: Any) -> asyncio.Queue[Any]:
+        return PacketQueue() if not (args or kwargs) else super().create_queue(*args, **kwargs)
 
     def generate_id(self) -> str:
         return self.sid_prefix + str(super().generate_id())

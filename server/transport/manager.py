@@ -26,15 +26,9 @@ from socketio.async_manager import AsyncManager
 from ..logs import stop_task
 from ..protocol.codes import AckCode
 from ..protocol.errors import ActionError
-from .websocket import Transports, text_frame
+from .websocket import CLOSE_BOUND_S, Transports, text_frame
 
 ConnectedHook = Callable[[str, str], Awaitable[None]]
-
-
-# A transport the server ends on purpose (after ``disconnect_reason``, a refused namespace, a
-# handshake that took too long) is gone this long after at most, whatever its client does: a
-# websocket's TCP connection is cut, a long-polling session forgotten (its next request gets 400).
-CLOSE_BOUND_S = 1.0
 
 
 class GameServer(socketio.AsyncServer):  # type: ignore[misc]
@@ -84,6 +78,10 @@ class GameServer(socketio.AsyncServer):  # type: ignore[misc]
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
         await super()._handle_connect(eio_sid, namespace, data)
+        timer = self._handshake_timers.get(eio_sid)
+        if timer is not None and self.manager.sid_from_eio_sid(eio_sid, self.namespace):
+            del self._handshake_timers[eio_sid]  # joined in time: nothing to wait for
+            timer.cancel()
         if (namespace or "/") != self.namespace and self.on_unserved is not None:
             self.on_unserved(eio_sid)  # the refusal is out (the catch-all namespace's): the transport ends
 
@@ -117,7 +115,7 @@ class GameServer(socketio.AsyncServer):  # type: ignore[misc]
             return
         if socket.upgraded:
             await socket.close(wait=False, abort=True, reason=self.reason.SERVER_DISCONNECT)
-            socket.queue.put_nowait(None)  # the writer sends what is queued, ends, and closes the websocket
+            socket.end_transport()  # what is queued goes, then the websocket's close frame
         else:
             await socket.send(eio_packet.Packet(eio_packet.CLOSE))
             self._spawn(self._close_when_fetched(eio_sid, socket))

@@ -43,6 +43,10 @@ from engineio.async_drivers.aiohttp import WebSocket as EngineioWebSocket
 # default): a blackholed client must turn into a drop within ping interval + timeout, not 10 s
 # later. A live client has the close frame long before.
 CLOSE_WAIT_S = 0.1
+# A transport the server ends on purpose (after ``disconnect_reason``, a refused namespace, a
+# handshake that took too long) is gone this long after at most, whatever its client does: a
+# websocket's TCP connection is cut, a long-polling session forgotten (its next request gets 400).
+CLOSE_BOUND_S = 1.0
 logger = logging.getLogger("gamegw.websocket")
 
 
@@ -118,6 +122,8 @@ class Transports:
         if ws is None or not ws.direct:
             return None
         sock = self._eio.sockets.get(eio_sid)
+        if sock is not None and sock.ws is ws:  # packets go straight to it (eio.ConformantSocket.send)
+            return None if sock.closed else ws
         if sock is None or not sock.upgraded or sock.upgrading or sock.closed or not sock.queue.empty():
             return None
         # The queue is empty, but the writer task may hold a packet it took and has not written
@@ -225,6 +231,10 @@ class GameWebSocketBase(EngineioWebSocket):  # type: ignore[misc]
         if not self.direct:
             await super().send(message)
             return
+        self.send_now(message)
+
+    def send_now(self, message: str | bytes) -> None:
+        """An encoded Engine.IO packet, framed and written (direct websockets only)."""
         payload = message if isinstance(message, bytes) else message.encode()
         self.write(binary_frame(payload) if isinstance(message, bytes) else text_frame(payload))
 

@@ -212,3 +212,52 @@ async def test_a_malformed_socketio_packet_on_game_closes_the_connection(gateway
         assert [r["code"] for r in reasons] == [4400], texts
     finally:
         ws.close()
+
+
+async def test_an_idle_websocket_connection_holds_one_task_and_no_timer(gateway_factory: GatewayFactory) -> None:
+    """A websocket that writes straight to its TCP transport reads its frames in the task aiohttp
+    runs its request in, and nothing else waits for it: python-engineio added a writer task, a
+    task and a timer for every read, token expiry two timers per connection, and the handshake's
+    deadline stayed armed after the handshake (at 10,000 idle players about 6 KB each of their
+    34, and a task switch per frame). aiohttp's two tasks per connection are all that is left."""
+    gw = await gateway_factory()
+    loop = asyncio.get_running_loop()
+
+    def tasks_and_timers() -> tuple[int, int]:
+        scheduled = loop._scheduled  # type: ignore[attr-defined]
+        return len(asyncio.all_tasks()), sum(1 for timer in scheduled if not timer.cancelled())
+
+    first = await RawWebSocket.connect(gw.url)  # the server's own tasks start with the first
+    clients = [first]
+    try:
+        await first.join_game(gw.token("first"))
+        await asyncio.sleep(0.2)
+        before = tasks_and_timers()
+        for i in range(12):
+            clients.append(await RawWebSocket.connect(gw.url))
+            await clients[-1].join_game(gw.token(f"idle-{i}"))
+        await asyncio.sleep(0.2)
+        after = tasks_and_timers()
+        assert (after[0] - before[0], after[1] - before[1]) == (2 * 12, 0)
+    finally:
+        for ws in clients:
+            ws.close()
+
+
+async def test_a_websocket_that_stops_answering_pings_is_closed(gateway_factory: GatewayFactory) -> None:
+    """No timer waits on each read (python-engineio's reader gave up after ping interval +
+    timeout): the server's sweep of unanswered pings closes the session and its websocket, with a
+    close frame, as Node's engine.io does."""
+    gw = await gateway_factory(**SUITE)
+    ws = await RawWebSocket.connect(gw.url)
+    try:
+        await ws.join_game(gw.token("alice"))
+        sid = next(iter(gw.app[PARTS].sio.eio.sockets))
+        started = time.monotonic()
+        texts, code = await ws.closed_with(5)  # reads, and answers nothing
+        waited = time.monotonic() - started
+        assert (set(texts), code) == ({"2"}, 1000)
+        assert waited < SUITE["ping_interval_s"] + 1.5 * SUITE["ping_timeout_s"] + 0.3
+        assert sid not in gw.app[PARTS].sio.eio.sockets
+    finally:
+        ws.close()
