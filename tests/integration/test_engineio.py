@@ -16,10 +16,14 @@ import aiohttp
 import pytest
 
 from gamegw.server.app import PARTS
-from tests.conftest import Gateway
+from tests.conftest import Gateway, eventually
 from tests.rawclient import CLOSE, RawPolling, RawWebSocket
 
 GatewayFactory = Callable[..., Awaitable[Gateway]]
+
+
+async def _true(value: bool) -> bool:
+    return value
 SUITE = {"ping_interval_s": 0.3, "ping_timeout_s": 0.2}
 
 
@@ -188,7 +192,8 @@ async def test_a_second_websocket_for_an_upgraded_session_is_opened_and_closed(
             assert session.sid in gw.app[PARTS].sio.eio.sockets
             ws.send_text("1")  # the first is still the session's transport: its CLOSE is heard
             await ws.closed_with(2)
-            assert session.sid not in gw.app[PARTS].sio.eio.sockets
+            # gone once the server has waited CLOSE_WAIT_S for this client's close frame (it sends none)
+            await eventually(lambda: _true(session.sid not in gw.app[PARTS].sio.eio.sockets), timeout=1)
         finally:
             ws.close()
 
