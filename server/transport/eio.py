@@ -14,8 +14,9 @@ answers differently from python-engineio 4.x. Each change is small and could go 
 * a client's CLOSE ends its transport at once (python-engineio waited for the ping timeout): a
   pending long-polling GET is answered with a NOOP, a websocket is closed;
 * a second GET while one is pending closes the session: the first gets CLOSE, the second 400;
-* a polling session whose client misses a pong is closed at the ping timeout, not whenever the
-  service task comes round to it;
+* a session whose client misses a pong is closed at the ping timeout, not whenever the service
+  task comes round to it: every ping's deadline waits in one queue, under one task for the
+  whole server (:meth:`ConformantServer._pong_loop`);
 * pings go out from one timer for the whole server (:meth:`ConformantServer._ping_loop`), not a
   task and a timer per socket and per ping, and straight onto an idle websocket when the server
   can write there (``write_frame``);
@@ -303,16 +304,18 @@ class ConformantSocket(async_socket.AsyncSocket):  # type: ignore[misc]
             return
         self.last_ping = sent_at = time.time()
         write = self.server.write_frame
+        self.server.pong_due(self, sent_at)
         if write is not None and write(self.sid, PING_FRAME):
             return
         await self.send(packet.Packet(packet.PING))
-        if self._polling():  # a websocket's reader times out by itself
-            self.server.start_background_task(self._await_pong, sent_at)
 
-    async def _await_pong(self, sent_at: float) -> None:
-        await asyncio.sleep(self.server.ping_timeout)
-        if self.last_ping == sent_at and self._polling():
+    async def pong_missed(self) -> None:
+        """The pong did not come within ``ping_timeout`` (:meth:`ConformantServer._pong_loop`):
+        a pending long-polling GET gets CLOSE, a websocket its close frame."""
+        if self._polling():
             await self.end(self.server.reason.PING_TIMEOUT)
+        else:
+            await self.close(wait=False, abort=False, reason=self.server.reason.PING_TIMEOUT)
 
 
 async def _close_at_once(ws: Any) -> None:
@@ -339,6 +342,11 @@ class ConformantServer(engineio.AsyncServer):  # type: ignore[misc]
         self._pings: deque[tuple[float, ConformantSocket]] = deque()
         self._pings_added = asyncio.Event()
         self._pinger: asyncio.Task[None] | None = None
+        # (loop time the pong is due by, the socket, its ping's time.time()): every wait is
+        # ping_timeout, so appending keeps this in order too
+        self._pongs: deque[tuple[float, ConformantSocket, float]] = deque()
+        self._pongs_added = asyncio.Event()
+        self._ponger: asyncio.Task[None] | None = None
 
     def ping_later(self, socket: ConformantSocket) -> None:
         if self._pinger is None:
@@ -371,13 +379,50 @@ class ConformantServer(engineio.AsyncServer):  # type: ignore[misc]
                 if n % SWEEP_BATCH == 0:
                     await asyncio.sleep(0)
 
+    def pong_due(self, socket: ConformantSocket, sent_at: float) -> None:
+        if self._ponger is None:
+            self._ponger = asyncio.ensure_future(self._pong_loop())
+        if not self._pongs:
+            self._pongs_added.set()
+        self._pongs.append((asyncio.get_running_loop().time() + self.ping_timeout, socket, sent_at))
+
+    async def _pong_loop(self) -> None:
+        """Every ping's deadline, from one task: a socket whose pong has not come by then is
+        closed, ``ping_timeout`` after its ping as the protocol says (the sweep of
+        :meth:`_service_task` only every ``ping_timeout / 2``; python-engineio timed a websocket
+        out with a timer on every read, and a long-polling socket with a task per ping)."""
+        loop = asyncio.get_running_loop()
+        pongs = self._pongs
+        while True:
+            if not pongs:
+                self._pongs_added.clear()
+                await self._pongs_added.wait()
+                continue
+            wait = pongs[0][0] - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            now = loop.time()
+            n = 0
+            while pongs and pongs[0][0] <= now:
+                _, socket, sent_at = pongs.popleft()
+                if socket.last_ping == sent_at and not (socket.closing or socket.closed):
+                    try:
+                        await socket.pong_missed()
+                    except Exception:  # one socket's failure must not stop the others' deadlines
+                        self.logger.exception("ping timeout failed for %s", socket.sid)
+                n += 1
+                if n % SWEEP_BATCH == 0:
+                    await asyncio.sleep(0)
+
     async def shutdown(self) -> None:
         await super().shutdown()
-        pinger, self._pinger = self._pinger, None
-        if pinger is not None:
-            pinger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pinger
+        for name in ("_pinger", "_ponger"):
+            task = getattr(self, name)
+            setattr(self, name, None)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     def create_queue(self, *args: Any, **kwargs: Any) -> asyncio.Queue[Any]:
         return PacketQueue() if not (args or kwargs) else super().create_queue(*args, **kwargs)

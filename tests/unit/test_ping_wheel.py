@@ -87,7 +87,8 @@ async def test_every_socket_is_pinged_an_interval_after_its_pong_from_one_task()
     finally:
         loop.set_task_factory(factory)
         await server.shutdown()
-    assert created == ["ConformantServer._ping_loop"]  # one task, for every socket's pings
+    # one task for every socket's pings, one for their deadlines (those that went unanswered)
+    assert created == ["ConformantServer._ping_loop", "ConformantServer._pong_loop"]
 
 
 async def test_a_polling_socket_that_misses_its_pong_is_closed_at_the_ping_timeout() -> None:
@@ -110,5 +111,34 @@ async def test_a_polling_socket_that_misses_its_pong_is_closed_at_the_ping_timeo
         await asyncio.sleep(TIMEOUT_S)
         assert closed_at == {"misses": INTERVAL_S + TIMEOUT_S}
         assert misses.closed and not answers.closed
+    finally:
+        await server.shutdown()
+
+
+async def test_a_websocket_that_misses_its_pong_is_closed_at_the_ping_timeout() -> None:
+    """The deadline of a ping written straight to a websocket: no timer on its reads any more,
+    and the server's sweep passes only every ping_timeout / 2; one queue of deadlines, in ping
+    order, closes it ping_timeout after the ping, as the protocol says."""
+    server = ConformantServer(async_mode="aiohttp", ping_interval=INTERVAL_S, ping_timeout=TIMEOUT_S)
+    server.write_frame = lambda sid, frame: True  # every ping goes straight to the websocket
+    sockets = {sid: ConformantSocket(server, sid) for sid in ("answers", "misses", "late")}
+    closed_at: dict[str, float] = {}
+
+    async def disconnect(sid: str, reason: Any) -> None:
+        closed_at[sid] = asyncio.get_running_loop().time()
+
+    server.on("disconnect", disconnect)
+    try:
+        for s in sockets.values():
+            s.connected = s.upgraded = True
+            server.sockets[s.sid] = s
+            s.schedule_ping()
+        await asyncio.sleep(INTERVAL_S + 1)
+        await pong(sockets["answers"])
+        await asyncio.sleep(TIMEOUT_S - 1.5)
+        await pong(sockets["late"])  # within the timeout, if only just
+        await asyncio.sleep(1)
+        assert closed_at == {"misses": INTERVAL_S + TIMEOUT_S}
+        assert [s.closed for s in sockets.values()] == [False, True, False]
     finally:
         await server.shutdown()
