@@ -14,12 +14,18 @@ The same hold is measured against the Node reference server (peer-bench's
 are ratios too (``--servers`` picks). Past ~25,000 connections one source address runs out of
 ports: the clients then connect from 127.0.0.2, 127.0.0.3, ... (``--local-addresses``).
 
+A process holds one descriptor per connection, and this machine caps every process at 20,000
+(a hard limit that root cannot raise here). ``--processes P`` holds more: P server processes
+behind the one port, over a redis-server of the run's own (``gamectl serve --workers P``; Node
+in a cluster of P, ``loadtests/node/reference_cluster.js``, with the Redis adapter, as Node runs
+several processes), and P client processes. The figures are then for the whole process tree.
+
 Prints one JSON line (a row per server), then a table with Node's figures beside the gateway's. Exits 1
 with a one-line message on a setup failure.
 
 Example:
   .venv/bin/python loadtests/bench_idle.py --clients 10000 --idle-seconds 10
-  .venv/bin/python loadtests/bench_idle.py --clients 50000 --servers gamegw,node
+  .venv/bin/python loadtests/bench_idle.py --clients 50000 --processes 3 --idle-seconds 30
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from benchlib import (
     Figure,
     Gateway,
     NodeProc,
+    RedisProcess,
     SetupError,
     beside,
     check_tools,
@@ -77,49 +84,67 @@ def run(args: argparse.Namespace) -> dict:
     pin = not args.no_pin
     check_tools(pin, (args.server_cpu, args.load_cpu))
     node_modules()
-    nofile = raise_nofile(args.clients + 1024)
-    if nofile < args.clients + 256:
-        raise SetupError(f"open-file limit {nofile} is too low for {args.clients} connections "
-                         f"(raise ulimit -n, or lower --clients)")
+    per_process = -(-args.clients // args.processes)
+    nofile = raise_nofile(per_process + 1024)
+    if nofile < per_process + 256:
+        raise SetupError(f"open-file limit {nofile} is too low for {per_process} connections per process "
+                         f"(raise ulimit -n, or use more --processes)")
     if pin:
         os.sched_setaffinity(0, {args.load_cpu})  # keep this harness off the server's CPU
+    redis = RedisProcess(args.load_cpu if pin else None) if args.processes > 1 else None
     rows = []
-    for name in args.servers:
-        rows.append({"server": name, **hold(name, args, pin, nofile)})
+    try:
+        for name in args.servers:
+            rows.append({"server": name, **hold(name, args, pin, nofile, redis)})
+    finally:
+        if redis is not None:
+            redis.stop()
     return {"bench": "idle", "servers": rows}
 
 
-def hold(name: str, args: argparse.Namespace, pin: bool, nofile: int) -> dict:
+def shares(total: int, parts: int) -> list[int]:
+    """``total`` split into ``parts`` as even as can be (the first ones take the remainder)."""
+    return [total // parts + (1 if k < total % parts else 0) for k in range(parts)]
+
+
+def hold(name: str, args: argparse.Namespace, pin: bool, nofile: int, redis: RedisProcess | None) -> dict:
     """Hold ``args.clients`` idle connections on one server (``gamegw`` or ``node``); its figures."""
     secret = secrets.token_urlsafe(48)
     gw: Gateway | None = None
-    node = None
+    clients: list[NodeProc] = []
     try:
         gw = start_server(name, secret, args.config, args.server_cpu if pin else None, ping_ms=args.ping_ms,
-                          ping_timeout_ms=args.ping_timeout_ms)
+                          ping_timeout_ms=args.ping_timeout_ms, processes=args.processes,
+                          redis=redis.url if redis is not None else None)
         time.sleep(args.settle)
         rss0 = rss_kb(gw.pids())
-        opts = {"mode": "idle", "urls": [gw.url], "clients": args.clients, "batch": args.batch,
-                "transport": "websocket", "connect_timeout_ms": int(args.connect_timeout * 1000),
-                "hold_max_s": args.max_seconds, "user_prefix": f"idle-{secrets.token_hex(3)}",
-                "local_addresses": args.local_addresses}
-        node = NodeProc(NODE_HELPER, [json.dumps(opts)], secret, args.load_cpu if pin else None)
-        node.read("ready", 60)
+        prefix = f"idle-{secrets.token_hex(3)}"
+        for k, count in enumerate(shares(args.clients, args.processes)):
+            opts = {"mode": "idle", "urls": [gw.url], "clients": count, "batch": args.batch,
+                    "transport": "websocket", "connect_timeout_ms": int(args.connect_timeout * 1000),
+                    "hold_max_s": args.max_seconds, "user_prefix": f"{prefix}-{k}",
+                    "local_addresses": args.local_addresses}
+            clients.append(NodeProc(NODE_HELPER, [json.dumps(opts)], secret, args.load_cpu if pin else None))
+        for client in clients:
+            client.read("ready", 60)
         t_connect = time.monotonic()
-        got = node.read("connected", max(1.0, args.max_seconds - args.idle_seconds - 2 * args.settle - 5))
+        wait = max(1.0, args.max_seconds - args.idle_seconds - 2 * args.settle - 5)
+        got = merged([client.read("connected", wait) for client in clients])
         connect_total_s = time.monotonic() - t_connect
         if got["connected"] == 0:
             raise SetupError(f"no connection succeeded: {got['errors']} (log {gw.log})")
         time.sleep(args.settle)  # let the last handshakes and session events finish
-        seen = server_connections(gw.url) if name != "node" else None
+        # with several workers, /metrics is one worker's
+        seen = server_connections(gw.url) if name != "node" and args.processes == 1 else None
         pids = gw.pids()
         rss1 = rss_kb(pids)
         cpu0, t0 = cpu_ms(pids), time.monotonic()
         time.sleep(args.idle_seconds)
         cpu1, t1 = cpu_ms(pids), time.monotonic()
         rss2 = rss_kb(pids)
-        node.send("close")
-        done = node.read("done", 60)
+        for client in clients:
+            client.send("close")
+        done = merged([client.read("done", 60) for client in clients])
         n = got["connected"]
         idle_cpu_pct = (cpu1 - cpu0) / 1000 / (t1 - t0) * 100
         return {
@@ -134,14 +159,33 @@ def hold(name: str, args: argparse.Namespace, pin: bool, nofile: int) -> dict:
             "server_idle_cpu_us_per_connection_s": round((cpu1 - cpu0) * 1000 / max(1, n) / (t1 - t0), 3),
             "dropped_while_idle": done["dropped_while_idle"], "drop_reasons": done["drop_reasons"],
             "heartbeat": got.get("heartbeat"), "client_rss_mb": done["client_rss_mb"],
-            "nofile_limit": nofile, "pinned": pin,
+            "nofile_limit": nofile, "pinned": pin, "processes": args.processes,
         }
     finally:
-        if node:
-            node.send("close")
-            node.stop()
+        for client in clients:
+            client.send("close")
+            client.stop()
         if gw:
             gw.stop()
+
+
+def merged(reports: list[dict]) -> dict:
+    """The client processes' reports as one: counts and error tallies added, the first batch's
+    figures, the heartbeat (the same for all)."""
+    out = dict(reports[0])
+    for key in ("connected", "failed", "dropped_while_idle", "client_rss_mb"):
+        if key in out:
+            out[key] = sum(r[key] for r in reports)
+    for key in ("errors", "drop_reasons"):
+        if key in out:
+            tally: dict[str, int] = {}
+            for r in reports:
+                for reason, count in r[key].items():
+                    tally[reason] = tally.get(reason, 0) + count
+            out[key] = tally
+    if "wall_ms" in out:
+        out["wall_ms"] = max(r["wall_ms"] for r in reports)
+    return out
 
 
 def main() -> int:
@@ -159,14 +203,18 @@ def main() -> int:
     ap.add_argument("--load-cpu", type=int, default=1, help="CPU the clients are pinned to (default 1)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin anything with taskset")
     server_options(ap)
+    ap.add_argument("--processes", type=int, default=1,
+                    help="server processes behind the port and client processes (default 1); more than one "
+                         "runs both servers over a redis-server of the run's own, for holds past one process's "
+                         "open-file limit")
     ap.add_argument("--local-addresses", type=int, default=None,
                     help="connect from this many addresses 127.0.0.2... (default: 1 per 20,000 clients past the "
                          "first 20,000; 0: the system's choice)")
     args = ap.parse_args()
     if args.local_addresses is None:
         args.local_addresses = 0 if args.clients <= 20000 else -(-args.clients // 20000)
-    if args.clients < 1 or args.batch < 1 or args.idle_seconds <= 0:
-        ap.error("--clients, --batch and --idle-seconds must be positive")
+    if args.clients < 1 or args.batch < 1 or args.idle_seconds <= 0 or args.processes < 1:
+        ap.error("--clients, --batch, --idle-seconds and --processes must be positive")
     if args.max_seconds < args.idle_seconds + 2 * args.settle + 15:
         ap.error("--max-seconds leaves no time to connect")
     code, result = run_and_report(NAME, run, args)

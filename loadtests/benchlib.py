@@ -7,6 +7,7 @@ import json
 import os
 import queue
 import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -222,14 +223,19 @@ class NodeServer(Gateway):
     namespace, a JWT at the handshake) in place of a gateway, on ``PING_MS`` / ``PING_TIMEOUT_MS``."""
 
     SCRIPT = HERE / "peer-bench" / "node" / "reference_server.js"
+    CLUSTER = HERE / "node" / "reference_cluster.js"  # the same server in several processes (node:cluster)
 
     def __init__(self, port: int, secret: str, cpu: int | str | None, *, ping_ms: int, ping_timeout_ms: int,
-                 logdir: Path | None = None) -> None:
+                 logdir: Path | None = None, workers: int = 1, redis: str | None = None) -> None:
+        """``workers`` > 1: that many processes on the port (``reference_cluster.js``), over the
+        Redis adapter when ``redis`` is given, as a Node deployment with several processes runs."""
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        self.ready_line = "listening on" if workers == 1 else f"cluster: {workers} workers listening"
         env = dict(os.environ, NODE_PATH=str(node_modules()), BENCH_SECRET=secret, PORT=str(port),
-                   PING_MS=str(ping_ms), PING_TIMEOUT_MS=str(ping_timeout_ms))
-        self._spawn(["node", str(self.SCRIPT)], cpu, env,
+                   PING_MS=str(ping_ms), PING_TIMEOUT_MS=str(ping_timeout_ms), WORKERS=str(workers),
+                   REFERENCE=str(self.SCRIPT), **({"REDIS_URL": redis} if redis else {}))
+        self._spawn(["node", str(self.SCRIPT if workers == 1 else self.CLUSTER)], cpu, env,
                     (logdir or Path(tempfile.gettempdir())) / f"gamegw-bench-node-{port}.log")
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -237,22 +243,26 @@ class NodeServer(Gateway):
         while time.monotonic() < end:
             if self.proc.poll() is not None:
                 raise SetupError(f"the Node reference server exited with {self.proc.returncode} (log {self.log})")
-            if "listening on" in self.log.read_text(errors="replace"):
+            if self.ready_line in self.log.read_text(errors="replace"):
                 return
             time.sleep(0.1)
         raise SetupError(f"the Node reference server is not listening after {timeout:.0f} s (log {self.log})")
 
 
 def start_server(name: str, secret: str, config: Path, cpu: int | None, *, ping_ms: int,
-                 ping_timeout_ms: int) -> Gateway:
+                 ping_timeout_ms: int, processes: int = 1, redis: str | None = None) -> Gateway:
     """A ready server on a free port: ``gamegw`` (a gateway with ``config``) or ``node`` (the Node
-    reference server), both on the heartbeat given."""
+    reference server), both on the heartbeat given. ``processes`` > 1: that many processes behind
+    the port, over ``redis`` (``gamectl serve --workers``; Node's cluster with the Redis adapter)."""
     if name == "node":
-        server: Gateway = NodeServer(free_port_block(1), secret, cpu, ping_ms=ping_ms, ping_timeout_ms=ping_timeout_ms)
+        server: Gateway = NodeServer(free_port_block(1), secret, cpu, ping_ms=ping_ms, ping_timeout_ms=ping_timeout_ms,
+                                     workers=processes, redis=redis if processes > 1 else None)
     else:
         os.environ["GAMEGW_PING_INTERVAL_S"] = str(ping_ms / 1000)
         os.environ["GAMEGW_PING_TIMEOUT_S"] = str(ping_timeout_ms / 1000)
-        server = Gateway(free_port_block(1), secret, config, cpu)
+        extra = ("--workers", str(processes)) if processes > 1 else ()
+        server = Gateway(free_port_block(1), secret, config, cpu, redis=redis if processes > 1 else None,
+                         prefix=f"bench-{secrets.token_hex(4)}" if processes > 1 else None, extra=extra)
     server.wait_ready()
     return server
 
