@@ -35,7 +35,6 @@ class TokenClock:
         # (loop time due, the arming's number, WARN or EXPIRE, sid, exp); the arming's number
         # tells a live deadline from one a refresh or a disarm left behind
         self._heap: list[tuple[float, int, int, str, float]] = []
-        self._stale = 0
         self._numbers = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -62,12 +61,12 @@ class TokenClock:
         return len(self._heap)
 
     def disarm(self, sid: str) -> None:
-        if self._armed.pop(sid, None) is not None:
-            self._stale += 2  # at most: one of the two may have passed already
-            if self._stale > max(REBUILD_MIN, 2 * len(self._armed)):
-                self._heap = [d for d in self._heap if self._live(d)]
-                heapq.heapify(self._heap)
-                self._stale = 0
+        self._armed.pop(sid, None)
+        # the live deadlines are two per connection at most: past that, the heap is rebuilt
+        # once the stale ones are more than REBUILD_MIN and than twice the live ones
+        if len(self._heap) > 2 * REBUILD_MIN + 4 * len(self._armed):
+            self._heap = [d for d in self._heap if self._live(d)]
+            heapq.heapify(self._heap)
 
     def _live(self, deadline: tuple[float, int, int, str, float]) -> bool:
         armed = self._armed.get(deadline[3])
@@ -90,7 +89,6 @@ class TokenClock:
             deadline = heapq.heappop(heap)
             _, _, kind, sid, exp = deadline
             if not self._live(deadline):
-                self._stale = max(0, self._stale - 1)
                 continue
             if kind == EXPIRE:
                 del self._armed[sid]
@@ -106,4 +104,3 @@ class TokenClock:
             self._timer = None
         self._armed.clear()
         self._heap.clear()
-        self._stale = 0

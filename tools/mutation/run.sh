@@ -27,7 +27,8 @@ fi
 
 # pytest's start dominates a run of these tests: load only the plugins they use
 export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
-runner="$py $here/pytest_any_failure.py -x -q -p no:cacheprovider -p asyncio -p pytest_timeout -o addopts="
+# looptime: the timer tests (expiry, pings, ticks) run on a fast-forwarded loop; its marks are errors without it
+runner="$py $here/pytest_any_failure.py -x -q -p no:cacheprovider -p asyncio -p pytest_timeout -p looptime_plugin -p looptime_chronometers -p looptime_timeproxies -o addopts="
 
 backup=$(mktemp -d)
 restore() {
