@@ -38,6 +38,7 @@ import secrets
 import sys
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 from benchlib import (
@@ -178,11 +179,7 @@ def merged(reports: list[dict]) -> dict:
             out[key] = sum(r[key] for r in reports)
     for key in ("errors", "drop_reasons"):
         if key in out:
-            tally: dict[str, int] = {}
-            for r in reports:
-                for reason, count in r[key].items():
-                    tally[reason] = tally.get(reason, 0) + count
-            out[key] = tally
+            out[key] = dict(sum((Counter(r[key]) for r in reports), Counter()))
     if "wall_ms" in out:
         out["wall_ms"] = max(r["wall_ms"] for r in reports)
     return out

@@ -22,9 +22,9 @@ answers differently from python-engineio 4.x. Each change is small and could go 
   can write there (``write_frame``);
 * on a websocket that writes straight to its TCP transport (websocket.py), frames are read in
   aiohttp's request task and packets written at once: python-engineio's writer task, and its
-  task and timer for every frame read, are gone; a silent peer is closed by the sweep of
-  unanswered pings, with a close frame, as Node's engine.io does (python-engineio's reader gave
-  up after ping interval + timeout without a frame); an upgraded socket's writer (with
+  task and timer for every frame read, are gone; a silent peer is closed at its pong's deadline,
+  with a close frame, as Node's engine.io does (python-engineio's reader gave up after ping
+  interval + timeout without a frame); an upgraded socket's writer (with
   compression on) waits for its queue without a timer of its own;
 * a socket's queue keeps its state in lists, not four deques (:class:`PacketQueue`);
 * after an upgrade no NOOP reaches the websocket (python-engineio queues one to end a pending
@@ -173,9 +173,9 @@ class ConformantSocket(async_socket.AsyncSocket):  # type: ignore[misc]
         """python-engineio's, on a websocket that writes straight to its TCP transport
         (websocket.py: no compression), without its two tasks per connection and a task and a
         timer per frame received: once the upgrade is done, packets are written at once
-        (:meth:`send`), and frames are read in this task. A silent peer is timed out by the
-        server's sweep of unanswered pings (:meth:`ConformantServer._service_task`), not by
-        a timer on each read. With compression on, python-engineio's handler as it is."""
+        (:meth:`send`), and frames are read in this task. A silent peer is timed out at its
+        pong's deadline (:meth:`ConformantServer._pong_loop`), not by a timer on each read.
+        With compression on, python-engineio's handler as it is."""
         if not getattr(ws, "direct", False):
             await super()._websocket_handler(ws)
             return
@@ -191,8 +191,6 @@ class ConformantSocket(async_socket.AsyncSocket):  # type: ignore[misc]
             try:
                 data = await ws.wait()
             except Exception:  # the websocket closed (or failed): the session's transport is gone
-                break
-            if data is None:
                 break
             try:
                 await self.receive(packet.Packet(encoded_packet=data))
@@ -216,26 +214,21 @@ class ConformantSocket(async_socket.AsyncSocket):  # type: ignore[misc]
         self.upgrading = True  # hold packet sends during the upgrade
         try:
             probe = packet.Packet(encoded_packet=await ws.wait())
-        except OSError:
-            self.upgrading = False
-            return False
-        if probe.packet_type != packet.PING or probe.data != "probe":
-            self.server.logger.info("%s: Failed websocket upgrade, no PING packet", self.sid)
-            self.upgrading = False
-            return False
-        ws.send_now(packet.Packet(packet.PONG, data="probe").encode())
-        self.queue.put_nowait(packet.Packet(packet.NOOP))  # ends the pending poll
-        try:
+            if probe.packet_type != packet.PING or probe.data != "probe":
+                self.server.logger.info("%s: Failed websocket upgrade, no PING packet", self.sid)
+                return False
+            ws.send_now(packet.Packet(packet.PONG, data="probe").encode())
+            self.queue.put_nowait(packet.Packet(packet.NOOP))  # ends the pending poll
             upgrade = packet.Packet(encoded_packet=await ws.wait())
+            if upgrade.packet_type != packet.UPGRADE:
+                self.server.logger.info("%s: Failed websocket upgrade, expected UPGRADE packet", self.sid)
+                return False
+            self.upgraded = True
+            return True
         except OSError:
+            return False
+        finally:
             self.upgrading = False
-            return False
-        self.upgrading = False
-        if upgrade.packet_type != packet.UPGRADE:
-            self.server.logger.info("%s: Failed websocket upgrade, expected UPGRADE packet", self.sid)
-            return False
-        self.upgraded = True
-        return True
 
     def _drain_to(self, ws: Any) -> bool:
         """Write what the queue holds to the websocket, now that packets go there at once; True
@@ -318,6 +311,44 @@ class ConformantSocket(async_socket.AsyncSocket):  # type: ignore[misc]
             await self.close(wait=False, abort=False, reason=self.server.reason.PING_TIMEOUT)
 
 
+class Deadlines:
+    """Sockets due at loop times, for one loop over all of them: every wait added is the same
+    (a ping interval, a ping timeout), so appending keeps the queue in order, and the loop
+    sleeps until the first is due, then acts on every one that is."""
+
+    def __init__(self) -> None:
+        self._due: deque[tuple[float, ConformantSocket, Any]] = deque()  # (loop time, socket, its argument)
+        self._added = asyncio.Event()
+
+    def add(self, wait: float, socket: ConformantSocket, arg: Any) -> None:
+        if not self._due:
+            self._added.set()
+        self._due.append((asyncio.get_running_loop().time() + wait, socket, arg))
+
+    async def run(self, act: Callable[[ConformantSocket, Any], Awaitable[None]], logger: Any) -> None:
+        loop = asyncio.get_running_loop()
+        due = self._due
+        while True:
+            if not due:
+                self._added.clear()
+                await self._added.wait()
+                continue
+            wait = due[0][0] - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            now = loop.time()
+            n = 0
+            while due and due[0][0] <= now:
+                _, socket, arg = due.popleft()
+                try:
+                    await act(socket, arg)
+                except Exception:  # one socket's failure must not stop the others'
+                    logger.exception("%s failed for %s", getattr(act, "__name__", "act"), socket.sid)
+                n += 1
+                if n % SWEEP_BATCH == 0:  # yield to the loop between batches
+                    await asyncio.sleep(0)
+
+
 async def _close_at_once(ws: Any) -> None:
     await ws.close()
 
@@ -337,92 +368,49 @@ class ConformantServer(engineio.AsyncServer):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # sockets whose next ping is due, by loop time; every wait is ping_interval, so appending
-        # keeps the queue in order
-        self._pings: deque[tuple[float, ConformantSocket]] = deque()
-        self._pings_added = asyncio.Event()
-        self._pinger: asyncio.Task[None] | None = None
-        # (loop time the pong is due by, the socket, its ping's time.time()): every wait is
-        # ping_timeout, so appending keeps this in order too
-        self._pongs: deque[tuple[float, ConformantSocket, float]] = deque()
-        self._pongs_added = asyncio.Event()
-        self._ponger: asyncio.Task[None] | None = None
+        self._pings = Deadlines()  # sockets whose next ping is due (every wait: ping_interval)
+        self._pongs = Deadlines()  # pings whose pong is due (every wait: ping_timeout)
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # the two loops over them, started when first needed
 
     def ping_later(self, socket: ConformantSocket) -> None:
-        if self._pinger is None:
-            self._pinger = asyncio.ensure_future(self._ping_loop())
-        if not self._pings:
-            self._pings_added.set()
-        self._pings.append((asyncio.get_running_loop().time() + self.ping_interval, socket))
-
-    async def _ping_loop(self) -> None:
-        """Every socket's pings, from one task: sleep until the first is due, send those due."""
-        loop = asyncio.get_running_loop()
-        pings = self._pings
-        while True:
-            if not pings:
-                self._pings_added.clear()
-                await self._pings_added.wait()
-                continue
-            wait = pings[0][0] - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            now = loop.time()
-            n = 0
-            while pings and pings[0][0] <= now:
-                socket = pings.popleft()[1]
-                try:
-                    await socket.ping()
-                except Exception:  # one socket's failure must not stop the pings of all
-                    self.logger.exception("ping failed for %s", socket.sid)
-                n += 1
-                if n % SWEEP_BATCH == 0:
-                    await asyncio.sleep(0)
+        self._start(self._ping_loop)
+        self._pings.add(self.ping_interval, socket, None)
 
     def pong_due(self, socket: ConformantSocket, sent_at: float) -> None:
-        if self._ponger is None:
-            self._ponger = asyncio.ensure_future(self._pong_loop())
-        if not self._pongs:
-            self._pongs_added.set()
-        self._pongs.append((asyncio.get_running_loop().time() + self.ping_timeout, socket, sent_at))
+        self._start(self._pong_loop)
+        self._pongs.add(self.ping_timeout, socket, sent_at)
+
+    def _start(self, loop: Callable[[], Awaitable[None]]) -> None:
+        if loop.__name__ not in self._tasks:
+            self._tasks[loop.__name__] = asyncio.ensure_future(loop())
+
+    async def _ping_loop(self) -> None:
+        """Every socket's pings, from one task."""
+        await self._pings.run(self._ping, self.logger)
 
     async def _pong_loop(self) -> None:
         """Every ping's deadline, from one task: a socket whose pong has not come by then is
         closed, ``ping_timeout`` after its ping as the protocol says (the sweep of
         :meth:`_service_task` only every ``ping_timeout / 2``; python-engineio timed a websocket
         out with a timer on every read, and a long-polling socket with a task per ping)."""
-        loop = asyncio.get_running_loop()
-        pongs = self._pongs
-        while True:
-            if not pongs:
-                self._pongs_added.clear()
-                await self._pongs_added.wait()
-                continue
-            wait = pongs[0][0] - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            now = loop.time()
-            n = 0
-            while pongs and pongs[0][0] <= now:
-                _, socket, sent_at = pongs.popleft()
-                if socket.last_ping == sent_at and not (socket.closing or socket.closed):
-                    try:
-                        await socket.pong_missed()
-                    except Exception:  # one socket's failure must not stop the others' deadlines
-                        self.logger.exception("ping timeout failed for %s", socket.sid)
-                n += 1
-                if n % SWEEP_BATCH == 0:
-                    await asyncio.sleep(0)
+        await self._pongs.run(self._pong_missed, self.logger)
+
+    @staticmethod
+    async def _ping(socket: ConformantSocket, _: None) -> None:
+        await socket.ping()
+
+    @staticmethod
+    async def _pong_missed(socket: ConformantSocket, sent_at: float) -> None:
+        if socket.last_ping == sent_at and not (socket.closing or socket.closed):
+            await socket.pong_missed()
 
     async def shutdown(self) -> None:
         await super().shutdown()
-        for name in ("_pinger", "_ponger"):
-            task = getattr(self, name)
-            setattr(self, name, None)
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        tasks, self._tasks = self._tasks, {}
+        for task in tasks.values():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def create_queue(self, *args: Any, **kwargs: Any) -> asyncio.Queue[Any]:
         return PacketQueue() if not (args or kwargs) else super().create_queue(*args, **kwargs)
